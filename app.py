@@ -1,0 +1,979 @@
+"""streaming-message: a real-time message hub over Server-Sent Events.
+
+Controllers publish over HTTP; every message is committed to SQLite, then fanned out to
+the players subscribed to its room. The two hot routes (the event stream and publish) are
+served by a small ASGI layer in front of Quart (see "Hot path"); Quart serves the rest.
+
+Sections, in the order data flows: config, storage, broker, auth, hot path, routes,
+entry point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+from urllib.parse import parse_qs, quote, unquote
+
+import aiosqlite
+import h11
+import h11._readers
+from dotenv import load_dotenv
+from quart import Quart, jsonify, request, send_from_directory
+from werkzeug.exceptions import HTTPException
+
+# ---------------------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent
+DIST = ROOT / "frontend" / "dist"
+API_VERSION = "1"
+
+log = logging.getLogger("streaming-message")
+
+
+def _env(name: str, default: str, *aliases: str) -> str:
+    for key in (name, *aliases):
+        value = os.environ.get(key)
+        if value not in (None, ""):
+            return value
+    return default
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str
+    port: int
+    data_dir: Path
+    default_room: str
+    sse_token: str
+    history_size: int
+    keepalive_s: float
+    retry_ms: int
+    max_message_bytes: int
+    max_body_bytes: int
+    subscriber_queue: int
+    coalesce_ms: float
+    cors_origins: tuple[str, ...]
+    sqlite_synchronous: str
+    shutdown_timeout_s: float
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        load_dotenv(ROOT / ".env")  # as the Bun project did; real env vars win
+        origins = tuple(o.strip() for o in _env("CORS_ORIGINS", "*").split(",") if o.strip())
+        return cls(
+            host=_env("HOST", "0.0.0.0"),
+            port=int(_env("PORT", "8000")),
+            data_dir=Path(_env("DATA_DIR", str(ROOT / "data"))),
+            default_room=_env("DEFAULT_ROOM", "lobby").lower(),
+            sse_token=_env("SSE_TOKEN", "", "TEMP_AVAILABLE_TOKEN"),
+            history_size=int(_env("HISTORY_SIZE", "1000")),
+            keepalive_s=float(_env("KEEPALIVE_S", "15")),
+            retry_ms=int(_env("RETRY_MS", "3000")),
+            max_message_bytes=int(_env("MAX_MESSAGE_BYTES", "65536")),
+            max_body_bytes=int(_env("MAX_BODY_BYTES", "1048576")),
+            subscriber_queue=int(_env("SUBSCRIBER_QUEUE", "1024")),
+            coalesce_ms=float(_env("COALESCE_MS", "2")),
+            cors_origins=origins,
+            sqlite_synchronous=_env("SQLITE_SYNCHRONOUS", "NORMAL").upper(),
+            shutdown_timeout_s=float(_env("SHUTDOWN_TIMEOUT", "5")),
+        )
+
+
+settings = Settings.from_env()
+
+ROOM_ID = re.compile(r"[a-zA-Z0-9]{1,64}")
+MAX_SPEAKER_CHARS = 64
+
+
+def normalize_room(room_id: str) -> str | None:
+    """Canonical (lower-case) room id, or None when it is not a valid id."""
+    return room_id.lower() if ROOM_ID.fullmatch(room_id) else None
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def compact_json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+class ApiError(Exception):
+    """An error answered as the JSON envelope {"success": false, "code", "msg", ...}."""
+
+    def __init__(self, status: int, msg: str, **extra: Any) -> None:
+        super().__init__(msg)
+        self.status, self.msg, self.extra = status, msg, extra
+
+    def body(self) -> dict[str, Any]:
+        return {"success": False, "code": self.status, "msg": self.msg, **self.extra}
+
+
+# ---------------------------------------------------------------------------------------
+# Storage: rooms and recent messages in SQLite (WAL). One writer task commits every
+# pending publish in one transaction (group commit) before anyone sees it.
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class RoomRecord:
+    id: str
+    owner: str | None
+    title: str
+    private: bool
+    history_size: int | None
+    settings: dict[str, Any]
+    last_id: int
+    created_at: int
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "owner": self.owner,
+            "title": self.title,
+            "private": self.private,
+            "history_size": self.history_size,
+            "settings": self.settings,
+            "last_id": self.last_id,
+            "created_at": self.created_at,
+        }
+
+
+ROOM_COLUMNS = "id, owner, title, private, history_size, settings, last_id, created_at"
+
+
+def _room_from_row(row: tuple) -> RoomRecord:
+    id_, owner, title, private, history_size, settings_json, last_id, created_at = row
+    return RoomRecord(
+        id_,
+        owner,
+        title,
+        bool(private),
+        history_size,
+        json.loads(settings_json),
+        last_id,
+        created_at,
+    )
+
+
+class Storage:
+    """The SQLite file: a write connection (used by the writer and admin changes) and a
+    read connection, so a replay never sees a transaction that is not committed yet."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.write: aiosqlite.Connection
+        self.read: aiosqlite.Connection
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.write = await self._connect()
+        await self.write.executescript((ROOT / "schema.sql").read_text())
+        await self.write.commit()
+        self.read = await self._connect()
+
+    async def _connect(self) -> aiosqlite.Connection:
+        db = await aiosqlite.connect(self.path)
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute(f"PRAGMA synchronous={settings.sqlite_synchronous}")
+        await db.execute("PRAGMA busy_timeout=5000")
+        return db
+
+    async def close(self) -> None:
+        await self.read.close()
+        await self.write.close()
+
+    async def load_rooms(self) -> list[RoomRecord]:
+        async with self.read.execute(f"SELECT {ROOM_COLUMNS} FROM rooms") as cursor:
+            return [_room_from_row(row) async for row in cursor]
+
+    async def insert_room(self, room: RoomRecord) -> None:
+        await self.write.execute(
+            f"INSERT INTO rooms ({ROOM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                room.id,
+                room.owner,
+                room.title,
+                int(room.private),
+                room.history_size,
+                compact_json(room.settings),
+                room.last_id,
+                room.created_at,
+            ),
+        )
+        await self.write.commit()
+
+    async def history(self, room: str, after: int, limit: int) -> list[tuple[int, str]]:
+        """Stored messages of a room with id > after, oldest first."""
+        async with self.read.execute(
+            "SELECT id, payload FROM messages WHERE room = ? AND id > ? ORDER BY id LIMIT ?",
+            (room, after, limit),
+        ) as cursor:
+            return list(await cursor.fetchall())
+
+    async def oldest_id(self, room: str) -> int | None:
+        async with self.read.execute(
+            "SELECT MIN(id) FROM messages WHERE room = ?", (room,)
+        ) as cursor:
+            (oldest,) = await cursor.fetchone()
+            return oldest
+
+    async def commit_messages(
+        self, rows: list[tuple[str, int, str]], last_ids: dict[str, int], trims: dict[str, int]
+    ) -> None:
+        """One transaction: insert the messages, advance each room's id, trim history."""
+        db = self.write
+        try:
+            await db.executemany("INSERT INTO messages (room, id, payload) VALUES (?, ?, ?)", rows)
+            await db.executemany(
+                "UPDATE rooms SET last_id = ? WHERE id = ?",
+                [(last_id, room) for room, last_id in last_ids.items()],
+            )
+            await db.executemany(
+                "DELETE FROM messages WHERE room = ? AND id <= ?", list(trims.items())
+            )
+            await db.commit()
+        except BaseException:
+            await db.rollback()
+            raise
+
+
+# ---------------------------------------------------------------------------------------
+# Broker: live rooms in memory. Each room keeps one ring of encoded SSE frames shared by
+# all its subscribers (a subscriber is only a cursor into it). A publish appends a frame
+# and arms one short timer; when it fires, every subscriber behind the end gets all its
+# pending frames in one write. A subscriber that falls a whole ring behind is dropped
+# (it resumes by Last-Event-ID from SQLite) instead of growing the server's memory.
+# ---------------------------------------------------------------------------------------
+
+
+def message_frame(message_id: int, payload: str) -> bytes:
+    return b"id: %d\ndata: %s\n\n" % (message_id, payload.encode())
+
+
+def event_frame(event: str, data: Any) -> bytes:
+    return f"event: {event}\ndata: {compact_json(data)}\n\n".encode()
+
+
+KEEPALIVE_FRAME = b":\n\n"
+ASGISend = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class Subscriber:
+    __slots__ = ("send", "role", "task", "cursor", "replayed_through", "flushing", "ending")
+
+    def __init__(self, send: ASGISend, role: str, cursor: int) -> None:
+        self.send = send
+        self.role = role
+        self.task = asyncio.current_task()  # the stream's handler, waiting for disconnect
+        self.cursor = cursor  # ring position of the next frame to send
+        self.replayed_through = 0  # message ids up to this were sent by the replay
+        self.flushing: asyncio.Task | None = None
+        self.ending: bytes | None = None  # set when the server ends the stream
+
+    def end(self, final_frame: bytes) -> None:
+        self.ending = final_frame
+        if self.flushing is not None:
+            self.flushing.cancel()
+        self.task.cancel()
+
+
+class Room:
+    def __init__(self, record: RoomRecord) -> None:
+        self.record = record
+        self.subscribers: set[Subscriber] = set()
+        self.frames: list[bytes] = []  # ring: frames[i] is at position base + i
+        self.frame_ids: list[int] = []  # message id of each frame, 0 for other frames
+        self.base = 0
+        self._joined: tuple[int, int, bytes] = (0, 0, b"")  # (start, end, frames joined)
+        self._wake_armed = False
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def end(self) -> int:
+        return self.base + len(self.frames)
+
+    def append(self, frame: bytes, message_id: int = 0) -> None:
+        self.frames.append(frame)
+        self.frame_ids.append(message_id)
+        capacity = settings.subscriber_queue
+        if len(self.frames) >= 2 * capacity:  # compact: keep the newest `capacity` frames
+            del self.frames[:capacity], self.frame_ids[:capacity]
+            self.base += capacity
+            for subscriber in [s for s in self.subscribers if s.cursor < self.base]:
+                log.info("slow consumer dropped room=%s role=%s", self.id, subscriber.role)
+                hub.metrics["slow_consumer_disconnects"] += 1
+                subscriber.end(b"")
+        if not self._wake_armed and self.subscribers:
+            self._wake_armed = True
+            delay = settings.coalesce_ms / 1000
+            loop = asyncio.get_running_loop()
+            if delay > 0:
+                loop.call_later(delay, self._wake)
+            else:
+                loop.call_soon(self._wake)
+
+    def _wake(self) -> None:
+        self._wake_armed = False
+        end = self.end
+        for subscriber in self.subscribers:
+            if subscriber.cursor < end and subscriber.flushing is None:
+                subscriber.flushing = asyncio.create_task(self._flush(subscriber))
+
+    def pending(self, subscriber: Subscriber) -> bytes:
+        """Every frame from the subscriber's cursor to the end, joined; advances the cursor.
+        Most subscribers share a cursor, so the join is cached for the next one."""
+        start, end = subscriber.cursor, self.end
+        subscriber.cursor = end
+        offset = start - self.base
+        if subscriber.replayed_through:  # skip what the replay already sent
+            through, subscriber.replayed_through = subscriber.replayed_through, 0
+            frames = zip(self.frames[offset:], self.frame_ids[offset:], strict=True)
+            return b"".join(frame for frame, message_id in frames if not 0 < message_id <= through)
+        if self._joined[:2] != (start, end):
+            self._joined = (start, end, b"".join(self.frames[offset:]))
+        return self._joined[2]
+
+    async def _flush(self, subscriber: Subscriber) -> None:
+        try:
+            while subscriber.cursor < self.end:
+                chunk = self.pending(subscriber)
+                if chunk:
+                    await subscriber.send(
+                        {"type": "http.response.body", "body": chunk, "more_body": True}
+                    )
+                    hub.metrics["deliveries"] += 1
+        finally:
+            subscriber.flushing = None
+
+    def end_streams(self, final_frame: bytes) -> None:
+        for subscriber in list(self.subscribers):
+            subscriber.end(final_frame)
+
+
+@dataclass
+class PendingPublish:
+    messages: list[tuple[Room, dict[str, Any]]]  # (room, {speaker, data, meta})
+    done: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class Hub:
+    """The live rooms, the group-commit writer and the keepalive ticker."""
+
+    def __init__(self) -> None:
+        self.storage: Storage
+        self.rooms: dict[str, Room] = {}
+        self.pending: list[PendingPublish] = []
+        self._pending_ready = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self.closing = False
+        self.metrics = {
+            "published": 0,
+            "commits": 0,
+            "deliveries": 0,
+            "slow_consumer_disconnects": 0,
+        }
+
+    async def start(self) -> None:
+        self._pending_ready = asyncio.Event()
+        self.storage = Storage(settings.data_dir / "streaming-message.db")
+        await self.storage.open()
+        self.rooms = {record.id: Room(record) for record in await self.storage.load_rooms()}
+        if settings.default_room not in self.rooms:
+            await self.create_room(settings.default_room, None)
+        self._tasks = [asyncio.create_task(self._writer()), asyncio.create_task(self._keepalive())]
+
+    async def create_room(self, room_id: str, owner: str | None, **fields: Any) -> RoomRecord:
+        record = RoomRecord(
+            id=room_id,
+            owner=owner,
+            title=fields.get("title", ""),
+            private=fields.get("private", False),
+            history_size=fields.get("history_size"),
+            settings=fields.get("settings", {}),
+            last_id=0,
+            created_at=now_ms(),
+        )
+        await self.storage.insert_room(record)
+        self.rooms[room_id] = Room(record)
+        return record
+
+    async def publish(self, messages: list[tuple[Room, dict[str, Any]]]) -> list[dict[str, Any]]:
+        """Commit messages (all or none) and fan them out; returns their payloads."""
+        if self.closing:
+            raise ApiError(503, "Server is shutting down")
+        item = PendingPublish(messages)
+        self.pending.append(item)
+        self._pending_ready.set()
+        return await asyncio.shield(item.done)  # a client hanging up can't undo a commit
+
+    async def _writer(self) -> None:
+        while True:
+            await self._pending_ready.wait()
+            self._pending_ready.clear()
+            batch, self.pending = self.pending, []
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[PendingPublish]) -> None:
+        rows: list[tuple[str, int, str]] = []
+        last_ids: dict[str, int] = {}
+        trims: dict[str, int] = {}
+        results: list[list[tuple[Room, int, str, dict[str, Any]]]] = []
+        time_ms = now_ms()
+        for item in batch:
+            committed = []
+            for room, message in item.messages:
+                last_id = last_ids.get(room.id, room.record.last_id) + 1
+                payload = {"id": last_id, "room": room.id, **message, "time": time_ms}
+                encoded = compact_json(payload)
+                rows.append((room.id, last_id, encoded))
+                committed.append((room, last_id, encoded, payload))
+                last_ids[room.id] = last_id
+                trims[room.id] = last_id - (room.record.history_size or settings.history_size)
+            results.append(committed)
+        try:
+            await self.storage.commit_messages(rows, last_ids, trims)
+            self.metrics["commits"] += 1
+        except Exception:
+            log.exception("commit failed")
+            for item in batch:
+                if not item.done.done():
+                    item.done.set_exception(ApiError(500, "Could not store the message"))
+            return
+        for item, committed in zip(batch, results, strict=True):
+            for room, message_id, encoded, _ in committed:
+                room.record.last_id = message_id
+                room.append(message_frame(message_id, encoded), message_id)
+            self.metrics["published"] += len(committed)
+            if not item.done.done():
+                item.done.set_result([payload for *_, payload in committed])
+
+    async def _keepalive(self) -> None:
+        while True:
+            await asyncio.sleep(settings.keepalive_s)
+            for room in self.rooms.values():
+                if room.subscribers:
+                    room.append(KEEPALIVE_FRAME)
+
+    async def close(self) -> None:
+        """Graceful shutdown: commit what is pending, end every stream with a final event."""
+        if self.closing:
+            return
+        self.closing = True
+        while self.pending:
+            batch, self.pending = self.pending, []
+            await self._commit(batch)
+        farewell = event_frame("shutdown", {"reconnect": True, "retry": settings.retry_ms})
+        for room in self.rooms.values():
+            room.end_streams(farewell)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def close_storage(self) -> None:
+        await self.storage.close()
+
+
+hub = Hub()
+
+
+# ---------------------------------------------------------------------------------------
+# Auth
+# ---------------------------------------------------------------------------------------
+
+
+def bearer_token(headers: dict[bytes, bytes]) -> str | None:
+    """The token of an `Authorization: Bearer ...` header; the scheme is case-insensitive."""
+    value = headers.get(b"authorization", b"").decode("latin-1")
+    scheme, _, token = value.strip().partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def is_root_token(token: str) -> bool:
+    root = settings.sse_token
+    return bool(root) and hmac.compare_digest(token.encode(), root.encode())
+
+
+def authorize_publish(token: str | None, room: Room) -> None:
+    """Raise 401 unless the token may publish to the room."""
+    if not token:
+        raise ApiError(401, "Missing token: send Authorization: Bearer <token> or a token field")
+    if not is_root_token(token):
+        raise ApiError(401, "Invalid token")
+
+
+# ---------------------------------------------------------------------------------------
+# Hot path: the event stream and publish, as plain ASGI in front of Quart. Each request
+# costs one Hypercorn request and none of Quart's; validation, auth and storage are the
+# same functions the Quart routes use.
+# ---------------------------------------------------------------------------------------
+
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+JSON_HEADERS = [(b"content-type", b"application/json")]
+EVENTS_PATH = re.compile(r"/api/v1/events(?:/([^/]*))?/?")
+SEND_PREFIX = b"/api/v1/send/"
+
+
+def cors_headers(headers: dict[bytes, bytes]) -> list[tuple[bytes, bytes]]:
+    origin = headers.get(b"origin")
+    if origin is None:
+        return []
+    if "*" in settings.cors_origins:
+        return [(b"access-control-allow-origin", b"*")]
+    if origin.decode("latin-1") in settings.cors_origins:
+        return [
+            (b"access-control-allow-origin", origin),
+            (b"access-control-allow-credentials", b"true"),
+            (b"vary", b"Origin"),
+        ]
+    return []
+
+
+def preflight_headers(headers: dict[bytes, bytes]) -> list[tuple[bytes, bytes]]:
+    allowed = cors_headers(headers)
+    if not allowed:
+        return []
+    return [
+        *allowed,
+        (b"access-control-allow-methods", b"GET, POST, PUT, PATCH, DELETE, OPTIONS"),
+        (
+            b"access-control-allow-headers",
+            headers.get(b"access-control-request-headers", b"authorization, content-type"),
+        ),
+        (b"access-control-max-age", b"86400"),
+    ]
+
+
+async def send_json(
+    send: ASGISend, status: int, body: dict[str, Any], extra: list[tuple[bytes, bytes]]
+) -> None:
+    data = compact_json(body).encode()
+    headers = [*JSON_HEADERS, (b"content-length", b"%d" % len(data)), *extra]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": data})
+
+
+async def read_body(receive: Callable[[], Awaitable[dict]]) -> bytes:
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ApiError(400, "Client disconnected")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > settings.max_body_bytes:
+            raise ApiError(413, f"Request body too large (max {settings.max_body_bytes} bytes)")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def query_params(scope: dict[str, Any]) -> dict[str, str]:
+    parsed = parse_qs(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+    return {key: values[0] for key, values in parsed.items()}
+
+
+def find_room(room_id: str | None) -> Room:
+    canonical = normalize_room(room_id) if room_id is not None else settings.default_room
+    if canonical is None:
+        raise ApiError(400, "Invalid room id: use 1-64 letters or digits", room=room_id)
+    room = hub.rooms.get(canonical)
+    if room is None:
+        raise ApiError(404, f"Unknown room: {canonical}", room=canonical)
+    return room
+
+
+def validate_message(item: Any) -> tuple[dict[str, Any], str | None, str | None]:
+    """A publish body object -> (message, room id, token). Raises 400/413."""
+    if not isinstance(item, dict):
+        raise ApiError(400, "Each message must be a JSON object")
+    speaker = item.get("speaker")
+    if not isinstance(speaker, str) or not speaker.strip():
+        raise ApiError(400, "speaker must be a non-empty string")
+    if len(speaker) > MAX_SPEAKER_CHARS:
+        raise ApiError(400, f"speaker is longer than {MAX_SPEAKER_CHARS} characters")
+    data = item.get("data")
+    if not isinstance(data, dict):
+        raise ApiError(400, "data must be a JSON object")
+    room_id, token = item.get("room"), item.get("token")
+    if room_id is not None and not isinstance(room_id, str):
+        raise ApiError(400, "room must be a string")
+    if token is not None and not isinstance(token, str):
+        raise ApiError(400, "token must be a string")
+    message = {"speaker": speaker, "data": data, "meta": item.get("meta")}
+    if len(compact_json(message).encode()) > settings.max_message_bytes:
+        raise ApiError(413, f"Message too large (max {settings.max_message_bytes} bytes)")
+    return message, room_id, token
+
+
+async def publish_request(
+    headers: dict[bytes, bytes], body: Any, query_token: str | None = None
+) -> dict[str, Any]:
+    """POST /api/v1/send: one message object or an array of them (a batch, all or none)."""
+    items = body if isinstance(body, list) else [body]
+    if not items:
+        raise ApiError(400, "Empty batch")
+    header_token = bearer_token(headers)
+    messages = []
+    for item in items:
+        message, room_id, body_token = validate_message(item)
+        room = find_room(room_id)
+        authorize_publish(header_token or body_token or query_token, room)
+        messages.append((room, message))
+    payloads = await hub.publish(messages)
+    if not isinstance(body, list):
+        return sent_reply(payloads[0])
+    return {
+        "success": True,
+        "code": 202,
+        "msg": "Message Events Sent",
+        "target": {"rooms": sorted({p["room"] for p in payloads})},
+        "events": payloads,
+        "ids": [p["id"] for p in payloads],
+    }
+
+
+def sent_reply(payload: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "success": True,
+        "code": 202,
+        "msg": "Message Event Sent",
+        "target": {"room": payload["room"]},
+        "event": payload,
+        "id": payload["id"],
+    }
+
+
+async def publish_get(raw_speaker: bytes, params: dict[str, str]) -> dict[str, Any]:
+    """GET /api/v1/send/<speaker>?token=&msg=[&room=] (the Bun project's form)."""
+    speaker = unquote(raw_speaker.decode("latin-1"), errors="replace")
+    if "msg" not in params:
+        raise ApiError(400, "Missing msg parameter")
+    message, room_id, token = validate_message(
+        {
+            "speaker": speaker,
+            "data": {"message": params["msg"]},
+            "meta": "message",
+            "room": params.get("room"),
+            "token": params.get("token"),
+        }
+    )
+    room = find_room(room_id)
+    authorize_publish(token, room)
+    (payload,) = await hub.publish([(room, message)])
+    return sent_reply(payload)
+
+
+def parse_last_event_id(headers: dict[bytes, bytes], params: dict[str, str]) -> int | None:
+    raw = headers.get(b"last-event-id", b"").decode("latin-1").strip() or params.get(
+        "lastEventId", ""
+    )
+    return int(raw) if raw.isdigit() else None
+
+
+async def stream_events(scope, receive, send, room_id: str | None, headers) -> None:
+    """GET /api/v1/events[/<room>]: hello, replay after Last-Event-ID, then live frames."""
+    params = query_params(scope)
+    room = find_room(room_id)
+    last_id = parse_last_event_id(headers, params)
+    role = "controller" if params.get("role") == "controller" else "player"
+
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": SSE_HEADERS + cors_headers(headers),
+        }
+    )
+    subscriber = Subscriber(send, role, room.end)
+    room.subscribers.add(subscriber)
+    try:
+        hello: dict[str, Any] = {
+            "api": {"version": API_VERSION},
+            "room": room.id,
+            "last_id": room.record.last_id,
+            "keepalive_s": settings.keepalive_s,
+            "gap": False,
+        }
+        replay: list[bytes] = []
+        if last_id is not None:
+            rows = await hub.storage.history(room.id, last_id, room.record.last_id + 1)
+            oldest = rows[0][0] if rows else await hub.storage.oldest_id(room.id)
+            hello["gap"] = oldest is not None and oldest > last_id + 1
+            replay = [message_frame(message_id, payload) for message_id, payload in rows]
+            subscriber.replayed_through = rows[-1][0] if rows else 0
+        first = b"retry: %d\n" % settings.retry_ms + event_frame("meta", hello) + b"".join(replay)
+        await send({"type": "http.response.body", "body": first, "more_body": True})
+        if subscriber.cursor < room.end:
+            room._wake()
+        while (await receive())["type"] != "http.disconnect":
+            pass
+    except asyncio.CancelledError:
+        if subscriber.ending is None:
+            raise
+        asyncio.current_task().uncancel()
+        if subscriber.ending:  # the server ends the stream with a final event
+            await send({"type": "http.response.body", "body": subscriber.ending})
+    finally:
+        room.subscribers.discard(subscriber)
+        if subscriber.flushing is not None:
+            subscriber.flushing.cancel()
+
+
+class HotPath:
+    """ASGI middleware: serves streams, publishes and API preflights; passes the rest on."""
+
+    def __init__(self, app: Callable) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/api/v1/"):
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        method, path = scope["method"], scope["path"]
+        try:
+            if method == "OPTIONS":
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 204,
+                        "headers": preflight_headers(headers),
+                    }
+                )
+                await send({"type": "http.response.body", "body": b""})
+                return None
+            if events := EVENTS_PATH.fullmatch(path):
+                if method != "GET":
+                    raise ApiError(405, "Method not allowed: use GET", allow="GET")
+                return await stream_events(scope, receive, send, events.group(1), headers)
+            if path.rstrip("/") == "/api/v1/send":
+                if method != "POST":
+                    raise ApiError(405, "Method not allowed: use POST", allow="POST")
+                body = await read_body(receive)
+                try:
+                    parsed = json.loads(body)
+                except (ValueError, UnicodeDecodeError) as error:
+                    raise ApiError(400, "Invalid JSON body", detail=str(error)) from None
+                reply = await publish_request(headers, parsed, query_params(scope).get("token"))
+                return await send_json(send, 202, reply, cors_headers(headers))
+            if scope["raw_path"].startswith(SEND_PREFIX):
+                if method != "GET":
+                    raise ApiError(405, "Method not allowed: use GET", allow="GET")
+                raw_speaker = scope["raw_path"][len(SEND_PREFIX) :].rstrip(b"/")
+                reply = await publish_get(raw_speaker, query_params(scope))
+                return await send_json(send, 202, reply, cors_headers(headers))
+        except ApiError as error:
+            extra = cors_headers(headers)
+            if error.status == 405:
+                extra.append((b"allow", error.extra["allow"].encode()))
+            return await send_json(send, error.status, error.body(), extra)
+        return await self.app(scope, receive, send)
+
+
+def accept_utf8_request_targets() -> None:
+    """h11 answers 400 to raw UTF-8 in a request line; curl sends it as typed (the Bun
+    project's README does: `msg=冲！冲刺！`). Accept it, as nginx, Node and Bun do, and
+    percent-encode those bytes so everything after the parser sees a valid ASCII target.
+    h11 only calls `fullmatch(line).groupdict()` on its request-line regex, so a stand-in
+    with that interface is the whole shim."""
+    readers = h11._readers
+    utf8_request_line = re.compile(
+        readers.request_line_re.pattern.replace(rb"\x21-\x7e", rb"\x21-\x7e\x80-\xff")
+    )
+    visible_ascii = bytes(range(0x21, 0x7F))
+
+    class RequestLine:
+        @staticmethod
+        def fullmatch(line: bytes) -> SimpleNamespace | None:
+            match = utf8_request_line.fullmatch(line)
+            if match is None:
+                return None
+            groups = match.groupdict()
+            if not groups["target"].isascii():
+                groups["target"] = quote(groups["target"], safe=visible_ascii).encode()
+            return SimpleNamespace(groupdict=lambda: groups)
+
+    readers.request_line_re = RequestLine
+
+
+accept_utf8_request_targets()
+
+
+# ---------------------------------------------------------------------------------------
+# Routes (Quart)
+# ---------------------------------------------------------------------------------------
+
+app = Quart(__name__, static_folder=None)
+app.config["RESPONSE_TIMEOUT"] = None  # SSE responses last for hours
+app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+app.asgi_app = HotPath(app.asgi_app)
+
+
+@app.before_serving
+async def startup() -> None:
+    await hub.start()
+
+
+@app.after_serving
+async def shutdown() -> None:
+    await hub.close()
+    await hub.close_storage()
+
+
+@app.errorhandler(ApiError)
+async def api_error(error: ApiError):
+    return jsonify(error.body()), error.status
+
+
+@app.errorhandler(HTTPException)
+async def http_error(error: HTTPException):
+    return jsonify({"success": False, "code": error.code, "msg": error.description}), error.code
+
+
+@app.after_request
+async def add_cors(response):
+    for name, value in cors_headers(dict(request.scope["headers"])):
+        response.headers[name.decode()] = value.decode()
+    return response
+
+
+async def json_body() -> dict[str, Any]:
+    body = await request.get_json(force=True, silent=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, "Body must be a JSON object")
+    return body
+
+
+@app.get("/healthz")
+async def healthz():
+    subscribers = sum(len(room.subscribers) for room in hub.rooms.values())
+    stats = {"rooms": len(hub.rooms), "subscribers": subscribers, **hub.metrics}
+    return {"success": True, "code": 200, "msg": "OK", **stats}
+
+
+@app.get("/api/v1/rooms")
+async def list_rooms():
+    rooms = [room_summary(room) for room in hub.rooms.values()]
+    return {"success": True, "code": 200, "msg": "OK", "rooms": rooms}
+
+
+@app.post("/api/v1/rooms")
+async def create_room():
+    body = await json_body()
+    authorize_admin(body.get("token"))
+    room_id = body.get("id")
+    canonical = normalize_room(room_id) if isinstance(room_id, str) else None
+    if canonical is None:
+        raise ApiError(400, "Invalid room id: use 1-64 letters or digits")
+    if canonical in hub.rooms:
+        raise ApiError(409, f"Room already exists: {canonical}", room=canonical)
+    record = await hub.create_room(canonical, None)
+    return {"success": True, "code": 201, "msg": "Room Created", "room": record.public()}, 201
+
+
+@app.get("/api/v1/rooms/<room_id>")
+async def get_room(room_id: str):
+    room = find_room(room_id)
+    return {"success": True, "code": 200, "msg": "OK", "room": room_summary(room)}
+
+
+def room_summary(room: Room) -> dict[str, Any]:
+    roles = [subscriber.role for subscriber in room.subscribers]
+    counts = {"players": roles.count("player"), "controllers": roles.count("controller")}
+    return {**room.record.public(), "subscribers": counts}
+
+
+def authorize_admin(body_token: Any) -> None:
+    token = bearer_token(dict(request.scope["headers"]))
+    if token is None and isinstance(body_token, str):
+        token = body_token
+    if not token:
+        raise ApiError(401, "Missing token")
+    if not is_root_token(token):
+        raise ApiError(401, "Invalid token")
+
+
+@app.get("/static/js/sse-client.js")
+async def sse_client_js():
+    return await send_from_directory(DIST, "sse-client.js", mimetype="text/javascript")
+
+
+@app.get("/assets/<path:name>")
+async def assets(name: str):
+    return await send_from_directory(DIST / "assets", name)
+
+
+@app.get("/admin")
+async def admin_page():
+    return await send_from_directory(DIST, "admin.html")
+
+
+@app.get("/")
+@app.get("/<room_id>")
+async def player_page(room_id: str | None = None):
+    if room_id is not None and normalize_room(room_id) is None:
+        raise ApiError(404, "Not found")
+    return await send_from_directory(DIST, "player.html")
+
+
+# ---------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------
+
+
+async def serve() -> None:
+    """Run under Hypercorn. SIGTERM/SIGINT: end every stream with a final event and flush
+    the database first, so Hypercorn has no open streams to wait for."""
+    from hypercorn.asyncio import serve as hypercorn_serve
+    from hypercorn.config import Config
+
+    config = Config()
+    config.bind = [f"{settings.host}:{settings.port}"]
+    config.accesslog = None
+    config.graceful_timeout = settings.shutdown_timeout_s
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    async def shutdown_trigger() -> None:
+        await stop.wait()
+        log.info("shutting down")
+        await hub.close()
+
+    await hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger)
+
+
+def main(argv: list[str]) -> None:
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    if argv:
+        sys.exit(f"unknown command: {' '.join(argv)}")
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,161 @@
+"""Test harness: the real app under Hypercorn (`python app.py`) on a loopback port, with a
+temporary DATA_DIR, and real SSE clients (httpx-sse, curl)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from httpx_sse import ServerSentEvent, aconnect_sse
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "your_super_secret_token_here"  # the Bun project's README uses this literal
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """One app process. start() and stop() can be called again: same DATA_DIR, new run."""
+
+    def __init__(self, data_dir: Path, **env: str) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.token = env.get("SSE_TOKEN", TOKEN)
+        self.log_path = data_dir / "server.log"
+        self.env = {
+            **os.environ,
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "DATA_DIR": str(data_dir),
+            "SSE_TOKEN": self.token,
+            "LOG_LEVEL": "INFO",
+            **env,
+        }
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> Server:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("a")
+        self.process = subprocess.Popen(
+            [sys.executable, "app.py"], cwd=ROOT, env=self.env, stdout=log, stderr=log
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise RuntimeError(f"server did not start:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        code = self.process.wait(timeout=timeout)
+        self.process = None
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def health(self) -> dict:
+        return httpx.get(f"{self.url}/healthz").json()
+
+    def create_room(self, room: str) -> None:
+        reply = httpx.post(
+            f"{self.url}/api/v1/rooms",
+            json={"id": room},
+            headers={"Authorization": f"Bearer {self.token}"},
+        )
+        assert reply.status_code == 201, reply.text
+
+    def publish(self, speaker: str = "alice", data: dict | None = None, **fields) -> dict:
+        body = {"speaker": speaker, "data": data or {"message": "hi"}, **fields}
+        reply = httpx.post(
+            f"{self.url}/api/v1/send",
+            json=body,
+            headers={"Authorization": f"Bearer {self.token}"},
+        )
+        assert reply.status_code == 202, reply.text
+        return reply.json()
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator:
+    servers: list[Server] = []
+
+    def make(**env: str) -> Server:
+        server = Server(tmp_path / f"data{len(servers)}", **env)
+        servers.append(server)
+        return server.start()
+
+    yield make
+    for server in servers:
+        if server.process is not None:
+            server.stop(signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One shared server for tests that only need a running hub."""
+    shared = Server(tmp_path_factory.mktemp("shared")).start()
+    yield shared
+    shared.stop()
+
+
+class Subscription:
+    """An open SSE stream: `hello` is the meta event's data; iterate for the rest."""
+
+    def __init__(self, events: AsyncIterator[ServerSentEvent], hello: dict) -> None:
+        self.events, self.hello = events, hello
+
+    def __aiter__(self) -> AsyncIterator[ServerSentEvent]:
+        return self.events
+
+    def __anext__(self) -> Awaitable[ServerSentEvent]:
+        return anext(self.events)
+
+
+@asynccontextmanager
+async def subscribe(url: str, **headers: str) -> AsyncIterator[Subscription]:
+    """An SSE subscription (httpx-sse); the hello has arrived on entry."""
+    async with (
+        httpx.AsyncClient(timeout=httpx.Timeout(10, read=30)) as client,
+        aconnect_sse(client, "GET", url, headers=headers) as source,
+    ):
+        assert source.response.status_code == 200, await source.response.aread()
+        events = source.aiter_sse()
+        hello = await anext(events)
+        assert hello.event == "meta"
+        yield Subscription(events, json.loads(hello.data))
+
+
+async def collect(events: Subscription, count: int) -> list[ServerSentEvent]:
+    """The next `count` message events (skipping other event types), within 15 s."""
+    received = []
+    async with asyncio.timeout(15):
+        async for event in events:
+            if event.event == "message":
+                received.append(event)
+                if len(received) == count:
+                    break
+    return received
