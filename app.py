@@ -511,12 +511,24 @@ def is_root_token(token: str) -> bool:
     return bool(root) and hmac.compare_digest(token.encode(), root.encode())
 
 
-def authorize_publish(token: str | None, room: Room) -> None:
-    """Raise 401 unless the token may publish to the room."""
+@dataclass(frozen=True)
+class Principal:
+    """Who a request acts as."""
+
+    name: str
+
+
+ROOT_PRINCIPAL = Principal("root")
+
+
+def authorize(token: str | None, room: Room | None, right: str) -> Principal:
+    """The principal a token stands for, if it has `right` ("publish", "subscribe",
+    "admin") on `room` (None: no particular room). Raises 401 (no or bad credentials)."""
     if not token:
         raise ApiError(401, "Missing token: send Authorization: Bearer <token> or a token field")
-    if not is_root_token(token):
-        raise ApiError(401, "Invalid token")
+    if is_root_token(token):
+        return ROOT_PRINCIPAL
+    raise ApiError(401, "Invalid token")
 
 
 # ---------------------------------------------------------------------------------------
@@ -639,7 +651,7 @@ async def publish_request(
     for item in items:
         message, room_id, body_token = validate_message(item)
         room = find_room(room_id)
-        authorize_publish(header_token or body_token or query_token, room)
+        authorize(header_token or body_token or query_token, room, "publish")
         messages.append((room, message))
     payloads = await hub.publish(messages)
     if not isinstance(body, list):
@@ -680,7 +692,7 @@ async def publish_get(raw_speaker: bytes, params: dict[str, str]) -> dict[str, A
         }
     )
     room = find_room(room_id)
-    authorize_publish(token, room)
+    authorize(token, room, "publish")
     (payload,) = await hub.publish([(room, message)])
     return sent_reply(payload)
 
@@ -698,6 +710,8 @@ async def stream_events(scope, receive, send, room_id: str | None, headers) -> N
     room = find_room(room_id)
     last_id = parse_last_event_id(headers, params)
     role = "controller" if params.get("role") == "controller" else "player"
+    if role == "controller":  # a controller may publish here
+        authorize(bearer_token(headers) or params.get("token"), room, "publish")
 
     await send(
         {
@@ -881,7 +895,7 @@ async def list_rooms():
 @app.post("/api/v1/rooms")
 async def create_room():
     body = await json_body()
-    authorize_admin(body.get("token"))
+    authorize(request_token(body), None, "admin")
     room_id = body.get("id")
     canonical = normalize_room(room_id) if isinstance(room_id, str) else None
     if canonical is None:
@@ -904,14 +918,12 @@ def room_summary(room: Room) -> dict[str, Any]:
     return {**room.record.public(), "subscribers": counts}
 
 
-def authorize_admin(body_token: Any) -> None:
+def request_token(body: dict[str, Any] | None = None) -> str | None:
+    """A Quart request's token: Bearer header, then body `token`, then `?token=`."""
     token = bearer_token(dict(request.scope["headers"]))
-    if token is None and isinstance(body_token, str):
-        token = body_token
-    if not token:
-        raise ApiError(401, "Missing token")
-    if not is_root_token(token):
-        raise ApiError(401, "Invalid token")
+    if token is None and body is not None and isinstance(body.get("token"), str):
+        token = body["token"]
+    return token or request.args.get("token")
 
 
 @app.get("/static/js/sse-client.js")

@@ -264,7 +264,7 @@ async def test_framing_holds_for_awkward_payloads(server: Server, text: str):
 
 async def test_disconnected_subscriber_is_removed_at_once(server: Server):
     server.create_room("leave")
-    async with subscribe(f"{server.url}/api/v1/events/leave?role=controller"):
+    async with subscribe(f"{server.url}/api/v1/events/leave?role=controller&token={server.token}"):
         room = httpx.get(f"{server.url}/api/v1/rooms/leave").json()["room"]
         assert room["subscribers"] == {"players": 0, "controllers": 1}
     deadline = time.monotonic() + 2
