@@ -1489,7 +1489,11 @@ app.asgi_app = HotPath(app.asgi_app)
 @app.before_serving
 async def startup() -> None:
     await hub.start()
-    await accounts.start(hub.storage)
+    try:
+        await accounts.start(hub.storage)
+    except BaseException:  # e.g. a bad SECRET_KEY: stop, or the database's threads linger
+        await shutdown()
+        raise
 
 
 @app.after_serving
