@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import itertools
 import json
 import logging
 import os
+import random
 import re
 import signal
 import sys
@@ -29,6 +31,7 @@ from urllib.parse import parse_qs, quote, unquote
 import aiosqlite
 import h11
 import h11._readers
+import httpx
 from dotenv import load_dotenv
 from quart import Quart, jsonify, request, send_from_directory
 from werkzeug.exceptions import HTTPException
@@ -69,6 +72,11 @@ class Settings:
     cors_origins: tuple[str, ...]
     sqlite_synchronous: str
     shutdown_timeout_s: float
+    heartbeat_s: float
+    presence_interval_s: float
+    hitokoto_url: str
+    fallback_poll_s: float
+    fallback_timeout_s: float
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -90,6 +98,11 @@ class Settings:
             cors_origins=origins,
             sqlite_synchronous=_env("SQLITE_SYNCHRONOUS", "NORMAL").upper(),
             shutdown_timeout_s=float(_env("SHUTDOWN_TIMEOUT", "5")),
+            heartbeat_s=float(_env("HEARTBEAT_S", "5")),
+            presence_interval_s=float(_env("PRESENCE_INTERVAL_S", "1")),
+            hitokoto_url=_env("HITOKOTO_URL", "https://v1.hitokoto.cn/?encode=json"),
+            fallback_poll_s=float(_env("FALLBACK_POLL_S", "10")),
+            fallback_timeout_s=float(_env("FALLBACK_TIMEOUT_S", "3")),
         )
 
 
@@ -258,10 +271,15 @@ class Storage:
 # and arms one short timer; when it fires, every subscriber behind the end gets all its
 # pending frames in one write. A subscriber that falls a whole ring behind is dropped
 # (it resumes by Last-Event-ID from SQLite) instead of growing the server's memory.
+# Presence and heartbeat frames go through the same ring, as does the quote feed that
+# invalid and unknown rooms get (FallbackFeed).
 # ---------------------------------------------------------------------------------------
 
 
-def message_frame(message_id: int, payload: str) -> bytes:
+def message_frame(message_id: int | None, payload: str) -> bytes:
+    """An unnamed event. Without an id (the quote feed) the client keeps its Last-Event-ID."""
+    if message_id is None:
+        return b"data: %s\n\n" % payload.encode()
     return b"id: %d\ndata: %s\n\n" % (message_id, payload.encode())
 
 
@@ -274,7 +292,16 @@ ASGISend = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class Subscriber:
-    __slots__ = ("send", "role", "task", "cursor", "replayed_through", "flushing", "ending")
+    __slots__ = (
+        "send",
+        "role",
+        "task",
+        "cursor",
+        "replayed_through",
+        "flushing",
+        "ending",
+        "live",
+    )
 
     def __init__(self, send: ASGISend, role: str, cursor: int) -> None:
         self.send = send
@@ -284,9 +311,11 @@ class Subscriber:
         self.replayed_through = 0  # message ids up to this were sent by the replay
         self.flushing: asyncio.Task | None = None
         self.ending: bytes | None = None  # set when the server ends the stream
+        self.live = False  # frames are flushed to it only after its hello (and replay)
 
     def end(self, final_frame: bytes) -> None:
         self.ending = final_frame
+        self.live = False
         if self.flushing is not None:
             self.flushing.cancel()
         self.task.cancel()
@@ -296,6 +325,10 @@ class Room:
     def __init__(self, record: RoomRecord) -> None:
         self.record = record
         self.subscribers: set[Subscriber] = set()
+        self.controllers = 0  # subscribers with role "controller"
+        self._heartbeat: asyncio.TimerHandle | None = None  # armed while controllers > 0
+        self._presence_armed = False
+        self._presence_sent = {"players": 0, "controllers": 0}
         self.frames: list[bytes] = []  # ring: frames[i] is at position base + i
         self.frame_ids: list[int] = []  # message id of each frame, 0 for other frames
         self.base = 0
@@ -309,6 +342,72 @@ class Room:
     @property
     def end(self) -> int:
         return self.base + len(self.frames)
+
+    def presence(self) -> dict[str, int]:
+        return {
+            "players": len(self.subscribers) - self.controllers,
+            "controllers": self.controllers,
+        }
+
+    def hello(self) -> dict[str, Any]:
+        """The `event: meta` a new stream starts with (before its replay)."""
+        return {
+            "api": {"version": API_VERSION},
+            "room": self.id,
+            "fallback": False,
+            "last_id": self.record.last_id,
+            "keepalive_s": settings.keepalive_s,
+            "heartbeat_s": settings.heartbeat_s,
+            "presence": self.presence(),
+            "gap": False,
+        }
+
+    def join(self, subscriber: Subscriber) -> None:
+        self.subscribers.add(subscriber)
+        if subscriber.role == "controller":
+            self.controllers += 1
+            if self.controllers == 1:
+                self._beat()  # players learn at once that a controller is here
+        self._presence_changed()
+
+    def leave(self, subscriber: Subscriber) -> None:
+        self.subscribers.remove(subscriber)
+        if subscriber.role == "controller":
+            self.controllers -= 1
+            if self.controllers == 0:
+                self._heartbeat.cancel()
+                self._beat()  # the last one left: one heartbeat saying zero, at once
+        self._presence_changed()
+
+    def _beat(self) -> None:
+        """One heartbeat frame for the whole room (controllers get it too and ignore it);
+        repeats every HEARTBEAT_S while a controller is connected. Players count three
+        missed intervals as the controller being offline."""
+        heartbeat = {
+            "controllers": self.controllers,
+            "interval_s": settings.heartbeat_s,
+            "time": now_ms(),
+        }
+        self.append(event_frame("heartbeat", heartbeat))
+        self._heartbeat = None
+        if self.controllers:
+            loop = asyncio.get_running_loop()
+            self._heartbeat = loop.call_later(settings.heartbeat_s, self._beat)
+
+    def _presence_changed(self) -> None:
+        """Coalesce: at most one presence event per PRESENCE_INTERVAL_S, with the counts
+        as they are when it is sent, and only if they differ from the last one sent."""
+        if not self._presence_armed:
+            self._presence_armed = True
+            loop = asyncio.get_running_loop()
+            loop.call_later(settings.presence_interval_s, self._send_presence)
+
+    def _send_presence(self) -> None:
+        self._presence_armed = False
+        presence = self.presence()
+        if presence != self._presence_sent:
+            self._presence_sent = presence
+            self.append(event_frame("presence", presence))
 
     def append(self, frame: bytes, message_id: int = 0) -> None:
         self.frames.append(frame)
@@ -334,7 +433,7 @@ class Room:
         self._wake_armed = False
         end = self.end
         for subscriber in self.subscribers:
-            if subscriber.cursor < end and subscriber.flushing is None:
+            if subscriber.live and subscriber.cursor < end and subscriber.flushing is None:
                 subscriber.flushing = asyncio.create_task(self._flush(subscriber))
 
     def pending(self, subscriber: Subscriber) -> bytes:
@@ -368,6 +467,98 @@ class Room:
             subscriber.end(final_frame)
 
 
+def quote_message(quote: Any) -> dict[str, Any]:
+    """A Hitokoto quote (`{"hitokoto", "from", "from_who", ...}`) as a message's speaker
+    and data. ValueError when it is not one."""
+    if not isinstance(quote, dict):
+        raise ValueError("a quote must be a JSON object")
+    text, source, author = quote.get("hitokoto"), quote.get("from"), quote.get("from_who")
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("a quote needs a non-empty hitokoto string")
+    if not isinstance(source, str | None) or not isinstance(author, str | None):
+        raise ValueError("a quote's from and from_who must be strings or null")
+    speaker = (author or source or "一言")[:MAX_SPEAKER_CHARS]
+    return {"speaker": speaker, "data": {"message": text, "from": source, "from_who": author}}
+
+
+BUNDLED_QUOTES = [
+    quote_message(quote) for quote in json.loads((ROOT / "quotes.json").read_text("utf-8"))
+]
+MAX_QUOTE_BYTES = 65536  # a Hitokoto reply is well under 1 KB
+
+
+class FallbackFeed(Room):
+    """What a stream of an invalid or unknown room gets instead: quotes from the Hitokoto
+    API, or from quotes.json when the API fails. One pseudo-room (not in hub.rooms) shared
+    by every such stream, so one poller serves them all, at most one request per
+    FALLBACK_POLL_S, and only while someone listens. No presence or heartbeat: its
+    listeners are strangers in different rooms."""
+
+    def __init__(self) -> None:
+        super().__init__(RoomRecord("fallback", None, "", False, None, {}, 0, 0))
+        self._ids = itertools.count(1)  # quote ids are not stored, and not sent as `id:`
+        self._poller: asyncio.Task | None = None
+        self._next_poll = 0.0  # loop time; kept across poller restarts
+        self._failing = False
+
+    def hello(self) -> dict[str, Any]:
+        return {
+            "api": {"version": API_VERSION},
+            "room": self.id,
+            "fallback": True,
+            "keepalive_s": settings.keepalive_s,
+        }
+
+    def join(self, subscriber: Subscriber) -> None:
+        self.subscribers.add(subscriber)
+        if self._poller is None:
+            self._poller = asyncio.create_task(self._poll())
+
+    def leave(self, subscriber: Subscriber) -> None:
+        self.subscribers.remove(subscriber)
+        if not self.subscribers:
+            self._poller.cancel()
+            self._poller = None
+
+    async def _poll(self) -> None:
+        loop = asyncio.get_running_loop()
+        async with httpx.AsyncClient(timeout=settings.fallback_timeout_s) as client:
+            while True:
+                await asyncio.sleep(self._next_poll - loop.time())
+                self._next_poll = loop.time() + settings.fallback_poll_s
+                message = await self._fetch(client)
+                payload = {"id": next(self._ids), "room": self.id, **message}
+                payload.update(meta="fallback", time=now_ms())
+                self.append(message_frame(None, compact_json(payload)))
+
+    async def _fetch(self, client: httpx.AsyncClient) -> dict[str, Any]:
+        """A quote from the API, else a bundled one; one warning per failure streak."""
+        try:
+            # httpx's timeouts bound each network step; this bounds the whole request
+            async with asyncio.timeout(settings.fallback_timeout_s):
+                async with client.stream("GET", settings.hitokoto_url) as response:
+                    response.raise_for_status()
+                    body = bytearray()
+                    async for chunk in response.aiter_bytes():
+                        body += chunk
+                        if len(body) > MAX_QUOTE_BYTES:
+                            raise ValueError(f"reply larger than {MAX_QUOTE_BYTES} bytes")
+            message = quote_message(json.loads(body))
+        except Exception as error:  # down, slow or garbage: the feed keeps flowing
+            if not self._failing:
+                self._failing = True
+                log.warning(
+                    "quote API failed (%s: %s); serving bundled quotes until it answers",
+                    type(error).__name__,
+                    error,
+                )
+            return random.choice(BUNDLED_QUOTES)
+        if self._failing:
+            self._failing = False
+            log.info("quote API answers again")
+        return message
+
+
 @dataclass
 class PendingPublish:
     messages: list[tuple[Room, dict[str, Any]]]  # (room, {speaker, data, meta})
@@ -380,6 +571,7 @@ class Hub:
     def __init__(self) -> None:
         self.storage: Storage
         self.rooms: dict[str, Room] = {}
+        self.fallback = FallbackFeed()
         self.pending: list[PendingPublish] = []
         self._pending_ready = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
@@ -465,10 +657,14 @@ class Hub:
             if not item.done.done():
                 item.done.set_result([payload for *_, payload in committed])
 
+    def streams(self) -> list[Room]:
+        """Everything streams are served from: the rooms and the fallback feed."""
+        return [*self.rooms.values(), self.fallback]
+
     async def _keepalive(self) -> None:
         while True:
             await asyncio.sleep(settings.keepalive_s)
-            for room in self.rooms.values():
+            for room in self.streams():
                 if room.subscribers:
                     room.append(KEEPALIVE_FRAME)
 
@@ -481,7 +677,7 @@ class Hub:
             batch, self.pending = self.pending, []
             await self._commit(batch)
         farewell = event_frame("shutdown", {"reconnect": True, "retry": settings.retry_ms})
-        for room in self.rooms.values():
+        for room in self.streams():
             room.end_streams(farewell)
         for task in self._tasks:
             task.cancel()
@@ -705,14 +901,34 @@ def parse_last_event_id(headers: dict[bytes, bytes], params: dict[str, str]) -> 
 
 
 async def stream_events(scope, receive, send, room_id: str | None, headers) -> None:
-    """GET /api/v1/events[/<room>]: hello, replay after Last-Event-ID, then live frames."""
+    """GET /api/v1/events[/<room>]: hello, replay after Last-Event-ID, then live frames.
+    An invalid or unknown room id is not an error: it streams the quote feed."""
     params = query_params(scope)
-    room = find_room(room_id)
-    last_id = parse_last_event_id(headers, params)
+    try:
+        room = find_room(room_id)
+    except ApiError as error:
+        reason = "invalid room id" if error.status == 400 else "unknown room"
+        return await serve_stream(
+            send, receive, headers, hub.fallback, "player", reason=reason, requested=room_id
+        )
     role = "controller" if params.get("role") == "controller" else "player"
     if role == "controller":  # a controller may publish here
         authorize(bearer_token(headers) or params.get("token"), room, "publish")
+    last_id = parse_last_event_id(headers, params)
+    await serve_stream(send, receive, headers, room, role, last_id)
 
+
+async def serve_stream(
+    send: ASGISend,
+    receive: Callable[[], Awaitable[dict]],
+    headers: dict[bytes, bytes],
+    room: Room,
+    role: str,
+    last_id: int | None = None,
+    **hello_extra: Any,
+) -> None:
+    """Stream a room (or the fallback feed) until the client leaves or the server ends the
+    stream. The hello is made after joining, so its presence counts this subscriber."""
     await send(
         {
             "type": "http.response.start",
@@ -721,15 +937,9 @@ async def stream_events(scope, receive, send, room_id: str | None, headers) -> N
         }
     )
     subscriber = Subscriber(send, role, room.end)
-    room.subscribers.add(subscriber)
+    room.join(subscriber)
     try:
-        hello: dict[str, Any] = {
-            "api": {"version": API_VERSION},
-            "room": room.id,
-            "last_id": room.record.last_id,
-            "keepalive_s": settings.keepalive_s,
-            "gap": False,
-        }
+        hello = {**room.hello(), **hello_extra}
         replay: list[bytes] = []
         if last_id is not None:
             rows = await hub.storage.history(room.id, last_id, room.record.last_id + 1)
@@ -739,7 +949,8 @@ async def stream_events(scope, receive, send, room_id: str | None, headers) -> N
             subscriber.replayed_through = rows[-1][0] if rows else 0
         first = b"retry: %d\n" % settings.retry_ms + event_frame("meta", hello) + b"".join(replay)
         await send({"type": "http.response.body", "body": first, "more_body": True})
-        if subscriber.cursor < room.end:
+        subscriber.live = subscriber.ending is None
+        if subscriber.live and subscriber.cursor < room.end:
             room._wake()
         while (await receive())["type"] != "http.disconnect":
             pass
@@ -750,7 +961,7 @@ async def stream_events(scope, receive, send, room_id: str | None, headers) -> N
         if subscriber.ending:  # the server ends the stream with a final event
             await send({"type": "http.response.body", "body": subscriber.ending})
     finally:
-        room.subscribers.discard(subscriber)
+        room.leave(subscriber)
         if subscriber.flushing is not None:
             subscriber.flushing.cancel()
 
@@ -780,7 +991,8 @@ class HotPath:
             if events := EVENTS_PATH.fullmatch(path):
                 if method != "GET":
                     raise ApiError(405, "Method not allowed: use GET", allow="GET")
-                return await stream_events(scope, receive, send, events.group(1), headers)
+                room_id = events.group(1) or None  # `/api/v1/events/`: the default room
+                return await stream_events(scope, receive, send, room_id, headers)
             if path.rstrip("/") == "/api/v1/send":
                 if method != "POST":
                     raise ApiError(405, "Method not allowed: use POST", allow="POST")
@@ -882,7 +1094,12 @@ async def json_body() -> dict[str, Any]:
 @app.get("/healthz")
 async def healthz():
     subscribers = sum(len(room.subscribers) for room in hub.rooms.values())
-    stats = {"rooms": len(hub.rooms), "subscribers": subscribers, **hub.metrics}
+    stats = {
+        "rooms": len(hub.rooms),
+        "subscribers": subscribers,
+        "fallback_subscribers": len(hub.fallback.subscribers),
+        **hub.metrics,
+    }
     return {"success": True, "code": 200, "msg": "OK", **stats}
 
 
@@ -912,10 +1129,14 @@ async def get_room(room_id: str):
     return {"success": True, "code": 200, "msg": "OK", "room": room_summary(room)}
 
 
+@app.get("/api/v1/rooms/<room_id>/presence")
+async def get_presence(room_id: str):
+    room = find_room(room_id)
+    return {"success": True, "code": 200, "msg": "OK", "room": room.id, **room.presence()}
+
+
 def room_summary(room: Room) -> dict[str, Any]:
-    roles = [subscriber.role for subscriber in room.subscribers]
-    counts = {"players": roles.count("player"), "controllers": roles.count("controller")}
-    return {**room.record.public(), "subscribers": counts}
+    return {**room.record.public(), "subscribers": room.presence()}
 
 
 def request_token(body: dict[str, Any] | None = None) -> str | None:

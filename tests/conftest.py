@@ -45,6 +45,8 @@ class Server:
             "DATA_DIR": str(data_dir),
             "SSE_TOKEN": self.token,
             "LOG_LEVEL": "INFO",
+            # no test reaches the internet: the quote API is down unless a test stands one in
+            "HITOKOTO_URL": f"http://127.0.0.1:{free_port()}/",
             **env,
         }
         self.process: subprocess.Popen | None = None
@@ -149,12 +151,12 @@ async def subscribe(url: str, **headers: str) -> AsyncIterator[Subscription]:
         yield Subscription(events, json.loads(hello.data))
 
 
-async def collect(events: Subscription, count: int) -> list[ServerSentEvent]:
-    """The next `count` message events (skipping other event types), within 15 s."""
+async def collect(events: Subscription, count: int, kind: str = "message") -> list[ServerSentEvent]:
+    """The next `count` events of type `kind` (skipping other types), within 15 s."""
     received = []
     async with asyncio.timeout(15):
         async for event in events:
-            if event.event == "message":
+            if event.event == kind:
                 received.append(event)
                 if len(received) == count:
                     break
