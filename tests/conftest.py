@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -137,13 +137,23 @@ class Subscription:
         return anext(self.events)
 
 
+def sse_client() -> httpx.AsyncClient:
+    """An HTTP client for SSE streams; share one among many subscriptions (making a client
+    costs tens of milliseconds)."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(10, read=30), limits=httpx.Limits(max_connections=None)
+    )
+
+
 @asynccontextmanager
-async def subscribe(url: str, **headers: str) -> AsyncIterator[Subscription]:
-    """An SSE subscription (httpx-sse); the hello has arrived on entry."""
-    async with (
-        httpx.AsyncClient(timeout=httpx.Timeout(10, read=30)) as client,
-        aconnect_sse(client, "GET", url, headers=headers) as source,
-    ):
+async def subscribe(
+    url: str, client: httpx.AsyncClient | None = None, **headers: str
+) -> AsyncIterator[Subscription]:
+    """An SSE subscription (httpx-sse) on `client` or its own; the hello has arrived on entry."""
+    async with AsyncExitStack() as stack:
+        if client is None:
+            client = await stack.enter_async_context(sse_client())
+        source = await stack.enter_async_context(aconnect_sse(client, "GET", url, headers=headers))
         assert source.response.status_code == 200, await source.response.aread()
         events = source.aiter_sse()
         hello = await anext(events)

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
-from conftest import Server, collect, subscribe
+from conftest import Server, collect, sse_client, subscribe
 from httpx_sse import ServerSentEvent
 
 HEARTBEAT_S = 0.2
@@ -22,6 +22,7 @@ def beat_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         tmp_path_factory.mktemp("presence"),
         HEARTBEAT_S=str(HEARTBEAT_S),
         PRESENCE_INTERVAL_S=str(PRESENCE_INTERVAL_S),
+        COALESCE_MS="0",  # frames go out at once, so none can overtake a stream's hello
     ).start()
     yield server
     server.stop()
@@ -104,6 +105,21 @@ async def test_heartbeats_start_with_the_first_controller_and_stop_with_the_last
             assert json.loads(beat.data)["controllers"] == 1
 
 
+async def test_a_resuming_controller_gets_hello_and_replay_before_the_heartbeat(
+    beat_server: Server,
+):
+    """Its own join starts the heartbeat while its replay is still being read."""
+    _, controller_url = room_urls(beat_server, "resumed")
+    for i in range(3):
+        beat_server.publish(room="resumed", data={"i": i})
+    async with subscribe(controller_url, **{"Last-Event-ID": "0"}) as controller:
+        assert controller.hello["presence"] == {"players": 0, "controllers": 1}
+        async with asyncio.timeout(15):
+            first = [await anext(controller) for _ in range(4)]
+    assert [event.event for event in first] == ["message"] * 3 + ["heartbeat"]
+    assert [event.id for event in first[:3]] == ["1", "2", "3"]
+
+
 async def test_one_heartbeat_per_interval_whatever_the_number_of_controllers(
     beat_server: Server,
 ):
@@ -129,17 +145,11 @@ async def test_one_heartbeat_per_interval_whatever_the_number_of_controllers(
 async def test_presence_events_are_coalesced_under_200_joins(beat_server: Server):
     url, _ = room_urls(beat_server, "stadium")
     joins = 200
-    async with (
-        subscribe(url) as watcher,
-        httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=None)) as client,
-    ):
+    async with subscribe(url) as watcher, sse_client() as client:
         release = asyncio.Event()
 
         async def spectator() -> None:
-            async with client.stream("GET", url) as response:
-                assert response.status_code == 200
-                chunks = response.aiter_bytes()  # kept: dropping it would close the stream
-                await anext(chunks)  # the hello
+            async with subscribe(url, client):
                 await release.wait()
 
         started = time.monotonic()
