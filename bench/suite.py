@@ -256,6 +256,9 @@ async def run_suite(hubs: list[Hub], workloads: list[Workload], reps: int, profi
                     except (RunError, OSError, TimeoutError, RuntimeError) as error:
                         run["error"] = f"{type(error).__name__}: {error}"
                         hub.stop()
+                        log = Path(workdir) / "server.log"
+                        if log.exists():
+                            run["server_log_tail"] = log.read_text(errors="replace").splitlines()[-20:]
                 runs.append(run)
                 print(progress_line(run), file=sys.stderr, flush=True)
     return runs
@@ -427,7 +430,9 @@ def targets_table(summary: dict) -> str:
     lines = ["", f"{'target':<58}{'this':>12}{'compared':>12}{'ratio':>9}  met"]
     for name, this, other, ok in targets(summary):
         verdict = {True: "yes", False: "NO", None: "-"}[ok]
-        value_ratio = fmt(ratio(this, other)) + "×" if ratio(this, other) is not None else ""
+        value = ratio(this, other)
+        # Three decimals, so that 3.996 (short of 4×) does not print as 4.00.
+        value_ratio = f"{value:.3f}×" if value is not None else ""
         lines.append(f"{name:<58}{fmt(this):>12}{fmt(other):>12}{value_ratio:>9}  {verdict}")
     return "\n".join(lines)
 
