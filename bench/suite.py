@@ -247,21 +247,24 @@ async def run_suite(hubs: list[Hub], workloads: list[Workload], reps: int, profi
                 run = {"rep": rep, "workload": workload.name, "hub": hub.name}
                 if workload.batch > 1 and not hub.supports_batches:
                     run["skipped"] = "publishes one message per request"
-                    runs.append(run)
-                    continue
-                profile_to = profile_dir / f"profile-{workload.name}.txt" if profile_dir else None
-                with tempfile.TemporaryDirectory(prefix=f"bench-{hub.name}-") as workdir:
-                    try:
-                        run.update(await measure(hub, workload, Path(workdir), profile_to))
-                    except (RunError, OSError, TimeoutError, RuntimeError) as error:
-                        run["error"] = f"{type(error).__name__}: {error}"
-                        hub.stop()
-                        log = Path(workdir) / "server.log"
-                        if log.exists():
-                            run["server_log_tail"] = log.read_text(errors="replace").splitlines()[-20:]
+                else:
+                    profile_to = profile_dir / f"profile-{workload.name}.txt" if profile_dir else None
+                    run.update(await measure_or_explain(hub, workload, profile_to))
                 runs.append(run)
                 print(progress_line(run), file=sys.stderr, flush=True)
     return runs
+
+
+async def measure_or_explain(hub: Hub, workload: Workload, profile_to: Path | None) -> dict:
+    """The run's figures, or what went wrong with the end of the server's log."""
+    with tempfile.TemporaryDirectory(prefix=f"bench-{hub.name}-") as workdir:
+        try:
+            return await measure(hub, workload, Path(workdir), profile_to)
+        except (RunError, OSError, TimeoutError, RuntimeError) as error:
+            hub.stop()
+            log = Path(workdir) / "server.log"
+            tail = log.read_text(errors="replace").splitlines()[-20:] if log.exists() else []
+            return {"error": f"{type(error).__name__}: {error}", "server_log_tail": tail}
 
 
 def progress_line(run: dict) -> str:
