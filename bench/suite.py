@@ -248,15 +248,15 @@ async def run_suite(hubs: list[Hub], workloads: list[Workload], reps: int, profi
                 if workload.batch > 1 and not hub.supports_batches:
                     run["skipped"] = "publishes one message per request"
                 else:
-                    profile_to = profile_dir / f"profile-{workload.name}.txt" if profile_dir else None
-                    run.update(await measure_or_explain(hub, workload, profile_to))
+                    run.update(await measure_or_explain(hub, workload, profile_dir))
                 runs.append(run)
                 print(progress_line(run), file=sys.stderr, flush=True)
     return runs
 
 
-async def measure_or_explain(hub: Hub, workload: Workload, profile_to: Path | None) -> dict:
+async def measure_or_explain(hub: Hub, workload: Workload, profile_dir: Path | None) -> dict:
     """The run's figures, or what went wrong with the end of the server's log."""
+    profile_to = profile_dir / f"profile-{workload.name}.txt" if profile_dir else None
     with tempfile.TemporaryDirectory(prefix=f"bench-{hub.name}-") as workdir:
         try:
             return await measure(hub, workload, Path(workdir), profile_to)
