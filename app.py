@@ -5,24 +5,30 @@ the players subscribed to its room. The two hot routes (the event stream and pub
 served by a small ASGI layer in front of Quart (see "Hot path"); Quart serves the rest.
 
 Sections, in the order data flows: config, storage, broker, auth, hot path, routes,
-entry point.
+relay (the AI chat), entry point.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import itertools
 import json
 import logging
+import math
 import os
 import random
 import re
 import signal
 import sys
+import textwrap
 import time
-from collections.abc import Awaitable, Callable
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -33,7 +39,8 @@ import h11
 import h11._readers
 import httpx
 from dotenv import load_dotenv
-from quart import Quart, jsonify, request, send_from_directory
+from httpx_sse import SSEError, aconnect_sse
+from quart import Quart, Response, jsonify, request, send_from_directory
 from werkzeug.exceptions import HTTPException
 
 # ---------------------------------------------------------------------------------------
@@ -53,6 +60,9 @@ def _env(name: str, default: str, *aliases: str) -> str:
         if value not in (None, ""):
             return value
     return default
+
+
+TRUE_WORDS = ("1", "true", "yes", "on")
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,25 @@ class Settings:
     hitokoto_url: str
     fallback_poll_s: float
     fallback_timeout_s: float
+    llm_base_url: str
+    llm_api_key: str = field(repr=False)  # a secret: never in a log line
+    llm_model: str
+    llm_system_prompt: str
+    llm_max_tokens: int
+    llm_connect_timeout_s: float
+    llm_read_timeout_s: float
+    llm_timeout_s: float
+    demo_delay_s: float
+    max_prompt_chars: int
+    max_messages: int
+    chat_rate_limit: int
+    chat_rate_window_s: float
+    chat_max_per_client: int
+    chat_max_total: int
+    chat_require_login: bool
+    chat_ttl_s: float
+    chat_idle_s: float
+    clock_interval_s: float
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -103,6 +132,25 @@ class Settings:
             hitokoto_url=_env("HITOKOTO_URL", "https://v1.hitokoto.cn/?encode=json"),
             fallback_poll_s=float(_env("FALLBACK_POLL_S", "10")),
             fallback_timeout_s=float(_env("FALLBACK_TIMEOUT_S", "3")),
+            llm_base_url=_env("LLM_BASE_URL", "https://api.openai.com/v1"),
+            llm_api_key=_env("LLM_API_KEY", ""),
+            llm_model=_env("LLM_MODEL", "gpt-4o-mini"),
+            llm_system_prompt=_env("LLM_SYSTEM_PROMPT", ""),
+            llm_max_tokens=int(_env("LLM_MAX_TOKENS", "1024")),
+            llm_connect_timeout_s=float(_env("LLM_CONNECT_TIMEOUT_S", "10")),
+            llm_read_timeout_s=float(_env("LLM_READ_TIMEOUT_S", "60")),
+            llm_timeout_s=float(_env("LLM_TIMEOUT_S", "300")),
+            demo_delay_s=float(_env("DEMO_DELAY_S", "0.05")),
+            max_prompt_chars=int(_env("MAX_PROMPT_CHARS", "16000")),
+            max_messages=int(_env("MAX_MESSAGES", "50")),
+            chat_rate_limit=int(_env("CHAT_RATE_LIMIT", "20")),
+            chat_rate_window_s=float(_env("CHAT_RATE_WINDOW_S", "60")),
+            chat_max_per_client=int(_env("CHAT_MAX_PER_CLIENT", "3")),
+            chat_max_total=int(_env("CHAT_MAX_TOTAL", "50")),
+            chat_require_login=_env("CHAT_REQUIRE_LOGIN", "false").lower() in TRUE_WORDS,
+            chat_ttl_s=float(_env("CHAT_TTL_S", "300")),
+            chat_idle_s=float(_env("CHAT_IDLE_S", "30")),
+            clock_interval_s=float(_env("CLOCK_INTERVAL_S", "1")),
         )
 
 
@@ -1069,7 +1117,10 @@ async def shutdown() -> None:
 
 @app.errorhandler(ApiError)
 async def api_error(error: ApiError):
-    return jsonify(error.body()), error.status
+    response = jsonify(error.body())
+    if "retry_after" in error.extra:  # 429: when to try again
+        response.headers["Retry-After"] = str(error.extra["retry_after"])
+    return response, error.status
 
 
 @app.errorhandler(HTTPException)
@@ -1171,6 +1222,434 @@ async def player_page(room_id: str | None = None):
 
 
 # ---------------------------------------------------------------------------------------
+# Relay: the AI chat. The server holds the key and streams a completion from an OpenAI-
+# compatible API (or, with no key, from a built-in demo model). Each chat keeps its events
+# in memory as numbered, encoded SSE frames, so a browser that connects late, resumes by
+# Last-Event-ID or opens a second tab replays them and then follows live.
+# ---------------------------------------------------------------------------------------
+
+CHAT_UID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+CHAT_ROLES = ("user", "assistant")  # the system prompt is the server's (LLM_SYSTEM_PROMPT)
+BUSY_RETRY_AFTER_S = 5  # a cap frees up when some chat ends, which nothing predicts
+DEMO_ANSWER = (
+    "[Demo model] Hello! This server has no LLM_API_KEY, so this answer comes from its "
+    "built-in demo model, word by word, with no AI service involved. You wrote: “{prompt}”. "
+    "Set LLM_API_KEY (and LLM_BASE_URL, LLM_MODEL) to talk to a real model."
+)
+
+
+def sse_response(frames: AsyncIterator[bytes]) -> Response:
+    """A streaming Quart response with the hot path's SSE headers. It opens with a comment,
+    so the headers go out (and an EventSource opens) before the first event is ready."""
+
+    async def body() -> AsyncIterator[bytes]:
+        yield KEEPALIVE_FRAME
+        async for frame in frames:
+            yield frame
+
+    return Response(body(), headers={name.decode(): value.decode() for name, value in SSE_HEADERS})
+
+
+def chat_messages(body: dict[str, Any]) -> list[dict[str, str]]:
+    """The conversation of a chat request: `prompt` (a string) or `messages` (a list of
+    {role: user|assistant, content}). Raises 400, or 413 past MAX_MESSAGES/MAX_PROMPT_CHARS."""
+    prompt, messages = body.get("prompt"), body.get("messages")
+    if (prompt is None) == (messages is None):
+        raise ApiError(400, "Send either prompt (a string) or messages (a list)")
+    if prompt is not None:
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ApiError(400, "prompt must be a non-empty string")
+        messages = [{"role": "user", "content": prompt}]
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "messages must be a non-empty list")
+    if len(messages) > settings.max_messages:
+        raise ApiError(413, f"Too many messages (max {settings.max_messages})")
+    conversation = []
+    for message in messages:
+        if (
+            not isinstance(message, dict)
+            or message.get("role") not in CHAT_ROLES
+            or not isinstance(message.get("content"), str)
+        ):
+            raise ApiError(400, 'Each message must be {"role": "user"|"assistant", "content": str}')
+        conversation.append({"role": message["role"], "content": message["content"]})
+    if sum(len(message["content"]) for message in conversation) > settings.max_prompt_chars:
+        raise ApiError(413, f"Prompt too long (max {settings.max_prompt_chars} characters)")
+    return conversation
+
+
+async def complete(messages: list[dict[str, str]], on_delta: Callable[[str], None]) -> dict:
+    """Stream an answer, calling on_delta(text) for each piece; returns the `done` event's
+    data. Any failure is an ApiError whose msg is safe to show: no key, no upstream body."""
+    model = openai_answer if settings.llm_api_key else demo_answer
+    try:
+        async with asyncio.timeout(settings.llm_timeout_s):
+            return await model(messages, on_delta)
+    except TimeoutError:
+        raise ApiError(504, "The AI service timed out") from None
+
+
+async def demo_answer(messages: list[dict[str, str]], on_delta: Callable[[str], None]) -> dict:
+    prompt = textwrap.shorten(messages[-1]["content"], 200, placeholder=" …")
+    for index, word in enumerate(DEMO_ANSWER.format(prompt=prompt).split(" ")):
+        await asyncio.sleep(settings.demo_delay_s)
+        on_delta(word if index == 0 else " " + word)
+    return {"finish_reason": "stop", "usage": None, "model": "demo"}
+
+
+async def openai_answer(messages: list[dict[str, str]], on_delta: Callable[[str], None]) -> dict:
+    """POST {LLM_BASE_URL}/chat/completions with stream: true and read its SSE chunks."""
+    system = [{"role": "system", "content": settings.llm_system_prompt}]
+    body: dict[str, Any] = {
+        "model": settings.llm_model,
+        "messages": (system if settings.llm_system_prompt else []) + messages,
+        "stream": True,
+        "stream_options": {"include_usage": True},  # the usage chunk, where supported
+    }
+    if settings.llm_max_tokens:
+        body["max_tokens"] = settings.llm_max_tokens
+    done: dict[str, Any] = {"finish_reason": None, "usage": None, "model": settings.llm_model}
+    try:
+        async with aconnect_sse(
+            relay.client,
+            "POST",
+            settings.llm_base_url.rstrip("/") + "/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {settings.llm_api_key}"},
+        ) as source:
+            if source.response.status_code != 200:
+                raise await upstream_refusal(source.response)
+            async for event in source.aiter_sse():
+                if event.data == "[DONE]":
+                    return done
+                chunk = json.loads(event.data)
+                if chunk.get("error"):
+                    log.warning("AI service error in stream: %s", redact(event.data[:300]))
+                    raise ApiError(502, "The AI service reported an error")
+                done["usage"] = chunk.get("usage") or done["usage"]
+                for choice in chunk.get("choices") or []:
+                    if content := (choice.get("delta") or {}).get("content"):
+                        on_delta(content)
+                    done["finish_reason"] = choice.get("finish_reason") or done["finish_reason"]
+    except httpx.TimeoutException:
+        raise ApiError(504, "The AI service timed out") from None
+    except httpx.ConnectError as error:
+        log.warning("AI service unreachable: %s", error)
+        raise ApiError(502, "Could not reach the AI service") from None
+    except (SSEError, ValueError, AttributeError) as error:  # not the chunk format we know
+        log.warning("AI service sent an invalid response: %s", type(error).__name__)
+        raise ApiError(502, "The AI service sent an invalid response") from None
+    except httpx.HTTPError as error:
+        log.warning("AI service connection lost: %s: %s", type(error).__name__, error)
+        raise ApiError(502, "The connection to the AI service was lost") from None
+    if done["finish_reason"] is None:  # the body ended cleanly but the answer did not
+        raise ApiError(502, "The AI service ended the answer early")
+    return done
+
+
+async def upstream_refusal(response: httpx.Response) -> ApiError:
+    """The error for a non-200 answer. Its body goes to the log (without the key), never to
+    the client."""
+    await response.aread()
+    status = response.status_code
+    log.warning("AI service answered %d: %s", status, redact(response.text[:300]))
+    if status == 429:
+        return ApiError(502, "The AI service is over its rate limit (429); try again later")
+    if status >= 500:
+        return ApiError(502, f"The AI service failed ({status})")
+    return ApiError(502, f"The AI service rejected the request ({status})")
+
+
+def redact(text: str) -> str:
+    return text.replace(settings.llm_api_key, "[LLM_API_KEY]")
+
+
+class Chat:
+    """One answer: its frames so far (ids 1..n), its task, who follows it. In a room (the AI
+    speaker) the answer is also streamed there live and stored there once complete."""
+
+    def __init__(self, uid: str, client: str, room: Room | None, speaker: str) -> None:
+        self.uid, self.client, self.room, self.speaker = uid, client, room, speaker
+        self.frames: list[bytes] = []
+        self.text: list[str] = []
+        self.state = "running"  # then "done" or "error"
+        self.ended_at = 0.0
+        self.listeners = 0
+        self.last_listened = time.monotonic()  # a new chat's browser gets CHAT_IDLE_S to come
+        self.task: asyncio.Task
+        self._grown = asyncio.Event()  # set and replaced on every new frame
+
+    async def answer(self, messages: list[dict[str, str]]) -> None:
+        try:
+            done = await complete(messages, self.delta)
+            if self.room is not None:
+                data = {"message": "".join(self.text), "stream": self.uid}
+                message, _, _ = validate_message(
+                    {"speaker": self.speaker, "data": data, "meta": "ai"}
+                )
+                (payload,) = await hub.publish([(self.room, message)])
+                done["id"] = payload["id"]
+            self.end("done", done)
+        except ApiError as error:
+            log.warning("chat %s failed: %s", self.uid, error.msg)
+            self.fail(error)
+        except asyncio.CancelledError:
+            if relay.closing.is_set():
+                self.fail(ApiError(503, "Server is shutting down"))
+            else:
+                self.fail(ApiError(499, "Chat cancelled"))
+            raise
+
+    def delta(self, text: str) -> None:
+        self.text.append(text)
+        self.emit("delta", {"content": text})
+        if self.room is not None:
+            delta = {"stream": self.uid, "speaker": self.speaker, "content": text}
+            self.room.append(event_frame("delta", delta))
+
+    def fail(self, error: ApiError) -> None:
+        if self.room is not None:  # players drop the live text: nothing is stored
+            delta = {"stream": self.uid, "speaker": self.speaker, "error": error.msg}
+            self.room.append(event_frame("delta", delta))
+        self.end("error", error.body())
+
+    def emit(self, event: str, data: Any) -> None:
+        self.frames.append(b"id: %d\n" % (len(self.frames) + 1) + event_frame(event, data))
+        self._grown.set()
+        self._grown = asyncio.Event()
+
+    def end(self, event: str, data: Any) -> None:
+        self.emit(event, data)
+        self.state = "done" if event == "done" else "error"
+        self.ended_at = time.monotonic()
+
+    def cancel(self) -> None:
+        if self.state == "running":
+            self.task.cancel()
+
+    async def follow(self, after: int) -> AsyncIterator[bytes]:
+        """The frames after id `after`, then new ones as they come, until the end."""
+        after = min(after, len(self.frames))
+        self.listeners += 1
+        try:
+            while True:
+                if after < len(self.frames):
+                    frames, after = self.frames[after:], len(self.frames)
+                    yield b"".join(frames)
+                elif self.state != "running":
+                    return
+                else:
+                    try:
+                        async with asyncio.timeout(settings.keepalive_s):
+                            await self._grown.wait()
+                    except TimeoutError:
+                        yield KEEPALIVE_FRAME
+        finally:
+            self.listeners -= 1
+            self.last_listened = time.monotonic()
+
+
+class Relay:
+    """The chats in memory, the one upstream HTTP client, the limits and the reaper."""
+
+    def __init__(self) -> None:
+        self.chats: dict[str, Chat] = {}
+        self.starts: dict[str, deque[float]] = {}  # client -> its chat starts in the window
+        self.client: httpx.AsyncClient
+        self.closing = asyncio.Event()
+        self._reaper: asyncio.Task
+
+    async def start(self) -> None:
+        self.closing = asyncio.Event()
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(
+                settings.llm_read_timeout_s, connect=settings.llm_connect_timeout_s
+            ),
+            limits=httpx.Limits(max_connections=settings.chat_max_total),
+        )
+        self._reaper = asyncio.create_task(self._reap())
+        if settings.llm_api_key:
+            log.info("AI relay: %s at %s", settings.llm_model, settings.llm_base_url)
+        else:
+            log.info("AI relay: demo model (LLM_API_KEY is not set)")
+
+    def start_chat(
+        self,
+        client: str,
+        messages: list[dict[str, str]],
+        uid: str | None = None,
+        room: Room | None = None,
+        speaker: str = "",
+    ) -> Chat:
+        if self.closing.is_set():
+            raise ApiError(503, "Server is shutting down")
+        if uid in self.chats:
+            raise ApiError(409, f"Chat already exists: {uid}", uid=uid)
+        self.admit(client)
+        chat = Chat(uid or uuid.uuid4().hex, client, room, speaker)
+        self.chats[chat.uid] = chat
+        chat.task = asyncio.create_task(chat.answer(messages))
+        return chat
+
+    def admit(self, client: str) -> None:
+        """Count a chat start for `client`, or raise 429 when a limit says no."""
+        running = [chat for chat in self.chats.values() if chat.state == "running"]
+        if len(running) >= settings.chat_max_total:
+            raise ApiError(
+                429, "The server is busy with other chats", retry_after=BUSY_RETRY_AFTER_S
+            )
+        if sum(chat.client == client for chat in running) >= settings.chat_max_per_client:
+            raise ApiError(
+                429,
+                f"Too many chats at once (max {settings.chat_max_per_client}): wait for one to end",
+                retry_after=BUSY_RETRY_AFTER_S,
+            )
+        now, window = time.monotonic(), settings.chat_rate_window_s
+        starts = self.starts.setdefault(client, deque())
+        while starts and starts[0] <= now - window:
+            starts.popleft()
+        if 0 < settings.chat_rate_limit <= len(starts):
+            raise ApiError(
+                429,
+                f"Rate limited: at most {settings.chat_rate_limit} chats per {window:g} s",
+                retry_after=max(1, math.ceil(starts[0] + window - now)),
+            )
+        starts.append(now)
+
+    def find(self, uid: str) -> Chat:
+        chat = self.chats.get(uid)
+        if chat is None:
+            raise ApiError(404, f"Unknown or expired chat: {uid}", uid=uid)
+        return chat
+
+    async def _reap(self) -> None:
+        """Free ended chats after CHAT_TTL_S; cancel running ones (but a room's, which the
+        room's players follow) that nobody has followed for CHAT_IDLE_S."""
+        while True:
+            await asyncio.sleep(min(settings.chat_ttl_s, settings.chat_idle_s) / 2)
+            now = time.monotonic()
+            for chat in list(self.chats.values()):
+                if chat.state != "running":
+                    if now - chat.ended_at >= settings.chat_ttl_s:
+                        del self.chats[chat.uid]
+                elif (
+                    chat.room is None
+                    and not chat.listeners
+                    and now - chat.last_listened >= settings.chat_idle_s
+                ):
+                    log.info("chat %s: nobody is listening, cancelled", chat.uid)
+                    chat.cancel()
+            for client, starts in list(self.starts.items()):
+                if not starts or starts[-1] <= now - settings.chat_rate_window_s:
+                    del self.starts[client]
+
+    async def close(self) -> None:
+        """Shutdown: cancel running chats (followers get the error event and end)."""
+        if self.closing.is_set():
+            return
+        self.closing.set()
+        tasks = [chat.task for chat in self.chats.values() if chat.state == "running"]
+        for task in [*tasks, self._reaper]:
+            task.cancel()
+        await asyncio.gather(*tasks, self._reaper, return_exceptions=True)
+        await self.client.aclose()
+
+
+relay = Relay()
+
+
+@app.before_serving
+async def start_relay() -> None:
+    await relay.start()
+
+
+@app.after_serving
+async def stop_relay() -> None:
+    await relay.close()
+
+
+def require_chat_login(body: dict[str, Any]) -> None:
+    if settings.chat_require_login:
+        authorize(request_token(body), None, "subscribe")
+
+
+@app.post("/api/v1/chat")
+async def start_chat():
+    """Two-step flow, step one: start the answer; the browser follows /chat/<uid>/events."""
+    body = await json_body()
+    require_chat_login(body)
+    messages = chat_messages(body)
+    uid = body.get("uid")
+    if uid is not None and not (isinstance(uid, str) and CHAT_UID.fullmatch(uid)):
+        raise ApiError(400, "uid must be 1-64 letters, digits, '-' or '_'")
+    chat = relay.start_chat(request.remote_addr, messages, uid)
+    return {"success": True, "code": 202, "msg": "Chat Started", "uid": chat.uid}, 202
+
+
+@app.get("/api/v1/chat/<uid>/events")
+async def chat_events(uid: str):
+    chat = relay.find(uid)
+    headers = dict(request.scope["headers"])
+    after = parse_last_event_id(headers, query_params(request.scope)) or 0
+    if chat.state != "running" and after >= len(chat.frames):
+        return "", 204  # over, and the client has it all: an EventSource stops reconnecting
+    return sse_response(chat.follow(after))
+
+
+@app.delete("/api/v1/chat/<uid>")
+async def cancel_chat(uid: str):
+    relay.find(uid).cancel()
+    return {"success": True, "code": 200, "msg": "Chat Cancelled", "uid": uid}
+
+
+@app.post("/api/v1/chat/stream")
+async def chat_stream():
+    """One-step flow: the answer as the response itself; cancelled when the client leaves."""
+    body = await json_body()
+    require_chat_login(body)
+    chat = relay.start_chat(request.remote_addr, chat_messages(body))
+
+    async def follow_alone() -> AsyncIterator[bytes]:
+        try:
+            async for frames in chat.follow(0):
+                yield frames
+        finally:
+            chat.cancel()  # nobody else knows this chat
+
+    return sse_response(follow_alone())
+
+
+@app.post("/api/v1/rooms/<room_id>/ai")
+async def room_ai(room_id: str):
+    """The AI speaker: streams an answer into the room (`event: delta` keyed by `stream`),
+    then stores it as one normal message with the same `stream` key."""
+    body = await json_body()
+    room = find_room(room_id)
+    authorize(request_token(body), room, "publish")
+    messages = chat_messages(body)
+    speaker = body.get("speaker", "AI")
+    validate_message({"speaker": speaker, "data": {}})
+    chat = relay.start_chat(request.remote_addr, messages, room=room, speaker=speaker)
+    reply = {"success": True, "code": 202, "msg": "AI Answer Started", "uid": chat.uid}
+    return {**reply, "target": {"room": room.id}}, 202
+
+
+@app.get("/api/v1/clock")
+async def clock():
+    """The seed tutorial's sample: the server time every CLOCK_INTERVAL_S."""
+
+    async def ticks() -> AsyncIterator[bytes]:
+        while not relay.closing.is_set():
+            ms = now_ms()
+            iso = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+            yield message_frame(ms, compact_json({"time": ms, "iso": iso}))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(relay.closing.wait(), settings.clock_interval_s)
+
+    return sse_response(ticks())
+
+
+# ---------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------
 
@@ -1193,6 +1672,7 @@ async def serve() -> None:
     async def shutdown_trigger() -> None:
         await stop.wait()
         log.info("shutting down")
+        await relay.close()
         await hub.close()
 
     await hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger)
