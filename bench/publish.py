@@ -6,39 +6,66 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 
-class HttpConnection:
-    """One keep-alive HTTP/1.1 connection: a request, then its whole response, in turn."""
+class HttpConnection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection: a request, then its whole response, in turn.
+
+    A bare protocol rather than asyncio streams: half the load generator's CPU per request.
+    """
 
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        self.answer: asyncio.Future | None = None
 
     async def request(self, method: str, path: str, body: bytes = b"", headers: str = "") -> int:
         """Send one request and return the response's status code (its body is discarded)."""
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        self.writer.write(
+        loop = asyncio.get_running_loop()
+        if self.transport is None:
+            await loop.create_connection(lambda: self, self.host, self.port)
+        self.answer = loop.create_future()
+        self.transport.write(
             f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{headers}"
             f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
-        head = (await self.reader.readuntil(b"\r\n\r\n")).lower()
-        status = int(head[9:12])
-        if b"transfer-encoding: chunked" in head:
-            while size := int((await self.reader.readuntil(b"\r\n"))[:-2], 16):
-                await self.reader.readexactly(size + 2)
-            await self.reader.readuntil(b"\r\n")
-        elif (start := head.find(b"content-length:")) >= 0:
-            await self.reader.readexactly(int(head[start + 15 : head.index(b"\r\n", start)]))
+        return await self.answer
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = self.buffer[: end + 2].lower()  # each header line with its \r\n
+        length = head.find(b"content-length:")
+        if length < 0:
+            self.fail(ValueError("a response without Content-Length"))
+            return
+        body_end = end + 4 + int(head[length + 15 : head.index(b"\r\n", length)])
+        if len(self.buffer) < body_end:
+            return
+        self.buffer = self.buffer[body_end:]
         if b"connection: close" in head:
             self.close()
-        return status
+        self.answer.set_result(int(head[9:12]))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.fail(exc or ConnectionResetError("the server closed the connection"))
+
+    def fail(self, error: Exception) -> None:
+        if self.answer is not None and not self.answer.done():
+            self.answer.set_exception(error)
+        self.close()
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
 
 
 @dataclass
@@ -80,7 +107,7 @@ async def publish(hub, host: str, port: int, jobs: list[tuple[str, int]], publis
                 result.statuses[status] += 1
                 if 200 <= status < 300:
                     result.accepted_per_room[room] += count
-        except (OSError, asyncio.IncompleteReadError, ValueError) as error:
+        except (OSError, ValueError) as error:
             result.errors.append(repr(error))
         finally:
             connection.close()

@@ -77,11 +77,11 @@ class Subscriber(asyncio.Protocol):
 
 
 class Fleet:
-    """All subscribers of one run, their counts and the latencies of what they received."""
+    """All subscribers of one run, their counts and when what they received arrived."""
 
     def __init__(self) -> None:
         self.subscribers: list[Subscriber] = []
-        self.latencies_us: list[int] = []
+        self.arrivals: list[tuple[int, list[bytes]]] = []  # (µs, publish stamps) per read
         self.last_delivery_us = 0
         self.dropped = 0
         self.waiting = 0  # subscribers that have not yet received what they expect
@@ -89,7 +89,7 @@ class Fleet:
 
     def delivered(self, subscriber: Subscriber, stamps: list[bytes]) -> None:
         now = self.last_delivery_us = now_us()
-        self.latencies_us.extend(now - int(stamp) for stamp in stamps)
+        self.arrivals.append((now, stamps))  # latencies are worked out after the run
         before = subscriber.received
         subscriber.received += len(stamps)
         if before < subscriber.expected <= subscriber.received:
@@ -130,7 +130,7 @@ class Fleet:
     def reset(self) -> None:
         for subscriber in self.subscribers:
             subscriber.received, subscriber.expected = 0, math.inf
-        self.latencies_us.clear()
+        self.arrivals.clear()
         self.last_delivery_us = 0
 
     async def await_messages(self, expected_per_room: dict[str, int], timeout: float) -> dict:
@@ -148,7 +148,7 @@ class Fleet:
     def summary(self) -> dict:
         received = sum(s.received for s in self.subscribers)
         expected = sum(s.expected for s in self.subscribers)
-        latencies = sorted(self.latencies_us)
+        latencies = sorted(now - int(stamp) for now, stamps in self.arrivals for stamp in stamps)
 
         def percentile(p: float) -> float | None:
             return (

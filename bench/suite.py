@@ -24,12 +24,13 @@ from pathlib import Path
 import subscribers
 import uvloop
 from hubs import BENCH_DIR, HOST, VENV_BIN, Hub, Nchan, PythonPeer, ThisApp
-from procstat import cpu_seconds, process_tree, rss_kb
+from procstat import cpu_busy_seconds, cpu_seconds, cpu_seconds_by_thread_kind, process_tree, rss_kb
 from profile_summary import summarise
 from publish import publish
 
 SERVER_CPU, LOAD_CPU = 0, 1
 SATURATED = 0.9  # load generator CPU share above which a figure measures the generator
+HOST_BUSY = 0.15  # CPU share taken from the server's or generator's CPU by anything else
 HANDSHAKES_IN_FLIGHT = 64  # below every hub's listen backlog, so no SYN is ever dropped
 
 
@@ -155,7 +156,9 @@ async def measure(hub: Hub, workload: Workload, workdir: Path, profile_to: Path 
             (rooms[i % len(rooms)], workload.batch)
             for i in range(workload.messages // workload.batch)
         ]
+        threads_before = cpu_seconds_by_thread_kind(server)
         cpu_before = cpu_seconds(server), cpu_seconds(load_generator), time.monotonic()
+        busy_before = cpu_busy_seconds(SERVER_CPU), cpu_busy_seconds(LOAD_CPU)
         published = await asyncio.wait_for(
             publish(hub, HOST, hub.port, jobs, workload.publishers), 40
         )
@@ -163,6 +166,8 @@ async def measure(hub: Hub, workload: Workload, workdir: Path, profile_to: Path 
             "await", 15, expected_per_room=published.accepted_per_room, timeout=10
         )
         cpu_after = cpu_seconds(server), cpu_seconds(load_generator), time.monotonic()
+        busy_after = cpu_busy_seconds(SERVER_CPU), cpu_busy_seconds(LOAD_CPU)
+        threads_after = cpu_seconds_by_thread_kind(server)
         if profiler:
             stop_profiler(profiler)
         rss_after = rss_kb(server)
@@ -172,7 +177,11 @@ async def measure(hub: Hub, workload: Workload, workdir: Path, profile_to: Path 
 
     elapsed = cpu_after[2] - cpu_before[2]
     server_cpu = cpu_after[0] - cpu_before[0]
-    load_cpu_share = (cpu_after[1] - cpu_before[1]) / elapsed
+    load_cpu = cpu_after[1] - cpu_before[1]
+    # What else ran on the two CPUs meanwhile: other processes, and kernel work no process
+    # is charged for (interrupts, part of loopback networking).
+    others_on_server_cpu = (busy_after[0] - busy_before[0] - server_cpu) / elapsed
+    others_on_load_cpu = (busy_after[1] - busy_before[1] - load_cpu) / elapsed
     return {
         "connect_s": connected["connect_s"],
         "rss_kb_per_subscriber": (rss_connected - rss_before) / workload.subscribers,
@@ -194,8 +203,14 @@ async def measure(hub: Hub, workload: Workload, workdir: Path, profile_to: Path 
         "server_cpu_share": server_cpu / elapsed,
         "server_us_per_delivery": server_cpu * 1e6 / max(1, delivered["received"]),
         "server_us_per_message": server_cpu * 1e6 / max(1, published.accepted),
-        "load_cpu_share": load_cpu_share,
-        "load_saturated": load_cpu_share >= SATURATED,
+        "server_us_per_message_by_thread": {
+            kind: (threads_after[kind] - threads_before[kind]) * 1e6 / max(1, published.accepted)
+            for kind in threads_after
+        },
+        "load_cpu_share": load_cpu / elapsed,
+        "load_saturated": load_cpu / elapsed >= SATURATED,
+        "others_cpu_share": max(others_on_server_cpu, others_on_load_cpu),
+        "host_busy": max(others_on_server_cpu, others_on_load_cpu) >= HOST_BUSY,
         "expected": delivered["expected"],
         "received": delivered["received"],
         "lost": delivered["lost"],
@@ -232,18 +247,24 @@ async def run_suite(hubs: list[Hub], workloads: list[Workload], reps: int, profi
                 run = {"rep": rep, "workload": workload.name, "hub": hub.name}
                 if workload.batch > 1 and not hub.supports_batches:
                     run["skipped"] = "publishes one message per request"
-                    runs.append(run)
-                    continue
-                profile_to = profile_dir / f"profile-{workload.name}.txt" if profile_dir else None
-                with tempfile.TemporaryDirectory(prefix=f"bench-{hub.name}-") as workdir:
-                    try:
-                        run.update(await measure(hub, workload, Path(workdir), profile_to))
-                    except (RunError, OSError, TimeoutError, RuntimeError) as error:
-                        run["error"] = f"{type(error).__name__}: {error}"
-                        hub.stop()
+                else:
+                    run.update(await measure_or_explain(hub, workload, profile_dir))
                 runs.append(run)
                 print(progress_line(run), file=sys.stderr, flush=True)
     return runs
+
+
+async def measure_or_explain(hub: Hub, workload: Workload, profile_dir: Path | None) -> dict:
+    """The run's figures, or what went wrong with the end of the server's log."""
+    profile_to = profile_dir / f"profile-{workload.name}.txt" if profile_dir else None
+    with tempfile.TemporaryDirectory(prefix=f"bench-{hub.name}-") as workdir:
+        try:
+            return await measure(hub, workload, Path(workdir), profile_to)
+        except (RunError, OSError, TimeoutError, RuntimeError) as error:
+            hub.stop()
+            log = Path(workdir) / "server.log"
+            tail = log.read_text(errors="replace").splitlines()[-20:] if log.exists() else []
+            return {"error": f"{type(error).__name__}: {error}", "server_log_tail": tail}
 
 
 def progress_line(run: dict) -> str:
@@ -254,7 +275,7 @@ def progress_line(run: dict) -> str:
         f"{head} deliveries/s {fmt(run['deliveries_per_s'])}  publishes/s "
         f"{fmt(run['publishes_per_s'])}  p99 {fmt(run['p99_ms'])} ms  lost {run['lost']}  "
         f"dropped {run['dropped']}  server CPU {run['server_cpu_share']:.0%}  "
-        f"load CPU {run['load_cpu_share']:.0%}"
+        f"load CPU {run['load_cpu_share']:.0%}  others {run['others_cpu_share']:.0%}"
     )
 
 
@@ -278,8 +299,9 @@ LABELS = {
     "rss_kb_per_subscriber": "KB/sub",
     "server_cpu_share": "srv CPU",
     "load_cpu_share": "gen CPU",
+    "others_cpu_share": "other CPU",
 }
-SHARES = ["server_cpu_share", "load_cpu_share"]
+SHARES = ["server_cpu_share", "load_cpu_share", "others_cpu_share"]
 
 
 def fmt(value) -> str:
@@ -311,6 +333,7 @@ def summarise_cell(runs: list[dict]) -> dict:
         "errors": [run["error"] for run in runs if "error" in run],
         "skipped": next((run["skipped"] for run in runs if "skipped" in run), None),
         "load_saturated_runs": sum(run["load_saturated"] for run in measured),
+        "host_busy_runs": sum(run["host_busy"] for run in measured),
     }
     for key in LABELS:
         values = [run[key] for run in measured if run.get(key) is not None]
@@ -354,6 +377,8 @@ def table(summary: dict, workloads: list[Workload], hub_names: list[str]) -> str
             flags = []
             if cell["load_saturated_runs"]:
                 flags.append(f"GEN-SATURATED {cell['load_saturated_runs']}/{cell['measured']}")
+            if cell["host_busy_runs"]:
+                flags.append(f"HOST-BUSY {cell['host_busy_runs']}/{cell['measured']}")
             if cell["errors"]:
                 flags.append(f"FAILED {len(cell['errors'])}: {cell['errors'][0]}")
             lines.append("".join(row) + "  " + " ".join(flags))
@@ -408,8 +433,27 @@ def targets_table(summary: dict) -> str:
     lines = ["", f"{'target':<58}{'this':>12}{'compared':>12}{'ratio':>9}  met"]
     for name, this, other, ok in targets(summary):
         verdict = {True: "yes", False: "NO", None: "-"}[ok]
-        value_ratio = fmt(ratio(this, other)) + "×" if ratio(this, other) is not None else ""
+        value = ratio(this, other)
+        # Three decimals, so that 3.996 (short of 4×) does not print as 4.00.
+        value_ratio = f"{value:.3f}×" if value is not None else ""
         lines.append(f"{name:<58}{fmt(this):>12}{fmt(other):>12}{value_ratio:>9}  {verdict}")
+    return "\n".join(lines)
+
+
+def profile_report(runs: list[dict], workloads: list[Workload], results_dir: Path) -> str:
+    """The app's CPU per message (event loop vs other threads) and py-spy's breakdown."""
+    lines = []
+    for workload in workloads:
+        lines += ["", f"{workload.describe()}: where the app's time goes (py-spy)"]
+        run = next(run for run in runs if run["workload"] == workload.name)
+        if "error" not in run:
+            by_thread = run["server_us_per_message_by_thread"]
+            split = ", ".join(f"{kind} {us:.0f}" for kind, us in by_thread.items())
+            lines.append(
+                f"server CPU µs per published message {run['server_us_per_message']:.0f} "
+                f"({split}); per delivery {run['server_us_per_delivery']:.1f}"
+            )
+        lines.append(summarise(results_dir / f"profile-{workload.name}.txt"))
     return "\n".join(lines)
 
 
@@ -458,9 +502,7 @@ def main() -> None:
     print(table(summary, workloads, hub_names))
     print(targets_table(summary))
     if arguments.profile:
-        for workload in workloads:
-            print(f"\n{workload.describe()}: where the app's time goes (py-spy)")
-            print(summarise(results_dir / f"profile-{workload.name}.txt"))
+        print(profile_report(runs, workloads, results_dir))
 
     output = results_dir / f"bench-{started:%Y%m%d-%H%M%S}.json"
     output.write_text(
