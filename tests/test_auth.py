@@ -743,8 +743,10 @@ async def test_private_room_needs_a_subscribe_token_or_the_session_cookie(hub: S
     assert room not in {r["id"] for r in httpx.get(f"{hub.url}/api/v1/rooms").json()["rooms"]}
     listed = httpx.get(f"{hub.url}/api/v1/rooms", headers=auth(reader)).json()["rooms"]
     assert room in {r["id"] for r in listed}
-    assert httpx.get(f"{hub.url}/api/v1/rooms/{room}").status_code == 401
-    assert httpx.get(f"{hub.url}/api/v1/rooms/{room}", params={"token": reader}).is_success
+    for path in (f"/api/v1/rooms/{room}", f"/api/v1/rooms/{room}/presence"):
+        assert httpx.get(f"{hub.url}{path}").status_code == 401
+        assert httpx.get(f"{hub.url}{path}", params={"token": stranger.access}).status_code == 403
+        assert httpx.get(f"{hub.url}{path}", params={"token": reader}).status_code == 200
     async with subscribe(f"{hub.url}/api/v1/events/lobby"):
         pass  # public rooms stay open
 
