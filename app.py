@@ -37,8 +37,8 @@ from datetime import UTC, datetime
 from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
-from urllib.parse import parse_qs, quote, unquote
+from typing import Annotated, Any, Literal
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import aiosqlite
 import h11
@@ -49,8 +49,22 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from dotenv import load_dotenv
 from httpx_sse import SSEError, aconnect_sse
-from quart import Quart, Response, jsonify, make_response, request, send_from_directory
+from hypercorn.middleware import ProxyFixMiddleware
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
+from quart import Quart, Request, Response, jsonify, request, send_from_directory
+from quart_schema import (
+    QuartSchema,
+    RequestSchemaValidationError,
+    document_querystring,
+    document_request,
+    document_response,
+    hide,
+    validate_request,
+    validate_response,
+)
+from quart_schema.openapi import OpenAPIProvider
 from werkzeug.exceptions import HTTPException
+from werkzeug.http import dump_cookie
 
 # ---------------------------------------------------------------------------------------
 # Config
@@ -124,6 +138,11 @@ class Settings:
     login_max_failures: int
     login_max_failures_per_address: int
     login_window_s: float
+    max_header_bytes: int
+    body_timeout_s: float
+    trust_proxy: int
+    access_log: bool
+    frame_ancestors: str
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -178,6 +197,11 @@ class Settings:
             login_max_failures=int(_env("LOGIN_MAX_FAILURES", "10")),
             login_max_failures_per_address=int(_env("LOGIN_MAX_FAILURES_PER_ADDRESS", "30")),
             login_window_s=float(_env("LOGIN_WINDOW_S", "900")),
+            max_header_bytes=int(_env("MAX_HEADER_BYTES", "16384")),
+            body_timeout_s=float(_env("BODY_TIMEOUT_S", "10")),
+            trust_proxy=int(_env("TRUST_PROXY", "0")),
+            access_log=_env("ACCESS_LOG", "true").lower() in TRUE_WORDS,
+            frame_ancestors=_env("FRAME_ANCESTORS", "*"),
         )
 
 
@@ -200,6 +224,43 @@ def compact_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+# Logs: every line of this logger (and, from main(), of every other one) goes through
+# redact(), so no call site can leak a credential: query and JSON fields named like
+# secrets, Bearer values, API tokens and JWTs by their shape, and the configured secrets.
+SECRET_FIELD = re.compile(
+    r"""((?:access_|refresh_)?token|password|api_key|secret)(["']?\s*[=:]\s*["']?)[^&\s"',}]+""",
+    re.IGNORECASE,
+)
+SECRET_SHAPE = re.compile(
+    r"(?i:bearer)\s+\S+|smt_[\w-]+|eyJ[\w-]*\.[\w-]+\.[\w-]*"  # API tokens, JWTs
+)
+CONFIGURED_SECRETS = tuple(
+    secret
+    for secret in (settings.sse_token, settings.llm_api_key, settings.admin_password)
+    if secret
+)
+
+
+def redact(text: str) -> str:
+    text = SECRET_SHAPE.sub("[redacted]", SECRET_FIELD.sub(r"\1\2[redacted]", text))
+    for secret in CONFIGURED_SECRETS:
+        text = text.replace(secret, "[redacted]")
+    return text
+
+
+class Redactor(logging.Filter):
+    """Redacts a record's message and traceback before any handler formats it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact(record.getMessage()), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        return True
+
+
+log.addFilter(Redactor())
+
+
 class ApiError(Exception):
     """An error answered as the JSON envelope {"success": false, "code", "msg", ...}."""
 
@@ -209,6 +270,67 @@ class ApiError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"success": False, "code": self.status, "msg": self.msg, **self.extra}
+
+
+# The models of the OpenAPI document (/openapi.json). Requests are validated by them, as
+# are the Quart routes' replies; the hot path's replies are built to match theirs.
+
+
+class Body(BaseModel):
+    """A request body: JSON types as they are (no "1" for 1), no unknown fields."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class Reply(BaseModel):
+    """The JSON envelope of every reply."""
+
+    model_config = ConfigDict(extra="forbid")
+    success: bool
+    code: int
+    msg: str
+
+
+class ErrorReply(Reply):
+    """An error: `msg` says what is wrong; `detail` and other fields may tell more."""
+
+    model_config = ConfigDict(extra="allow")
+    detail: Any = None
+
+
+EXPECTED_TYPES = {
+    "model_type": "a JSON object",
+    "dict_type": "a JSON object",
+    "string_type": "a string",
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "list_type": "a list",
+}
+
+
+def invalid_body(error: ValidationError) -> ApiError:
+    """A 400 naming the first problem of a body; `detail` lists them all."""
+    problems = []
+    for problem in error.errors(include_url=False, include_context=False, include_input=False):
+        # a path like `settings.theme` or `messages[0].role`; pydantic also puts the
+        # names of union members (`list[str]`) in it
+        path = "".join(
+            f"[{part}]" if isinstance(part, int) else f".{part}"
+            for part in problem["loc"]
+            if not (isinstance(part, str) and "[" in part)
+        ).lstrip(".")
+        kind = problem["type"]
+        if kind == "extra_forbidden":
+            msg = f"Unknown field: {path}"
+        elif kind in EXPECTED_TYPES:
+            msg = f"{path or 'Body'} must be {EXPECTED_TYPES[kind]}"
+        elif kind == "missing":
+            msg = f"{path} is required"
+        else:
+            msg = f"{path}: {problem['msg']}"
+        problems.append({"field": path, "msg": msg, "type": kind})
+    return ApiError(400, problems[0]["msg"], detail=problems)
 
 
 # ---------------------------------------------------------------------------------------
@@ -405,6 +527,7 @@ class Subscriber:
         "flushing",
         "ending",
         "live",
+        "sent",
     )
 
     def __init__(self, send: ASGISend, role: str, cursor: int) -> None:
@@ -416,6 +539,7 @@ class Subscriber:
         self.flushing: asyncio.Task | None = None
         self.ending: bytes | None = None  # set when the server ends the stream
         self.live = False  # frames are flushed to it only after its hello (and replay)
+        self.sent = 0  # bytes, for the log
 
     def end(self, final_frame: bytes) -> None:
         self.ending = final_frame
@@ -562,6 +686,7 @@ class Room:
                     await subscriber.send(
                         {"type": "http.response.body", "body": chunk, "more_body": True}
                     )
+                    subscriber.sent += len(chunk)
                     hub.metrics["deliveries"] += 1
         finally:
             subscriber.flushing = None
@@ -838,6 +963,7 @@ REFRESH_COOKIE = "sm_refresh"  # path /api/v1/auth: only refresh and logout see 
 SESSION_COOKIE = "sm_session"  # path /api/v1/events: the access JWT, for EventSource
 USERNAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 MIN_PASSWORD_CHARS, MAX_PASSWORD_CHARS = 8, 1024
+MAX_TOKEN_CHARS = 512  # ours are under 400 (a JWT); longer ones are refused before any work
 ROLES = ("admin", "user")
 TOKEN_RIGHTS = ("publish", "subscribe")
 
@@ -990,6 +1116,8 @@ def authenticate(token: str | None) -> Principal:
     """The principal a credential stands for. Raises 401 when it is missing or not valid."""
     if not token:
         raise ApiError(401, "Missing token: send Authorization: Bearer <token> or a token field")
+    if len(token) > MAX_TOKEN_CHARS:
+        raise ApiError(401, f"Invalid token: longer than {MAX_TOKEN_CHARS} characters")
     if is_root_token(token):
         return ROOT_PRINCIPAL
     if token.startswith(API_TOKEN_PREFIX):
@@ -1029,41 +1157,39 @@ def load_secret_key() -> str:
     return key
 
 
-class LoginLimiter:
-    """Login attempts per key (a username, a client address) in a sliding window of
-    LOGIN_WINDOW_S. An attempt counts when it starts (so parallel guesses count too) and
-    is taken back when it succeeds; past a key's limit, logins answer 429."""
+class RateLimiter:
+    """Events per key (a username, a client address) in a sliding window. Past a key's
+    limit (0: none) the next event is refused with 429 and Retry-After."""
 
-    def __init__(self) -> None:
-        self.attempts: dict[str, deque[float]] = {}
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self.events: dict[str, deque[float]] = {}
 
-    def begin(self, limits: dict[str, int]) -> float:
-        """Count an attempt, or raise 429 with Retry-After. Returns the attempt's stamp."""
+    def take(self, limits: dict[str, int], msg: str) -> float:
+        """Count an event for every key, or, when a key is at its limit, none: raise 429
+        with `msg` ({retry} is the seconds to wait). Returns the event's stamp."""
         now = time.monotonic()
         wait = 0.0
         for key, limit in limits.items():
-            window = self.attempts.setdefault(key, deque())
-            while window and window[0] <= now - settings.login_window_s:
+            window = self.events.setdefault(key, deque())
+            while window and window[0] <= now - self.window_s:
                 window.popleft()
-            if len(window) >= limit:
-                wait = max(wait, window[0] + settings.login_window_s - now)
+            if 0 < limit <= len(window):
+                wait = max(wait, window[0] + self.window_s - now)
         if wait > 0:
-            retry = math.ceil(wait)
-            raise ApiError(
-                429,
-                f"Too many failed logins: try again in {retry} s",
-                retry_after=retry,
-            )
+            retry = max(1, math.ceil(wait))
+            raise ApiError(429, msg.format(retry=retry), retry_after=retry)
         for key in limits:
-            self.attempts[key].append(now)
-        if len(self.attempts) > 10_000:  # forget keys without recent attempts
-            recent = now - settings.login_window_s
-            self.attempts = {k: w for k, w in self.attempts.items() if w and w[-1] > recent}
+            self.events[key].append(now)
+        if len(self.events) > 10_000:  # forget keys without recent events
+            recent = now - self.window_s
+            self.events = {k: w for k, w in self.events.items() if w and w[-1] > recent}
         return now
 
-    def succeeded(self, limits: dict[str, int], stamp: float) -> None:
+    def give_back(self, limits: dict[str, int], stamp: float) -> None:
+        """Uncount an event (a login that succeeded)."""
         for key in limits:
-            window = self.attempts.get(key)
+            window = self.events.get(key)
             if window is not None and stamp in window:
                 window.remove(stamp)
 
@@ -1080,9 +1206,13 @@ class Accounts:
         self.users: dict[str, User] = {}
         self.sessions: dict[str, tuple[str, int]] = {}  # live: id -> (user id, expiry ms)
         self.api_tokens: dict[str, ApiToken] = {}  # by SHA-256 of the secret
-        self.logins = LoginLimiter()
+        # a login attempt counts when it starts (parallel guesses count too) and is given
+        # back when it succeeds
+        self.logins = RateLimiter(settings.login_window_s)
 
     async def start(self, storage: Storage) -> None:
+        if len(settings.sse_token) > MAX_TOKEN_CHARS:
+            raise RuntimeError(f"SSE_TOKEN must be at most {MAX_TOKEN_CHARS} characters")
         self.storage = storage
         self.secret_key = load_secret_key()
         self.dummy_hash = await self.hash_password(secrets.token_urlsafe(16))
@@ -1137,7 +1267,7 @@ class Accounts:
             f"user:{username.lower()}": settings.login_max_failures,
             f"address:{address}": settings.login_max_failures_per_address,
         }
-        stamp = self.logins.begin(limits)
+        stamp = self.logins.take(limits, "Too many failed logins: try again in {retry} s")
         async with self.storage.read.execute(
             f"SELECT {USER_COLUMNS}, password_hash FROM users WHERE username = ?", (username,)
         ) as cursor:
@@ -1149,7 +1279,7 @@ class Accounts:
                 "failed login for %s from %s", user.username if user else "an unknown user", address
             )
             return None
-        self.logins.succeeded(limits, stamp)
+        self.logins.give_back(limits, stamp)
         self.users[user.id] = user  # a user made by the CLI while the server runs
         return user
 
@@ -1424,26 +1554,27 @@ SEND_PREFIX = b"/api/v1/send/"
 
 
 def cors_headers(headers: dict[bytes, bytes]) -> list[tuple[bytes, bytes]]:
+    """CORS_ORIGINS: a listed origin is echoed and may send credentials (cookies); with
+    "*", any other origin may read replies, but never with credentials."""
     origin = headers.get(b"origin")
     if origin is None:
         return []
-    if "*" in settings.cors_origins:
-        return [(b"access-control-allow-origin", b"*")]
     if origin.decode("latin-1") in settings.cors_origins:
         return [
             (b"access-control-allow-origin", origin),
             (b"access-control-allow-credentials", b"true"),
             (b"vary", b"Origin"),
         ]
+    if "*" in settings.cors_origins:
+        return [(b"access-control-allow-origin", b"*")]
     return []
 
 
 def preflight_headers(headers: dict[bytes, bytes]) -> list[tuple[bytes, bytes]]:
-    allowed = cors_headers(headers)
-    if not allowed:
+    """What a preflight's answer adds to cors_headers (which HotPath adds to every reply)."""
+    if not cors_headers(headers):
         return []
     return [
-        *allowed,
         (b"access-control-allow-methods", b"GET, POST, PUT, PATCH, DELETE, OPTIONS"),
         (
             b"access-control-allow-headers",
@@ -1453,8 +1584,29 @@ def preflight_headers(headers: dict[bytes, bytes]) -> list[tuple[bytes, bytes]]:
     ]
 
 
+# Security headers, on every response (HotPath adds them). HTML pages get a strict CSP:
+# nothing inline, nothing from elsewhere; only pages that say so (the player, for OBS and
+# stream sites: FRAME_ANCESTORS) may be framed by other sites.
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+]
+HSTS = (b"strict-transport-security", b"max-age=31536000")  # https only: see TRUST_PROXY
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'"
+)
+EMBEDDABLE = "embeddable"  # a scope key: set by a page that other sites may frame
+
+
+def page_policy(scope: dict[str, Any]) -> tuple[bytes, bytes]:
+    ancestors = settings.frame_ancestors if scope.get(EMBEDDABLE) else "'self'"
+    policy = f"{CONTENT_SECURITY_POLICY}; frame-ancestors {ancestors}"
+    return b"content-security-policy", policy.encode()
+
+
 async def send_json(
-    send: ASGISend, status: int, body: dict[str, Any], extra: list[tuple[bytes, bytes]]
+    send: ASGISend, status: int, body: dict[str, Any], extra: list[tuple[bytes, bytes]] = ()
 ) -> None:
     data = compact_json(body).encode()
     headers = [*JSON_HEADERS, (b"content-length", b"%d" % len(data)), *extra]
@@ -1463,18 +1615,34 @@ async def send_json(
 
 
 async def read_body(receive: Callable[[], Awaitable[dict]]) -> bytes:
+    """The request body, within MAX_BODY_BYTES (413) and BODY_TIMEOUT_S (408)."""
     chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ApiError(400, "Client disconnected")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > settings.max_body_bytes:
-            raise ApiError(413, f"Request body too large (max {settings.max_body_bytes} bytes)")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+    try:
+        async with asyncio.timeout(settings.body_timeout_s):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ApiError(400, "Client disconnected")
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > settings.max_body_bytes:
+                    raise ApiError(
+                        413, f"Request body too large (max {settings.max_body_bytes} bytes)"
+                    )
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+    except TimeoutError:
+        raise ApiError(
+            408, f"Request body not received within {settings.body_timeout_s:g} s"
+        ) from None
+
+
+def request_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ApiError(400, "Invalid JSON body", detail=str(error)) from None
 
 
 def query_params(scope: dict[str, Any]) -> dict[str, str]:
@@ -1492,33 +1660,86 @@ def find_room(room_id: str | None) -> Room:
     return room
 
 
+class PublishMessage(BaseModel):
+    """A message to publish. Fields it does not know are ignored, as the seed did."""
+
+    model_config = ConfigDict(strict=True)
+    speaker: str = Field(min_length=1, max_length=MAX_SPEAKER_CHARS, pattern=r"\S")
+    data: dict[str, Any] = Field(description="what players show: `data.message`, a string")
+    meta: Any = Field(default=None, description="any JSON, passed on as it is")
+    room: str | None = Field(
+        default=None, pattern=f"^{ROOM_ID.pattern}$", description="default: DEFAULT_ROOM"
+    )
+    token: str | None = Field(default=None, description="if not sent as Bearer")
+
+
+class PublishBody(RootModel[PublishMessage | Annotated[list[PublishMessage], Field(min_length=1)]]):
+    """One message, or a batch: all stored and delivered in order, or none."""
+
+
+class MessagePayload(BaseModel):
+    """A message as stored and streamed (the `data:` of its SSE event)."""
+
+    id: int
+    room: str
+    speaker: str
+    data: dict[str, Any]
+    time: int = Field(description="epoch ms at publish")
+    meta: Any = None
+
+
+class SentReply(Reply):
+    target: dict[Literal["room"], str]
+    event: MessagePayload
+    id: int
+
+
+class BatchSentReply(Reply):
+    target: dict[Literal["rooms"], list[str]]
+    events: list[MessagePayload]
+    ids: list[int]
+
+
+class PublishReply(RootModel[SentReply | BatchSentReply]):
+    pass
+
+
+class SendQuery(BaseModel):
+    msg: str = Field(description="the message: data.message")
+    room: str | None = Field(default=None, description="default: DEFAULT_ROOM")
+    token: str | None = None
+
+
+class EventsQuery(BaseModel):
+    role: Literal["player", "controller"] = Field(
+        default="player", description="a controller needs a publish right (token or cookie)"
+    )
+    token: str | None = Field(default=None, description="for a controller or a private room")
+    lastEventId: str | None = Field(  # noqa: N815 (the name of the query parameter)
+        default=None, description="resume after this id (or the Last-Event-ID header)"
+    )
+
+
 def validate_message(item: Any) -> tuple[dict[str, Any], str | None, str | None]:
     """A publish body object -> (message, room id, token). Raises 400/413."""
     if not isinstance(item, dict):
         raise ApiError(400, "Each message must be a JSON object")
-    speaker = item.get("speaker")
-    if not isinstance(speaker, str) or not speaker.strip():
-        raise ApiError(400, "speaker must be a non-empty string")
-    if len(speaker) > MAX_SPEAKER_CHARS:
-        raise ApiError(400, f"speaker is longer than {MAX_SPEAKER_CHARS} characters")
-    data = item.get("data")
-    if not isinstance(data, dict):
-        raise ApiError(400, "data must be a JSON object")
-    room_id, token = item.get("room"), item.get("token")
-    if room_id is not None and not isinstance(room_id, str):
-        raise ApiError(400, "room must be a string")
-    if token is not None and not isinstance(token, str):
-        raise ApiError(400, "token must be a string")
-    message = {"speaker": speaker, "data": data, "meta": item.get("meta")}
+    try:
+        fields = PublishMessage.model_validate(item)
+    except ValidationError as error:
+        raise invalid_body(error) from None
+    message = {"speaker": fields.speaker, "data": fields.data, "meta": fields.meta}
     if len(compact_json(message).encode()) > settings.max_message_bytes:
         raise ApiError(413, f"Message too large (max {settings.max_message_bytes} bytes)")
-    return message, room_id, token
+    return message, fields.room, fields.token
 
 
+@document_request(PublishBody)
+@document_response(PublishReply, 202)
 async def publish_request(
     headers: dict[bytes, bytes], body: Any, query_token: str | None = None
 ) -> dict[str, Any]:
-    """POST /api/v1/send: one message object or an array of them (a batch, all or none)."""
+    """Publish one message, or a batch (all or none)"""
     items = body if isinstance(body, list) else [body]
     if not items:
         raise ApiError(400, "Empty batch")
@@ -1553,8 +1774,10 @@ def sent_reply(payload: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@document_querystring(SendQuery)
+@document_response(SentReply, 202)
 async def publish_get(raw_speaker: bytes, params: dict[str, str]) -> dict[str, Any]:
-    """GET /api/v1/send/<speaker>?token=&msg=[&room=] (the Bun project's form)."""
+    """Publish a message: the seed's form, ?token=&msg=[&room=]"""
     speaker = unquote(raw_speaker.decode("latin-1"), errors="replace")
     if "msg" not in params:
         raise ApiError(400, "Missing msg parameter")
@@ -1580,29 +1803,45 @@ def parse_last_event_id(headers: dict[bytes, bytes], params: dict[str, str]) -> 
     return int(raw) if raw.isdigit() else None
 
 
+EVENT_STREAM = "_event_stream"  # an attribute: the route's 200 reply is an SSE stream
+
+
+def event_stream(description: str, others: dict[int, str] | None = None) -> Callable:
+    """Documents a route's 200 reply as text/event-stream, and `others` (status:
+    description) as replies without a body."""
+
+    def document(func: Callable) -> Callable:
+        setattr(func, EVENT_STREAM, (description, others or {}))
+        return func
+
+    return document
+
+
+@document_querystring(EventsQuery)
+@event_stream("`event: meta` (the hello), the replay, then messages as they come")
 async def stream_events(scope, receive, send, room_id: str | None, headers) -> None:
-    """GET /api/v1/events[/<room>]: hello, replay after Last-Event-ID, then live frames.
-    An invalid or unknown room id is not an error: it streams the quote feed."""
+    """Subscribe to a room's events: hello, replay after Last-Event-ID, then live
+    messages. An invalid or unknown room id is not an error: it streams the quote feed."""
     params = query_params(scope)
     try:
         room = find_room(room_id)
     except ApiError as error:
         reason = "invalid room id" if error.status == 400 else "unknown room"
         return await serve_stream(
-            send, receive, headers, hub.fallback, "player", reason=reason, requested=room_id
+            scope, send, receive, hub.fallback, "player", reason=reason, requested=room_id
         )
     role = "controller" if params.get("role") == "controller" else "player"
     if role == "controller" or room.record.private:  # a controller may publish here
         token = bearer_token(headers) or params.get("token") or session_cookie(headers)
         authorize(token, room, "publish" if role == "controller" else "subscribe")
     last_id = parse_last_event_id(headers, params)
-    await serve_stream(send, receive, headers, room, role, last_id)
+    await serve_stream(scope, send, receive, room, role, last_id)
 
 
 async def serve_stream(
+    scope: dict[str, Any],
     send: ASGISend,
     receive: Callable[[], Awaitable[dict]],
-    headers: dict[bytes, bytes],
     room: Room,
     role: str,
     last_id: int | None = None,
@@ -1610,15 +1849,12 @@ async def serve_stream(
 ) -> None:
     """Stream a room (or the fallback feed) until the client leaves or the server ends the
     stream. The hello is made after joining, so its presence counts this subscriber."""
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": SSE_HEADERS + cors_headers(headers),
-        }
-    )
+    await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
     subscriber = Subscriber(send, role, room.end)
     room.join(subscriber)
+    client = scope["client"][0] if scope.get("client") else "-"
+    log.info("stream open room=%s role=%s client=%s", room.id, role, client)
+    opened = time.monotonic()
     try:
         hello = {**room.hello(), **hello_extra}
         replay: list[bytes] = []
@@ -1630,6 +1866,7 @@ async def serve_stream(
             subscriber.replayed_through = rows[-1][0] if rows else 0
         first = b"retry: %d\n" % settings.retry_ms + event_frame("meta", hello) + b"".join(replay)
         await send({"type": "http.response.body", "body": first, "more_body": True})
+        subscriber.sent += len(first)
         subscriber.live = subscriber.ending is None
         if subscriber.live and subscriber.cursor < room.end:
             room._wake()
@@ -1645,28 +1882,71 @@ async def serve_stream(
         room.leave(subscriber)
         if subscriber.flushing is not None:
             subscriber.flushing.cancel()
+        log.info(
+            "stream close room=%s role=%s client=%s s=%.1f bytes=%d",
+            room.id,
+            role,
+            client,
+            time.monotonic() - opened,
+            subscriber.sent,
+        )
 
 
 class HotPath:
-    """ASGI middleware: serves streams, publishes and API preflights; passes the rest on."""
+    """ASGI middleware in front of Quart: serves streams, publishes and API preflights, and
+    passes the rest on. Every request goes through it, so it is also where every response
+    gets its CORS and security headers and where each request is logged (ACCESS_LOG)."""
 
     def __init__(self, app: Callable) -> None:
         self.app = app
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/api/v1/"):
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        started = time.perf_counter()
         headers = dict(scope["headers"])
+        extra = cors_headers(headers) + SECURITY_HEADERS
+        if scope["scheme"] == "https":
+            extra.append(HSTS)
+        status = 0
+
+        async def send_with_headers(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_headers = [*message["headers"], *extra]
+                if any(
+                    name == b"content-type" and value.startswith(b"text/html")
+                    for name, value in message["headers"]
+                ):
+                    response_headers.append(page_policy(scope))
+                message = {**message, "headers": response_headers}
+            await send(message)
+
+        try:
+            if scope["path"].startswith("/api/v1/"):
+                await self.serve(scope, receive, send_with_headers, headers)
+            else:
+                await self.app(scope, receive, send_with_headers)
+        finally:
+            if settings.access_log:
+                query = scope["query_string"].decode("latin-1")
+                log.info(
+                    "request method=%s path=%s%s status=%d ms=%.1f client=%s",
+                    scope["method"],
+                    scope["raw_path"].decode("latin-1"),
+                    "?" + query if query else "",
+                    status,
+                    (time.perf_counter() - started) * 1000,
+                    scope["client"][0] if scope.get("client") else "-",
+                )
+
+    async def serve(self, scope, receive, send, headers: dict[bytes, bytes]) -> None:
         method, path = scope["method"], scope["path"]
         try:
             if method == "OPTIONS":
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 204,
-                        "headers": preflight_headers(headers),
-                    }
-                )
+                preflight = preflight_headers(headers)
+                await send({"type": "http.response.start", "status": 204, "headers": preflight})
                 await send({"type": "http.response.body", "body": b""})
                 return None
             if events := EVENTS_PATH.fullmatch(path):
@@ -1677,25 +1957,33 @@ class HotPath:
             if path.rstrip("/") == "/api/v1/send":
                 if method != "POST":
                     raise ApiError(405, "Method not allowed: use POST", allow="POST")
-                body = await read_body(receive)
-                try:
-                    parsed = json.loads(body)
-                except (ValueError, UnicodeDecodeError) as error:
-                    raise ApiError(400, "Invalid JSON body", detail=str(error)) from None
+                parsed = request_json(await read_body(receive))
                 reply = await publish_request(headers, parsed, query_params(scope).get("token"))
-                return await send_json(send, 202, reply, cors_headers(headers))
+                return await send_json(send, 202, reply)
             if scope["raw_path"].startswith(SEND_PREFIX):
                 if method != "GET":
                     raise ApiError(405, "Method not allowed: use GET", allow="GET")
                 raw_speaker = scope["raw_path"][len(SEND_PREFIX) :].rstrip(b"/")
                 reply = await publish_get(raw_speaker, query_params(scope))
-                return await send_json(send, 202, reply, cors_headers(headers))
+                return await send_json(send, 202, reply)
         except ApiError as error:
-            extra = cors_headers(headers)
-            if error.status == 405:
-                extra.append((b"allow", error.extra["allow"].encode()))
+            extra = [(b"allow", error.extra["allow"].encode())] if error.status == 405 else []
             return await send_json(send, error.status, error.body(), extra)
         return await self.app(scope, receive, send)
+
+
+# HotPath's routes, for the OpenAPI document only: this app is never served.
+hot_path_routes = Quart("hot_path", static_folder=None)
+hot_path_routes.config.update(
+    QUART_SCHEMA_CONVERSION_PREFERENCE=None, QUART_SCHEMA_CONVERT_CASING=False
+)
+for rule, method, view in [
+    ("/api/v1/events", "GET", stream_events),
+    ("/api/v1/events/<room>", "GET", stream_events),
+    ("/api/v1/send", "POST", publish_request),
+    ("/api/v1/send/<speaker>", "GET", publish_get),
+]:
+    hot_path_routes.add_url_rule(rule, rule, view, methods=[method])
 
 
 def accept_utf8_request_targets() -> None:
@@ -1731,10 +2019,83 @@ accept_utf8_request_targets()
 # Routes (Quart)
 # ---------------------------------------------------------------------------------------
 
+
+class ApiRequest(Request):
+    async def get_json(self, force: bool = False, silent: bool = False, cache: bool = True):
+        """Every body is read as JSON whatever its Content-Type (`curl -d` says it is a
+        form) and as strictly as the hot path reads it; an empty body is {} (a body whose
+        fields are all optional may be left out)."""
+        body = await self.get_data(cache=cache)
+        return request_json(body) if body else {}
+
+
 app = Quart(__name__, static_folder=None)
+app.request_class = ApiRequest
 app.config["RESPONSE_TIMEOUT"] = None  # SSE responses last for hours
 app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+app.config["BODY_TIMEOUT"] = settings.body_timeout_s
 app.asgi_app = HotPath(app.asgi_app)
+if settings.trust_proxy:  # the client's address and scheme from the proxies' headers
+    app.asgi_app = ProxyFixMiddleware(app.asgi_app, trusted_hops=settings.trust_proxy)
+
+
+class ApiDocs(OpenAPIProvider):
+    """quart-schema's OpenAPI document of the Quart routes, plus what it cannot see: the
+    hot path's routes (from `hot_path_routes`), event-stream replies, and the error
+    envelope that any operation may answer."""
+
+    def schema(self) -> dict[str, Any]:
+        spec = super().schema()
+        hot_path = ApiDocs(hot_path_routes, self._extension)
+        for rule in hot_path.generate_rules():  # as super().schema() does for Quart's
+            paths, components = hot_path.build_paths(rule)
+            for path, operations in paths.items():
+                spec["paths"][path].update(operations)
+            spec["components"]["schemas"].update(components)
+        error = ErrorReply.model_json_schema(ref_template="#/components/schemas/{model}")
+        spec["components"]["schemas"]["ErrorReply"] = error
+        return spec
+
+    def build_paths(self, rule) -> tuple[dict, dict]:
+        paths, components = super().build_paths(rule)
+        stream = getattr(self._app.view_functions[rule.endpoint], EVENT_STREAM, None)
+        for operations in paths.values():
+            for operation in operations.values():
+                responses = {str(status): reply for status, reply in operation["responses"].items()}
+                if stream is not None:
+                    description, others = stream
+                    responses["200"] = {
+                        "description": description,
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    }
+                    responses |= {str(status): {"description": d} for status, d in others.items()}
+                responses["default"] = {
+                    "description": "An error, in the JSON envelope",
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/ErrorReply"}}
+                    },
+                }
+                operation["responses"] = responses
+        return paths, components
+
+    def operation_id(self, method: str, path: str, func: Callable) -> str:
+        """From the path: a hot path function serves several paths."""
+        return method.lower() + re.sub(r"[^a-z0-9]+", "_", path.lower()).rstrip("_")
+
+
+QuartSchema(
+    app,
+    info={"title": "streaming-message", "version": API_VERSION},
+    swagger_ui_path=None,  # the UIs load scripts from CDNs: not under this site's CSP
+    redoc_ui_path=None,
+    scalar_ui_path=None,
+    security_schemes={
+        "bearer": {"type": "http", "scheme": "bearer"},
+        "query_token": {"type": "apiKey", "in_": "query", "name": "token"},
+    },
+    security=[{"bearer": []}, {"query_token": []}, {}],  # {}: some routes need none
+    openapi_provider_class=ApiDocs,
+)
 
 
 @app.before_serving
@@ -1761,47 +2122,46 @@ async def api_error(error: ApiError):
     return response, error.status
 
 
+@app.errorhandler(RequestSchemaValidationError)
+async def schema_error(error: RequestSchemaValidationError):
+    cause = error.validation_error
+    if isinstance(cause, ValidationError):
+        return await api_error(invalid_body(cause))
+    return await api_error(ApiError(400, "Invalid request", detail=str(cause)))
+
+
 @app.errorhandler(HTTPException)
 async def http_error(error: HTTPException):
-    return jsonify({"success": False, "code": error.code, "msg": error.description}), error.code
-
-
-@app.after_request
-async def add_cors(response):
-    for name, value in cors_headers(dict(request.scope["headers"])):
-        response.headers[name.decode()] = value.decode()
-    return response
-
-
-async def json_body(optional: bool = False) -> dict[str, Any]:
-    """The request's JSON object, else 400; with `optional`, an empty body is {}."""
-    if optional and not await request.get_data():
-        return {}
-    body = await request.get_json(force=True, silent=True)
-    if not isinstance(body, dict):
-        raise ApiError(400, "Body must be a JSON object")
-    return body
-
-
-def reject_unknown_fields(body: dict[str, Any], known: set[str]) -> None:
-    if unknown := sorted(set(body) - known - {"token"}):
-        raise ApiError(400, f"Unknown field: {', '.join(unknown)}")
+    """Quart's own errors (404, 405, 413, 408...) in the envelope, with their headers."""
+    body = {"success": False, "code": error.code, "msg": error.description}
+    headers = [(name, value) for name, value in error.get_headers() if name != "Content-Type"]
+    return jsonify(body), error.code, headers
 
 
 def ok(msg: str = "OK", code: int = 200, **fields: Any) -> tuple[dict[str, Any], int]:
     return {"success": True, "code": code, "msg": msg, **fields}, code
 
 
-def request_token(body: dict[str, Any] | None = None) -> str | None:
-    """A Quart request's token: Bearer header, then body `token`, then `?token=`."""
-    token = bearer_token(dict(request.scope["headers"]))
-    if token is None and body is not None and isinstance(body.get("token"), str):
-        token = body["token"]
+def request_token(body_token: str | None = None) -> str | None:
+    """A Quart request's token: Bearer header, then the body's `token`, then `?token=`."""
+    token = bearer_token(dict(request.scope["headers"])) or body_token
     return token or request.args.get("token")
 
 
+class HealthReply(Reply):
+    rooms: int
+    subscribers: int
+    fallback_subscribers: int
+    published: int
+    commits: int
+    deliveries: int
+    slow_consumer_disconnects: int
+
+
 @app.get("/healthz")
+@validate_response(HealthReply)
 async def healthz():
+    """Health and counters"""
     subscribers = sum(len(room.subscribers) for room in hub.rooms.values())
     stats = {
         "rooms": len(hub.rooms),
@@ -1817,8 +2177,26 @@ async def healthz():
 # (EventSource cannot send a header; the admin page sends it as Bearer everywhere else).
 
 
-async def session_response(user: User, access: str, refresh: str, msg: str):
-    reply = ok(
+class UserOut(BaseModel):
+    id: str
+    username: str
+    role: str
+    disabled: bool
+    created_at: int
+
+
+class SessionReply(Reply):
+    access_token: str
+    refresh_token: str
+    token_type: Literal["Bearer"]
+    expires_in: int
+    refresh_expires_in: int
+    user: UserOut
+
+
+def session_reply(user: User, access: str, refresh: str, msg: str):
+    """The tokens in JSON, and as cookies (Set-Cookie headers)."""
+    reply, status = ok(
         msg,
         access_token=access,
         refresh_token=refresh,
@@ -1827,129 +2205,213 @@ async def session_response(user: User, access: str, refresh: str, msg: str):
         refresh_expires_in=int(settings.refresh_token_ttl_s),
         user=user.public(),
     )
-    response = await make_response(reply)
-    set_session_cookies(response, (refresh, access))
-    return response
+    return reply, status, session_cookies((refresh, access))
 
 
-def set_session_cookies(response, values: tuple[str, str] | None) -> None:
-    """Set (refresh token, access token) as cookies, or clear them (None)."""
-    secure = (
-        settings.cookie_secure
-        or request.scheme == "https"
-        or request.headers.get("X-Forwarded-Proto") == "https"
-    )
+def session_cookies(values: tuple[str, str] | None) -> list[tuple[str, str]]:
+    """Headers setting (refresh token, access token) as cookies, or clearing them (None)."""
     cookies = [
         (REFRESH_COOKIE, "/api/v1/auth", settings.refresh_token_ttl_s),
         (SESSION_COOKIE, "/api/v1/events", settings.access_token_ttl_s),
     ]
+    headers = [("Cache-Control", "no-store")]
     for index, (name, path, ttl) in enumerate(cookies):
-        response.set_cookie(
+        cookie = dump_cookie(
             name,
             values[index] if values else "",
             max_age=int(ttl) if values else 0,
             path=path,
-            secure=secure,
+            secure=settings.cookie_secure or request.scheme == "https",
             httponly=True,
             samesite="Strict",
         )
-    response.headers["Cache-Control"] = "no-store"
+        headers.append(("Set-Cookie", cookie))
+    return headers
+
+
+def cookie_credential(name: str) -> str | None:
+    """A credential from a cookie, for a state-changing request (CSRF): only when its
+    Origin is this site's or listed in CORS_ORIGINS. SameSite=Strict already keeps other
+    sites' requests from carrying the cookie; this also covers sibling subdomains and old
+    browsers. The host is compared, not the scheme: behind a TLS proxy the server may not
+    know it (TRUST_PROXY)."""
+    value = request.cookies.get(name)
+    origin = request.headers.get("Origin")
+    if value and origin not in settings.cors_origins and urlsplit(origin).netloc != request.host:
+        raise ApiError(403, "Cookie credentials need an Origin header of this site (CSRF)")
+    return value
+
+
+Password = Annotated[str, Field(min_length=MIN_PASSWORD_CHARS, max_length=MAX_PASSWORD_CHARS)]
+
+
+class LoginRequest(Body):
+    username: str
+    password: str
 
 
 @app.post("/api/v1/auth/login")
-async def login():
-    body = await json_body()
-    username, password = body.get("username"), body.get("password")
-    if not isinstance(username, str) or not isinstance(password, str):
-        raise ApiError(400, "username and password must be strings")
-    user = await accounts.verify_login(username, password, request.remote_addr or "")
+@validate_request(LoginRequest)
+@validate_response(SessionReply)
+async def login(data: LoginRequest):
+    """Log in: an access JWT and a refresh token (also set as HttpOnly cookies)"""
+    user = await accounts.verify_login(data.username, data.password, request.remote_addr or "")
     if user is None:
         raise ApiError(401, "Invalid username or password")
-    return await session_response(user, *await accounts.start_session(user), "Logged In")
+    return session_reply(user, *await accounts.start_session(user), "Logged In")
+
+
+class RefreshRequest(Body):
+    refresh_token: str | None = Field(default=None, max_length=MAX_TOKEN_CHARS)
 
 
 @app.post("/api/v1/auth/refresh")
-async def refresh():
-    body = await json_body(optional=True)
-    token = body.get("refresh_token") or request.cookies.get(REFRESH_COOKIE)
-    if not isinstance(token, str) or not token:
+@validate_request(RefreshRequest)
+@validate_response(SessionReply)
+async def refresh(data: RefreshRequest):
+    """New tokens for a refresh token (the body's or the cookie's), which is used up"""
+    token = data.refresh_token or cookie_credential(REFRESH_COOKIE)
+    if not token:
         raise ApiError(401, "Missing refresh token: send refresh_token or the cookie")
     user, access, refresh_token = await accounts.refresh_session(token)
-    return await session_response(user, access, refresh_token, "Token Refreshed")
+    return session_reply(user, access, refresh_token, "Token Refreshed")
 
 
 @app.post("/api/v1/auth/logout")
-async def logout():
-    """Revokes the session of the refresh token (body or cookie), else of the Bearer access
-    token, and clears the cookies."""
-    body = await json_body(optional=True)
-    token = body.get("refresh_token") or request.cookies.get(REFRESH_COOKIE)
-    if isinstance(token, str) and token:
+@validate_request(RefreshRequest)
+@validate_response(Reply)
+async def logout(data: RefreshRequest):
+    """Log out: revokes the session of the refresh token (body or cookie), else of the
+    Bearer access token, and clears the cookies."""
+    token = data.refresh_token or cookie_credential(REFRESH_COOKIE)
+    if token:
         await accounts.end_session(refresh_token=token)
     else:
         await accounts.end_session(session_id=authenticate(request_token()).session_id)
-    response = await make_response(ok("Logged Out"))
-    set_session_cookies(response, None)
-    return response
+    return *ok("Logged Out"), session_cookies(None)
+
+
+class ApiTokenOut(BaseModel):
+    id: str
+    user_id: str
+    name: str
+    rooms: list[str] | Literal["*"]
+    rights: list[str]
+    expires_at: int | None
+    created_at: int
+
+
+class PrincipalOut(BaseModel):
+    kind: Literal["root", "session", "token"]
+    name: str
+    role: str
+    user_id: str | None
+    token: ApiTokenOut | None
+
+
+class MeReply(Reply):
+    principal: PrincipalOut
 
 
 @app.get("/api/v1/auth/me")
+@validate_response(MeReply)
 async def me():
+    """Who the credential is"""
     return ok(principal=authenticate(request_token()).public())
 
 
+class PasswordRequest(Body):
+    current_password: str
+    new_password: Password
+
+
 @app.post("/api/v1/auth/password")
-async def change_password():
-    body = await json_body()
+@validate_request(PasswordRequest)
+@validate_response(SessionReply)
+async def change_password(data: PasswordRequest):
+    """Change one's password: ends every session, starts a new one"""
     principal = authorize(request_token(), None, "account")
-    current, new = body.get("current_password"), body.get("new_password")
-    check_password(new, "new_password")
-    if not isinstance(current, str):
-        raise ApiError(400, "current_password must be a string")
-    if await accounts.verify_login(principal.name, current, request.remote_addr or "") is None:
+    address = request.remote_addr or ""
+    if await accounts.verify_login(principal.name, data.current_password, address) is None:
         raise ApiError(401, "current_password is wrong")
-    user = await accounts.update_user(principal.user_id, {"password": new})  # ends sessions
-    return await session_response(user, *await accounts.start_session(user), "Password Changed")
+    user = await accounts.update_user(principal.user_id, {"password": data.new_password})
+    return session_reply(user, *await accounts.start_session(user), "Password Changed")
 
 
 # Rooms
 
 
-ROOM_FIELDS = {"title", "private", "history_size", "settings"}
-ROOM_SETTINGS = {  # name: (valid?, what it must be)
-    "typewriter_speed": (
-        lambda value: type(value) in (int, float) and 1 <= value <= 1000,
-        "a number of characters per second, 1-1000",
-    ),
-    "theme": (lambda value: isinstance(value, str) and 1 <= len(value) <= 64, "1-64 characters"),
-}
+class RoomSettings(Body):
+    """Player settings; null removes one."""
+
+    typewriter_speed: float | None = Field(
+        default=None, ge=1, le=1000, description="characters per second"
+    )
+    theme: str | None = Field(default=None, min_length=1, max_length=64)
 
 
-def room_fields(body: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
-    """The room fields of a request body, validated; settings are merged into `current`
-    (a null setting removes it)."""
-    fields = {name: body[name] for name in ROOM_FIELDS if name in body}
-    title = fields.get("title", "")
-    if not isinstance(title, str) or len(title) > 200:
-        raise ApiError(400, "title must be a string of at most 200 characters")
-    if not isinstance(fields.get("private", False), bool):
-        raise ApiError(400, "private must be true or false")
-    size = fields.get("history_size")
-    if size is not None and (type(size) is not int or not 1 <= size <= 1_000_000):
-        raise ApiError(400, "history_size must be an integer from 1 to 1000000, or null")
-    if "settings" in fields:
-        changes = fields["settings"]
-        if not isinstance(changes, dict):
-            raise ApiError(400, "settings must be a JSON object")
-        for name, value in changes.items():
-            if name not in ROOM_SETTINGS:
-                raise ApiError(400, f"Unknown setting: {name}", known=sorted(ROOM_SETTINGS))
-            valid, expected = ROOM_SETTINGS[name]
-            if value is not None and not valid(value):
-                raise ApiError(400, f"settings.{name} must be {expected}, or null")
-        merged = {**current, **changes}
-        fields["settings"] = {name: value for name, value in merged.items() if value is not None}
-    return fields
+class RoomChanges(Body):
+    token: str | None = None
+    title: str = Field(default="", max_length=200)
+    private: bool = False
+    history_size: int | None = Field(
+        default=None, ge=1, le=1_000_000, description="messages kept; null: HISTORY_SIZE"
+    )
+    settings: RoomSettings = Field(default_factory=RoomSettings)
+
+    def fields(self, current: dict[str, Any]) -> dict[str, Any]:
+        """The room fields sent, for RoomRecord; settings merged into `current`."""
+        fields = self.model_dump(exclude_unset=True, exclude={"id", "token", "settings"})
+        if "settings" in self.model_fields_set:
+            merged = {**current, **self.settings.model_dump(exclude_unset=True)}
+            fields["settings"] = {
+                name: value for name, value in merged.items() if value is not None
+            }
+        return fields
+
+
+class RoomCreate(RoomChanges):
+    id: str = Field(pattern=f"^{ROOM_ID.pattern}$", description="letters or digits, any case")
+
+
+class Presence(BaseModel):
+    players: int
+    controllers: int
+
+
+class RoomRecordOut(BaseModel):
+    id: str
+    owner: str | None
+    title: str
+    private: bool
+    history_size: int | None
+    settings: dict[str, Any]
+    last_id: int
+    created_at: int
+
+
+class RoomOut(RoomRecordOut):
+    subscribers: Presence
+
+
+class RoomsReply(Reply):
+    rooms: list[RoomOut]
+
+
+class RoomReply(Reply):
+    room: RoomOut
+
+
+class RoomCreatedReply(Reply):
+    room: RoomRecordOut
+
+
+class PresenceReply(Reply, Presence):
+    room: str
+
+
+class RoomDeletedReply(Reply):
+    room: str
 
 
 def room_summary(room: Room) -> dict[str, Any]:
@@ -1957,8 +2419,9 @@ def room_summary(room: Room) -> dict[str, Any]:
 
 
 @app.get("/api/v1/rooms")
+@validate_response(RoomsReply)
 async def list_rooms():
-    """Public rooms, and the private ones the caller may subscribe to."""
+    """Public rooms, and the private ones the caller may subscribe to"""
     token = request_token()
     principal = authenticate(token) if token else None
     rooms = [
@@ -1970,18 +2433,16 @@ async def list_rooms():
 
 
 @app.post("/api/v1/rooms")
-async def create_room():
-    body = await json_body()
-    principal = authorize(request_token(body), None, "manage")
-    reject_unknown_fields(body, ROOM_FIELDS | {"id"})
-    room_id = body.get("id")
-    canonical = normalize_room(room_id) if isinstance(room_id, str) else None
-    if canonical is None:
-        raise ApiError(400, "Invalid room id: use 1-64 letters or digits")
-    fields = room_fields(body, {})
+@validate_request(RoomCreate)
+@validate_response(RoomCreatedReply, 201)
+async def create_room(data: RoomCreate):
+    """Create a room (owned by the caller)"""
+    principal = authorize(request_token(data.token), None, "manage")
+    canonical = data.id.lower()
     conflict = ApiError(409, f"Room already exists: {canonical}", room=canonical)
     if canonical in hub.rooms:
         raise conflict
+    fields = data.fields({})
     try:
         record = await hub.create_room(canonical, principal.user_id, **fields)
     except sqlite3.IntegrityError:
@@ -1998,30 +2459,35 @@ def readable_room(room_id: str) -> Room:
 
 
 @app.get("/api/v1/rooms/<room_id>")
+@validate_response(RoomReply)
 async def get_room(room_id: str):
+    """A room, with its presence"""
     return ok(room=room_summary(readable_room(room_id)))
 
 
 @app.get("/api/v1/rooms/<room_id>/presence")
+@validate_response(PresenceReply)
 async def get_presence(room_id: str):
+    """How many players and controllers are connected"""
     room = readable_room(room_id)
     return ok(room=room.id, **room.presence())
 
 
 @app.patch("/api/v1/rooms/<room_id>")
-async def update_room(room_id: str):
-    """Settings: title, private, history_size, settings.typewriter_speed, settings.theme."""
-    body = await json_body()
+@validate_request(RoomChanges)
+@validate_response(RoomReply)
+async def update_room(room_id: str, data: RoomChanges):
+    """Room settings: title, private, history_size, settings.typewriter_speed and theme"""
     room = find_room(room_id)
-    authorize(request_token(body), room, "manage")
-    reject_unknown_fields(body, ROOM_FIELDS)
-    await hub.update_room(room, room_fields(body, room.record.settings))
+    authorize(request_token(data.token), room, "manage")
+    await hub.update_room(room, data.fields(room.record.settings))
     return ok("Room Updated", room=room_summary(room))
 
 
 @app.delete("/api/v1/rooms/<room_id>")
+@validate_response(RoomDeletedReply)
 async def delete_room(room_id: str):
-    """Ends the room's streams with `event: deleted` and deletes its history."""
+    """Delete a room: its streams end with `event: deleted`, its history goes"""
     room = find_room(room_id)
     authorize(request_token(), room, "manage")
     if room.id == settings.default_room:
@@ -2033,37 +2499,49 @@ async def delete_room(room_id: str):
 # API tokens: a user's tokens for scripts, bots and OBS.
 
 
+class TokenCreate(Body):
+    name: str = Field(min_length=1, max_length=100)
+    rooms: Annotated[list[str], Field(min_length=1)] | Literal["*"] = Field(
+        description='room ids, or "*": every room of the user'
+    )
+    rights: list[Literal["publish", "subscribe"]] = Field(min_length=1)
+    expires_in: float | None = Field(default=None, gt=0, description="seconds; null: never")
+
+
+class TokensReply(Reply):
+    tokens: list[ApiTokenOut]
+
+
+class TokenCreatedReply(Reply):
+    token: str = Field(description="the secret: shown in this reply only")
+    api_token: ApiTokenOut
+
+
+class IdReply(Reply):
+    id: str
+
+
 @app.get("/api/v1/tokens")
+@validate_response(TokensReply)
 async def list_api_tokens():
+    """The caller's API tokens"""
     principal = authorize(request_token(), None, "account")
     tokens = [token.public() for token in accounts.user_api_tokens(principal.user_id)]
     return ok(tokens=tokens)
 
 
 @app.post("/api/v1/tokens")
-async def create_api_token():
-    """{name, rooms: [ids] or "*" (every room of the user), rights: ["publish",
-    "subscribe"], expires_in?: seconds}. The secret is in this reply only."""
-    body = await json_body()
+@validate_request(TokenCreate)
+@validate_response(TokenCreatedReply, 201)
+async def create_api_token(data: TokenCreate):
+    """Create an API token; its secret is in this reply only"""
     principal = authorize(request_token(), None, "account")
-    reject_unknown_fields(body, {"name", "rooms", "rights", "expires_in"})
-    name, scope, rights = body.get("name"), body.get("rooms"), body.get("rights")
-    expires_in = body.get("expires_in")
-    if not isinstance(name, str) or not 1 <= len(name) <= 100:
-        raise ApiError(400, "name must be a string of 1-100 characters")
-    if scope == "*":
-        rooms = None
-    elif isinstance(scope, list) and scope and all(isinstance(room, str) for room in scope):
-        rooms = frozenset(authorize_room(principal, room_id) for room_id in scope)
-    else:
-        raise ApiError(400, 'rooms must be a non-empty list of room ids, or "*"')
-    if not isinstance(rights, list) or not rights or not set(rights) <= set(TOKEN_RIGHTS):
-        raise ApiError(400, f"rights must be a non-empty list of {', '.join(TOKEN_RIGHTS)}")
-    if expires_in is not None and (type(expires_in) not in (int, float) or expires_in <= 0):
-        raise ApiError(400, "expires_in must be a positive number of seconds, or null")
-    expires_at = None if expires_in is None else now_ms() + int(expires_in * 1000)
+    rooms = None
+    if data.rooms != "*":
+        rooms = frozenset(authorize_room(principal, room_id) for room_id in data.rooms)
+    expires_at = None if data.expires_in is None else now_ms() + int(data.expires_in * 1000)
     secret, token = await accounts.create_api_token(
-        principal.user_id, name, rooms, frozenset(rights), expires_at
+        principal.user_id, data.name, rooms, frozenset(data.rights), expires_at
     )
     return ok("Token Created", 201, token=secret, api_token=token.public())
 
@@ -2077,7 +2555,9 @@ def authorize_room(principal: Principal, room_id: str) -> str:
 
 
 @app.delete("/api/v1/tokens/<token_id>")
+@validate_response(IdReply)
 async def revoke_api_token(token_id: str):
+    """Revoke an API token"""
     principal = authorize(request_token(), None, "account")
     await accounts.revoke_api_token(principal, token_id)
     return ok("Token Revoked", id=token_id)
@@ -2086,42 +2566,54 @@ async def revoke_api_token(token_id: str):
 # Users (admins)
 
 
-def user_changes(body: dict[str, Any]) -> dict[str, Any]:
-    changes = {name: body[name] for name in ("disabled", "role", "password") if name in body}
-    if not isinstance(changes.get("disabled", False), bool):
-        raise ApiError(400, "disabled must be true or false")
-    if changes.get("role", "user") not in ROLES:
-        raise ApiError(400, f"role must be one of {', '.join(ROLES)}")
-    if "password" in changes:
-        check_password(changes["password"])
-    return changes
+class UserCreate(Body):
+    token: str | None = None
+    username: str = Field(pattern=f"^{USERNAME.pattern}$")
+    password: Password
+    role: Literal["admin", "user"] = "user"
+
+
+class UserChanges(Body):
+    token: str | None = None
+    disabled: bool = False
+    role: Literal["admin", "user"] = "user"
+    password: Password | None = None
+
+
+class UsersReply(Reply):
+    users: list[UserOut]
+
+
+class UserReply(Reply):
+    user: UserOut
 
 
 @app.get("/api/v1/users")
+@validate_response(UsersReply)
 async def list_users():
+    """Every user (admins)"""
     authorize(request_token(), None, "admin")
     return ok(users=[user.public() for user in await accounts.list_users()])
 
 
 @app.post("/api/v1/users")
-async def create_user():
-    """{username, password, role?: "admin" | "user" (default)}."""
-    body = await json_body()
-    authorize(request_token(body), None, "admin")
-    reject_unknown_fields(body, {"username", "password", "role"})
-    role = user_changes({"role": body.get("role", "user")})["role"]
-    user = await accounts.create_user(body.get("username"), body.get("password"), role)
+@validate_request(UserCreate)
+@validate_response(UserReply, 201)
+async def create_user(data: UserCreate):
+    """Create a user (admins)"""
+    authorize(request_token(data.token), None, "admin")
+    user = await accounts.create_user(data.username, data.password, data.role)
     return ok("User Created", 201, user=user.public())
 
 
 @app.patch("/api/v1/users/<user_id>")
-async def update_user(user_id: str):
-    """{disabled?, role?, password?}: disable or enable, change the role, reset the
-    password. Disabling or a new password ends the user's sessions."""
-    body = await json_body()
-    principal = authorize(request_token(body), None, "admin")
-    reject_unknown_fields(body, {"disabled", "role", "password"})
-    changes = user_changes(body)
+@validate_request(UserChanges)
+@validate_response(UserReply)
+async def update_user(user_id: str, data: UserChanges):
+    """Disable or enable a user, change the role, reset the password (admins). Disabling
+    or a new password ends the user's sessions."""
+    principal = authorize(request_token(data.token), None, "admin")
+    changes = data.model_dump(exclude_unset=True, exclude={"token"})
     if user_id == principal.user_id and (changes.get("disabled") or changes.get("role") == "user"):
         raise ApiError(400, "You cannot disable or demote your own account")
     user = await accounts.update_user(user_id, changes)
@@ -2129,7 +2621,9 @@ async def update_user(user_id: str):
 
 
 @app.delete("/api/v1/users/<user_id>")
+@validate_response(IdReply)
 async def delete_user(user_id: str):
+    """Delete a user (admins); their rooms stay, without an owner"""
     principal = authorize(request_token(), None, "admin")
     if user_id == principal.user_id:
         raise ApiError(400, "You cannot delete your own account")
@@ -2137,26 +2631,34 @@ async def delete_user(user_id: str):
     return ok("User Deleted", id=user_id)
 
 
+# The pages and the client library: static files, not in the OpenAPI document.
+
+
 @app.get("/static/js/sse-client.js")
+@hide
 async def sse_client_js():
     return await send_from_directory(DIST, "sse-client.js", mimetype="text/javascript")
 
 
 @app.get("/assets/<path:name>")
+@hide
 async def assets(name: str):
     return await send_from_directory(DIST / "assets", name)
 
 
 @app.get("/admin")
+@hide
 async def admin_page():
     return await send_from_directory(DIST, "admin.html")
 
 
 @app.get("/")
 @app.get("/<room_id>")
+@hide
 async def player_page(room_id: str | None = None):
     if room_id is not None and normalize_room(room_id) is None:
         raise ApiError(404, "Not found")
+    request.scope[EMBEDDABLE] = True  # OBS and stream sites frame it: FRAME_ANCESTORS
     return await send_from_directory(DIST, "player.html")
 
 
@@ -2189,29 +2691,21 @@ def sse_response(frames: AsyncIterator[bytes]) -> Response:
     return Response(body(), headers={name.decode(): value.decode() for name, value in SSE_HEADERS})
 
 
-def chat_messages(body: dict[str, Any]) -> list[dict[str, str]]:
-    """The conversation of a chat request: `prompt` (a string) or `messages` (a list of
-    {role: user|assistant, content}). Raises 400, or 413 past MAX_MESSAGES/MAX_PROMPT_CHARS."""
-    prompt, messages = body.get("prompt"), body.get("messages")
-    if (prompt is None) == (messages is None):
+def chat_messages(data: ChatRequest) -> list[dict[str, str]]:
+    """The conversation of a chat request: `prompt` or `messages`. Raises 400, or 413 past
+    MAX_MESSAGES/MAX_PROMPT_CHARS."""
+    if (data.prompt is None) == (data.messages is None):
         raise ApiError(400, "Send either prompt (a string) or messages (a list)")
-    if prompt is not None:
-        if not isinstance(prompt, str) or not prompt.strip():
+    if data.prompt is not None:
+        if not data.prompt.strip():
             raise ApiError(400, "prompt must be a non-empty string")
-        messages = [{"role": "user", "content": prompt}]
-    if not isinstance(messages, list) or not messages:
+        conversation = [{"role": "user", "content": data.prompt}]
+    else:
+        conversation = [message.model_dump() for message in data.messages]
+    if not conversation:
         raise ApiError(400, "messages must be a non-empty list")
-    if len(messages) > settings.max_messages:
+    if len(conversation) > settings.max_messages:
         raise ApiError(413, f"Too many messages (max {settings.max_messages})")
-    conversation = []
-    for message in messages:
-        if (
-            not isinstance(message, dict)
-            or message.get("role") not in CHAT_ROLES
-            or not isinstance(message.get("content"), str)
-        ):
-            raise ApiError(400, 'Each message must be {"role": "user"|"assistant", "content": str}')
-        conversation.append({"role": message["role"], "content": message["content"]})
     if sum(len(message["content"]) for message in conversation) > settings.max_prompt_chars:
         raise ApiError(413, f"Prompt too long (max {settings.max_prompt_chars} characters)")
     return conversation
@@ -2263,7 +2757,7 @@ async def openai_answer(messages: list[dict[str, str]], on_delta: Callable[[str]
                     return done
                 chunk = json.loads(event.data)
                 if chunk.get("error"):
-                    log.warning("AI service error in stream: %s", redact(event.data[:300]))
+                    log.warning("AI service error in stream: %s", event.data[:300])
                     raise ApiError(502, "The AI service reported an error")
                 done["usage"] = chunk.get("usage") or done["usage"]
                 for choice in chunk.get("choices") or []:
@@ -2291,16 +2785,12 @@ async def upstream_refusal(response: httpx.Response) -> ApiError:
     the client."""
     await response.aread()
     status = response.status_code
-    log.warning("AI service answered %d: %s", status, redact(response.text[:300]))
+    log.warning("AI service answered %d: %s", status, response.text[:300])
     if status == 429:
         return ApiError(502, "The AI service is over its rate limit (429); try again later")
     if status >= 500:
         return ApiError(502, f"The AI service failed ({status})")
     return ApiError(502, f"The AI service rejected the request ({status})")
-
-
-def redact(text: str) -> str:
-    return text.replace(settings.llm_api_key, "[LLM_API_KEY]")
 
 
 class Chat:
@@ -2393,7 +2883,7 @@ class Relay:
 
     def __init__(self) -> None:
         self.chats: dict[str, Chat] = {}
-        self.starts: dict[str, deque[float]] = {}  # client -> its chat starts in the window
+        self.starts = RateLimiter(settings.chat_rate_window_s)  # chat starts per client
         self.client: httpx.AsyncClient
         self.closing = asyncio.Event()
         self._reaper: asyncio.Task
@@ -2443,17 +2933,8 @@ class Relay:
                 f"Too many chats at once (max {settings.chat_max_per_client}): wait for one to end",
                 retry_after=BUSY_RETRY_AFTER_S,
             )
-        now, window = time.monotonic(), settings.chat_rate_window_s
-        starts = self.starts.setdefault(client, deque())
-        while starts and starts[0] <= now - window:
-            starts.popleft()
-        if 0 < settings.chat_rate_limit <= len(starts):
-            raise ApiError(
-                429,
-                f"Rate limited: at most {settings.chat_rate_limit} chats per {window:g} s",
-                retry_after=max(1, math.ceil(starts[0] + window - now)),
-            )
-        starts.append(now)
+        limit, window = settings.chat_rate_limit, settings.chat_rate_window_s
+        self.starts.take({client: limit}, f"Rate limited: at most {limit} chats per {window:g} s")
 
     def find(self, uid: str) -> Chat:
         chat = self.chats.get(uid)
@@ -2478,9 +2959,6 @@ class Relay:
                 ):
                     log.info("chat %s: nobody is listening, cancelled", chat.uid)
                     chat.cancel()
-            for client, starts in list(self.starts.items()):
-                if not starts or starts[-1] <= now - settings.chat_rate_window_s:
-                    del self.starts[client]
 
     async def close(self) -> None:
         """Shutdown: cancel running chats (followers get the error event and end)."""
@@ -2507,26 +2985,59 @@ async def stop_relay() -> None:
     await relay.close()
 
 
-def require_chat_login(body: dict[str, Any]) -> None:
+class ChatMessage(Body):
+    role: Literal["user", "assistant"]
+    content: str
+
+
+class ChatRequest(Body):
+    """A prompt, or a conversation: `messages` (at most MAX_MESSAGES, MAX_PROMPT_CHARS in
+    all, else 413)."""
+
+    token: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+
+
+class ChatStart(ChatRequest):
+    uid: str | None = Field(default=None, pattern=f"^{CHAT_UID.pattern}$")
+
+
+class RoomAiRequest(ChatRequest):
+    speaker: str = Field(default="AI", min_length=1, max_length=MAX_SPEAKER_CHARS, pattern=r"\S")
+
+
+class ChatReply(Reply):
+    uid: str
+
+
+class RoomTarget(BaseModel):
+    room: str
+
+
+class RoomAiReply(ChatReply):
+    target: RoomTarget
+
+
+def require_chat_login(data: ChatRequest) -> None:
     if settings.chat_require_login:
-        authorize(request_token(body), None, "subscribe")
+        authorize(request_token(data.token), None, "subscribe")
 
 
 @app.post("/api/v1/chat")
-async def start_chat():
-    """Two-step flow, step one: start the answer; the browser follows /chat/<uid>/events."""
-    body = await json_body()
-    require_chat_login(body)
-    messages = chat_messages(body)
-    uid = body.get("uid")
-    if uid is not None and not (isinstance(uid, str) and CHAT_UID.fullmatch(uid)):
-        raise ApiError(400, "uid must be 1-64 letters, digits, '-' or '_'")
-    chat = relay.start_chat(request.remote_addr, messages, uid)
-    return {"success": True, "code": 202, "msg": "Chat Started", "uid": chat.uid}, 202
+@validate_request(ChatStart)
+@validate_response(ChatReply, 202)
+async def start_chat(data: ChatStart):
+    """Start an answer (two-step flow); the browser follows /api/v1/chat/{uid}/events"""
+    require_chat_login(data)
+    chat = relay.start_chat(request.remote_addr, chat_messages(data), data.uid)
+    return ok("Chat Started", 202, uid=chat.uid)
 
 
 @app.get("/api/v1/chat/<uid>/events")
+@event_stream("`event: delta`s, then `event: done` or `error`", {204: "Over, all sent"})
 async def chat_events(uid: str):
+    """Follow an answer (two-step flow); resumes by Last-Event-ID"""
     chat = relay.find(uid)
     headers = dict(request.scope["headers"])
     after = parse_last_event_id(headers, query_params(request.scope)) or 0
@@ -2536,17 +3047,20 @@ async def chat_events(uid: str):
 
 
 @app.delete("/api/v1/chat/<uid>")
+@validate_response(ChatReply)
 async def cancel_chat(uid: str):
+    """Cancel an answer"""
     relay.find(uid).cancel()
-    return {"success": True, "code": 200, "msg": "Chat Cancelled", "uid": uid}
+    return ok("Chat Cancelled", uid=uid)
 
 
 @app.post("/api/v1/chat/stream")
-async def chat_stream():
-    """One-step flow: the answer as the response itself; cancelled when the client leaves."""
-    body = await json_body()
-    require_chat_login(body)
-    chat = relay.start_chat(request.remote_addr, chat_messages(body))
+@validate_request(ChatRequest)
+@event_stream("`event: delta`s, then `event: done` or `error`")
+async def chat_stream(data: ChatRequest):
+    """An answer as the reply itself (one-step flow); cancelled when the client leaves"""
+    require_chat_login(data)
+    chat = relay.start_chat(request.remote_addr, chat_messages(data))
 
     async def follow_alone() -> AsyncIterator[bytes]:
         try:
@@ -2559,23 +3073,22 @@ async def chat_stream():
 
 
 @app.post("/api/v1/rooms/<room_id>/ai")
-async def room_ai(room_id: str):
+@validate_request(RoomAiRequest)
+@validate_response(RoomAiReply, 202)
+async def room_ai(room_id: str, data: RoomAiRequest):
     """The AI speaker: streams an answer into the room (`event: delta` keyed by `stream`),
     then stores it as one normal message with the same `stream` key."""
-    body = await json_body()
     room = find_room(room_id)
-    authorize(request_token(body), room, "publish")
-    messages = chat_messages(body)
-    speaker = body.get("speaker", "AI")
-    validate_message({"speaker": speaker, "data": {}})
-    chat = relay.start_chat(request.remote_addr, messages, room=room, speaker=speaker)
-    reply = {"success": True, "code": 202, "msg": "AI Answer Started", "uid": chat.uid}
-    return {**reply, "target": {"room": room.id}}, 202
+    authorize(request_token(data.token), room, "publish")
+    messages = chat_messages(data)
+    chat = relay.start_chat(request.remote_addr, messages, room=room, speaker=data.speaker)
+    return ok("AI Answer Started", 202, uid=chat.uid, target={"room": room.id})
 
 
 @app.get("/api/v1/clock")
+@event_stream("a message with the time every CLOCK_INTERVAL_S")
 async def clock():
-    """The seed tutorial's sample: the server time every CLOCK_INTERVAL_S."""
+    """The seed tutorial's sample: the server time every CLOCK_INTERVAL_S"""
 
     async def ticks() -> AsyncIterator[bytes]:
         while not relay.closing.is_set():
@@ -2601,7 +3114,10 @@ async def serve() -> None:
 
     config = Config()
     config.bind = [f"{settings.host}:{settings.port}"]
-    config.accesslog = None
+    config.accesslog = None  # HotPath logs each request (ACCESS_LOG), redacted
+    config.errorlog = log  # so Hypercorn's lines are redacted too
+    config.h11_max_incomplete_size = settings.max_header_bytes  # request line + headers
+    config.h2_max_header_list_size = settings.max_header_bytes
     config.graceful_timeout = settings.shutdown_timeout_s
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -2648,6 +3164,8 @@ def main(argv: list[str]) -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     logging.getLogger("aiosqlite").setLevel(logging.INFO)  # its debug lines show SQL values
+    for handler in logging.getLogger().handlers:  # Quart's and Hypercorn's lines too
+        handler.addFilter(Redactor())
     parser = argparse.ArgumentParser(prog="app.py", description="Run the hub, or a command.")
     commands = parser.add_subparsers(dest="command")
     user_command = commands.add_parser("create-user", help="create a user (asks the password)")
