@@ -50,7 +50,8 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from dotenv import load_dotenv
 from httpx_sse import SSEError, aconnect_sse
 from hypercorn.middleware import ProxyFixMiddleware
-from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, RootModel, ValidationError
+from pydantic_core import PydanticCustomError
 from quart import Quart, Request, Response, jsonify, request, send_from_directory
 from quart_schema import (
     QuartSchema,
@@ -63,6 +64,7 @@ from quart_schema import (
     validate_response,
 )
 from quart_schema.openapi import OpenAPIProvider
+from werkzeug.datastructures import Headers
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import dump_cookie
 
@@ -298,6 +300,19 @@ class ErrorReply(Reply):
     detail: Any = None
 
 
+def matching(pattern: str, words: str) -> Any:
+    """A string type that must match `pattern` (a JSON Schema pattern: anchor it for a whole
+    match); a string that does not is refused as "<field> must be <words>"."""
+    regex = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if not regex.search(value):
+            raise PydanticCustomError("format", words)
+        return value
+
+    return Annotated[str, AfterValidator(check), Field(json_schema_extra={"pattern": pattern})]
+
+
 EXPECTED_TYPES = {
     "model_type": "a JSON object",
     "dict_type": "a JSON object",
@@ -325,6 +340,8 @@ def invalid_body(error: ValidationError) -> ApiError:
             msg = f"Unknown field: {path}"
         elif kind in EXPECTED_TYPES:
             msg = f"{path or 'Body'} must be {EXPECTED_TYPES[kind]}"
+        elif kind == "format":
+            msg = f"{path} must be {problem['msg']}"
         elif kind == "missing":
             msg = f"{path} is required"
         else:
@@ -1660,16 +1677,19 @@ def find_room(room_id: str | None) -> Room:
     return room
 
 
+Speaker = Annotated[
+    matching(r"\S", "a non-blank string"), Field(min_length=1, max_length=MAX_SPEAKER_CHARS)
+]
+
+
 class PublishMessage(BaseModel):
     """A message to publish. Fields it does not know are ignored, as the seed did."""
 
     model_config = ConfigDict(strict=True)
-    speaker: str = Field(min_length=1, max_length=MAX_SPEAKER_CHARS, pattern=r"\S")
+    speaker: Speaker
     data: dict[str, Any] = Field(description="what players show: `data.message`, a string")
     meta: Any = Field(default=None, description="any JSON, passed on as it is")
-    room: str | None = Field(
-        default=None, pattern=f"^{ROOM_ID.pattern}$", description="default: DEFAULT_ROOM"
-    )
+    room: str | None = Field(default=None, description="a room id; default: DEFAULT_ROOM")
     token: str | None = Field(default=None, description="if not sent as Bearer")
 
 
@@ -2208,13 +2228,13 @@ def session_reply(user: User, access: str, refresh: str, msg: str):
     return reply, status, session_cookies((refresh, access))
 
 
-def session_cookies(values: tuple[str, str] | None) -> list[tuple[str, str]]:
+def session_cookies(values: tuple[str, str] | None) -> Headers:
     """Headers setting (refresh token, access token) as cookies, or clearing them (None)."""
     cookies = [
         (REFRESH_COOKIE, "/api/v1/auth", settings.refresh_token_ttl_s),
         (SESSION_COOKIE, "/api/v1/events", settings.access_token_ttl_s),
     ]
-    headers = [("Cache-Control", "no-store")]
+    headers = Headers([("Cache-Control", "no-store")])  # not a list: it keeps both cookies
     for index, (name, path, ttl) in enumerate(cookies):
         cookie = dump_cookie(
             name,
@@ -2225,7 +2245,7 @@ def session_cookies(values: tuple[str, str] | None) -> list[tuple[str, str]]:
             httponly=True,
             samesite="Strict",
         )
-        headers.append(("Set-Cookie", cookie))
+        headers.add("Set-Cookie", cookie)
     return headers
 
 
@@ -2371,7 +2391,7 @@ class RoomChanges(Body):
 
 
 class RoomCreate(RoomChanges):
-    id: str = Field(pattern=f"^{ROOM_ID.pattern}$", description="letters or digits, any case")
+    id: matching(f"^{ROOM_ID.pattern}$", "1-64 letters or digits (any case)")
 
 
 class Presence(BaseModel):
@@ -2568,7 +2588,7 @@ async def revoke_api_token(token_id: str):
 
 class UserCreate(Body):
     token: str | None = None
-    username: str = Field(pattern=f"^{USERNAME.pattern}$")
+    username: matching(f"^{USERNAME.pattern}$", "1-32 letters, digits, '.', '_' or '-'")
     password: Password
     role: Literal["admin", "user"] = "user"
 
@@ -3000,11 +3020,11 @@ class ChatRequest(Body):
 
 
 class ChatStart(ChatRequest):
-    uid: str | None = Field(default=None, pattern=f"^{CHAT_UID.pattern}$")
+    uid: matching(f"^{CHAT_UID.pattern}$", "1-64 letters, digits, '-' or '_'") | None = None
 
 
 class RoomAiRequest(ChatRequest):
-    speaker: str = Field(default="AI", min_length=1, max_length=MAX_SPEAKER_CHARS, pattern=r"\S")
+    speaker: Speaker = "AI"
 
 
 class ChatReply(Reply):
