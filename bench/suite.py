@@ -209,7 +209,7 @@ async def measure(hub: Hub, workload: Workload, workdir: Path, profile_to: Path 
         },
         "load_cpu_share": load_cpu / elapsed,
         "load_saturated": load_cpu / elapsed >= SATURATED,
-        "others_cpu_share": max(others_on_server_cpu, others_on_load_cpu),
+        "others_cpu_share": max(0, others_on_server_cpu, others_on_load_cpu),
         "host_busy": max(others_on_server_cpu, others_on_load_cpu) >= HOST_BUSY,
         "expected": delivered["expected"],
         "received": delivered["received"],
@@ -522,7 +522,9 @@ def main() -> None:
 
     summary = summarise_runs(runs)
     command = "bench/run " + " ".join(sys.argv[1:])
-    print(f"\n{command}  ({started:%Y-%m-%d %H:%M} UTC, {reps} rep(s), medians)")
+    revision = app_revision(arguments.app_dir)
+    print(f"\n{command}  ({started:%Y-%m-%d %H:%M} UTC, app.py at {revision})")
+    print(f"medians of {reps} repetition(s)")
     print(table(summary, workloads, hub_names))
     print(targets_table(summary))
     if arguments.profile:
@@ -534,7 +536,7 @@ def main() -> None:
             {
                 "command": command,
                 "started": started.isoformat(),
-                "git": git_revision(arguments.app_dir),
+                "app_revision": revision,
                 "workloads": [w.__dict__ for w in workloads],
                 "runs": runs,
                 "summary": summary,
@@ -545,12 +547,16 @@ def main() -> None:
     print(f"\nresults: {output}")
 
 
-def git_revision(directory: Path) -> str | None:
-    answer = subprocess.run(
-        ["git", "-C", str(directory), "describe", "--always", "--dirty"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    return answer.stdout.strip() or None
+def app_revision(app_dir: Path) -> str:
+    """The last commit of app.py, and whether the measured file differs from it."""
+
+    def git(*arguments: str) -> subprocess.CompletedProcess:
+        command = ["git", "-C", str(app_dir), *arguments]
+        return subprocess.run(command, capture_output=True, text=True, check=False)
+
+    commit = git("log", "-1", "--format=%h", "--", "app.py").stdout.strip() or "unknown"
+    modified = git("diff", "--quiet", "HEAD", "--", "app.py").returncode != 0
+    return commit + (" + uncommitted changes" if modified else "")
 
 
 if __name__ == "__main__":
