@@ -65,7 +65,7 @@ from quart_schema import (
 )
 from quart_schema.openapi import OpenAPIProvider
 from werkzeug.datastructures import Headers
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTimeout
 from werkzeug.http import dump_cookie
 
 # ---------------------------------------------------------------------------------------
@@ -1631,6 +1631,14 @@ async def send_json(
     await send({"type": "http.response.body", "body": data})
 
 
+def body_too_large() -> ApiError:
+    return ApiError(413, f"Request body too large (max {settings.max_body_bytes} bytes)")
+
+
+def body_too_slow() -> ApiError:
+    return ApiError(408, f"Request body not received within {settings.body_timeout_s:g} s")
+
+
 async def read_body(receive: Callable[[], Awaitable[dict]]) -> bytes:
     """The request body, within MAX_BODY_BYTES (413) and BODY_TIMEOUT_S (408)."""
     chunks, size = [], 0
@@ -1643,22 +1651,20 @@ async def read_body(receive: Callable[[], Awaitable[dict]]) -> bytes:
                 chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > settings.max_body_bytes:
-                    raise ApiError(
-                        413, f"Request body too large (max {settings.max_body_bytes} bytes)"
-                    )
+                    raise body_too_large()
                 chunks.append(chunk)
                 if not message.get("more_body", False):
                     return b"".join(chunks)
     except TimeoutError:
-        raise ApiError(
-            408, f"Request body not received within {settings.body_timeout_s:g} s"
-        ) from None
+        raise body_too_slow() from None
 
 
 def request_json(body: bytes) -> Any:
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as error:
+    except RecursionError:
+        raise ApiError(400, "Invalid JSON body", detail="JSON nested too deeply") from None
+    except ValueError as error:  # UnicodeDecodeError is one too
         raise ApiError(400, "Invalid JSON body", detail=str(error)) from None
 
 
@@ -1944,7 +1950,14 @@ class HotPath:
             await send(message)
 
         try:
-            if scope["path"].startswith("/api/v1/"):
+            # Hypercorn bounds the headers it buffers (MAX_HEADER_BYTES), but not headers
+            # that arrive at once
+            if sum(len(name) + len(value) for name, value in scope["headers"]) > (
+                settings.max_header_bytes
+            ):
+                msg = f"Request headers too large (max {settings.max_header_bytes} bytes)"
+                await send_json(send_with_headers, 431, ApiError(431, msg).body())
+            elif scope["path"].startswith("/api/v1/"):
                 await self.serve(scope, receive, send_with_headers, headers)
             else:
                 await self.app(scope, receive, send_with_headers)
@@ -2045,7 +2058,12 @@ class ApiRequest(Request):
         """Every body is read as JSON whatever its Content-Type (`curl -d` says it is a
         form) and as strictly as the hot path reads it; an empty body is {} (a body whose
         fields are all optional may be left out)."""
-        body = await self.get_data(cache=cache)
+        try:
+            body = await self.get_data(cache=cache)
+        except RequestEntityTooLarge:  # as the hot path words them
+            raise body_too_large() from None
+        except RequestTimeout:
+            raise body_too_slow() from None
         return request_json(body) if body else {}
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import httpx
 import pytest
 import schemathesis
+from conftest import Server
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from openapi_spec_validator import validate
@@ -17,8 +18,6 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-
-from conftest import Server
 
 CHECKS = [
     not_a_server_error,
@@ -33,9 +32,7 @@ EXAMPLES = 15  # per operation and mode: bounded, the whole run takes a minute o
 def test_openapi_is_served_and_valid(server: Server):
     spec = httpx.get(f"{server.url}/openapi.json").json()
     validate(spec)  # OpenAPI 3.1, or it raises
-    operations = {
-        (method.upper(), path) for path, item in spec["paths"].items() for method in item
-    }
+    operations = {(method.upper(), path) for path, item in spec["paths"].items() for method in item}
     assert {
         ("GET", "/api/v1/events"),  # the hot path's routes, not Quart's, are documented too
         ("GET", "/api/v1/events/{room}"),
@@ -98,9 +95,7 @@ def test_schema_errors_do_not_echo_the_input(server: Server):
 
 def test_schemathesis_finds_no_server_error_and_no_contract_break(make_server):
     server: Server = make_server(CHAT_RATE_LIMIT="0", DEMO_DELAY_S="0")
-    schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json").exclude(
-        path_regex=STREAMS
-    )
+    schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json").exclude(path_regex=STREAMS)
     root = {"Authorization": f"Bearer {server.token}"}  # exercised beyond 401
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) > 15
