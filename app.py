@@ -31,7 +31,7 @@ import textwrap
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from http.cookies import CookieError, SimpleCookie
@@ -1623,7 +1623,7 @@ def page_policy(scope: dict[str, Any]) -> tuple[bytes, bytes]:
 
 
 async def send_json(
-    send: ASGISend, status: int, body: dict[str, Any], extra: list[tuple[bytes, bytes]] = ()
+    send: ASGISend, status: int, body: dict[str, Any], extra: Iterable[tuple[bytes, bytes]] = ()
 ) -> None:
     data = compact_json(body).encode()
     headers = [*JSON_HEADERS, (b"content-length", b"%d" % len(data)), *extra]
