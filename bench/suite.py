@@ -492,11 +492,13 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="one rep, smaller workloads")
     parser.add_argument("--reps", type=int, help="repetitions (default 3, quick 1)")
     parser.add_argument("--hubs", default="this,peer,nchan", help="comma-separated subset")
-    parser.add_argument("--workloads", default="W1,W2,W3,W4,W4b", help="comma-separated subset")
+    parser.add_argument(
+        "--workloads", help="comma-separated subset (default all; with --profile, W1,W4)"
+    )
     parser.add_argument("--app-dir", type=Path, default=BENCH_DIR.parent, help="where app.py is")
     parser.add_argument(
         "--profile", action="store_true",
-        help="py-spy the app under W1 and W4 and summarise where its time goes",
+        help="py-spy the app (only) under each workload and summarise where its time goes",
     )  # fmt: skip
     return parser.parse_args()
 
@@ -514,7 +516,8 @@ def main() -> None:
     }
     hub_names = ["this"] if arguments.profile else arguments.hubs.split(",")
     hubs = [all_hubs[name] for name in hub_names]
-    names = ["W1", "W4"] if arguments.profile else arguments.workloads.split(",")
+    default_workloads = "W1,W4" if arguments.profile else "W1,W2,W3,W4,W4b"
+    names = (arguments.workloads or default_workloads).split(",")
     workloads = [w for w in WORKLOADS if w.name in names]
     if arguments.quick:
         workloads = [replace(w, **QUICK_SIZES[w.name]) for w in workloads]
