@@ -12,6 +12,7 @@ import json
 import multiprocessing
 import os
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -116,6 +117,7 @@ async def measure(hub: Hub, workload: Workload, workdir: Path, profile_to: Path 
     rooms = [f"bench{i}" for i in range(workload.rooms)]
     hub.start(workdir)
     readers = SubscriberProcess()
+    profiler = None
     try:
         await hub.wait_ready()
         await hub.create_rooms(rooms)
@@ -170,10 +172,10 @@ async def measure(hub: Hub, workload: Workload, workdir: Path, profile_to: Path 
         cpu_after = cpu_seconds(server), cpu_seconds(load_generator), time.monotonic()
         busy_after = cpu_busy_seconds(SERVER_CPU), cpu_busy_seconds(LOAD_CPU)
         threads_after = cpu_seconds_by_thread_kind(server)
-        if profiler:
-            stop_profiler(profiler)
         rss_after = rss_kb(server)
     finally:
+        if profiler:
+            stop_profiler(profiler)
         await readers.close()
         hub.stop()
 
@@ -237,7 +239,7 @@ def start_profiler(hub: Hub, output: Path) -> subprocess.Popen:
 
 
 def stop_profiler(profiler: subprocess.Popen) -> None:
-    profiler.send_signal(subprocess.signal.SIGINT)  # py-spy writes its output on SIGINT
+    profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
     profiler.wait(20)
 
 
@@ -370,9 +372,8 @@ def table(summary: dict, workloads: list[Workload], hub_names: list[str]) -> str
                 continue
             for key in keys:
                 value = cell[key]
-                row.append(
-                    f"{(f'{value:.0%}' if key in SHARES and value is not None else fmt(value)):>13}"
-                )
+                shown = f"{value:.0%}" if key in SHARES and value is not None else fmt(value)
+                row.append(f"{shown:>13}")
             row += [
                 f"{cell['lost']:>6}",
                 f"{cell['dropped']:>8}",
@@ -401,9 +402,10 @@ def table(summary: dict, workloads: list[Workload], hub_names: list[str]) -> str
     return "\n".join(lines)
 
 
-# The issue's targets: (what, value of this, value it is compared with, test).
 @dataclass(frozen=True)
 class Target:
+    """One target of issue 8: this project's figure, the one it is compared with, verdict."""
+
     name: str
     this: float | None
     compared: float | None
