@@ -69,6 +69,7 @@ class Settings:
     cors_origins: tuple[str, ...]
     sqlite_synchronous: str
     shutdown_timeout_s: float
+    frame_ancestors: str
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -90,6 +91,7 @@ class Settings:
             cors_origins=origins,
             sqlite_synchronous=_env("SQLITE_SYNCHRONOUS", "NORMAL").upper(),
             shutdown_timeout_s=float(_env("SHUTDOWN_TIMEOUT", "5")),
+            frame_ancestors=_env("FRAME_ANCESTORS", "*"),
         )
 
 
@@ -926,7 +928,28 @@ def request_token(body: dict[str, Any] | None = None) -> str | None:
     return token or request.args.get("token")
 
 
-@app.get("/static/js/sse-client.js")
+# The pages: prebuilt files of frontend/dist (see frontend/README.md), under a strict CSP.
+# They load sse-client.js and assets/ relatively, so dist/ also works as a static site.
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'"
+)
+
+
+@app.after_request
+async def add_content_security_policy(response):
+    """No inline script or style, nothing from another origin; only the player may be
+    framed by other sites (OBS, a stream page: FRAME_ANCESTORS)."""
+    if response.mimetype == "text/html":
+        ancestors = settings.frame_ancestors if request.endpoint == "player_page" else "'self'"
+        policy = f"{CONTENT_SECURITY_POLICY}; frame-ancestors {ancestors}"
+        response.headers["Content-Security-Policy"] = policy
+    return response
+
+
+@app.get("/static/js/sse-client.js")  # the Bun project's path
+@app.get("/sse-client.js")  # the pages' (relative) path
 async def sse_client_js():
     return await send_from_directory(DIST, "sse-client.js", mimetype="text/javascript")
 
@@ -937,8 +960,10 @@ async def assets(name: str):
 
 
 @app.get("/admin")
-async def admin_page():
-    return await send_from_directory(DIST, "admin.html")
+@app.get("/chat")
+async def app_page():
+    """dist/admin.html or dist/chat.html."""
+    return await send_from_directory(DIST, f"{request.path[1:]}.html")
 
 
 @app.get("/")

@@ -1,0 +1,266 @@
+"""The pages (issue 7) in Chromium against the real app: the player, the chat page and the admin
+page, one browser context per simulated user. Every page must run without a console error, a
+failed request or a Content-Security-Policy violation; screenshots go to test-artifacts/."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import re
+import threading
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+import pytest_asyncio
+from browser_support import NewContext, chromium, new_context  # noqa: F401
+from conftest import ROOT, Server, free_port
+from playwright.async_api import ConsoleMessage, Page
+
+ARTIFACTS = ROOT / "test-artifacts"
+DIST = ROOT / "frontend" / "dist"
+FAST = 1000  # data.speed: characters per second, the fastest
+
+# Every page reports CSP violations as console errors, which fail the test.
+REPORT_CSP_VIOLATIONS = """
+document.addEventListener('securitypolicyviolation', (event) => {
+  console.error(`CSP violation: ${event.violatedDirective} ${event.blockedURI}`);
+});
+"""
+
+
+class Browser:
+    """Opens pages, each in its own context (a user), and keeps what went wrong on them."""
+
+    def __init__(self, new_context: NewContext) -> None:  # noqa: F811
+        self.new_context = new_context
+        self.problems: list[str] = []
+        self.allowed: list[re.Pattern[str]] = []
+
+    def allow(self, pattern: str) -> None:
+        """A problem the test provokes on purpose (e.g. a 413 the page shows)."""
+        self.allowed.append(re.compile(pattern))
+
+    async def open(self, url: str, **context_options) -> Page:
+        context = await self.new_context(**context_options)
+        await context.add_init_script(REPORT_CSP_VIOLATIONS)
+        page = await context.new_page()
+        page.on("console", self._console)
+        page.on("pageerror", lambda error: self._problem(f"page error: {error}"))
+        page.on("requestfailed", self._request_failed)
+        await page.goto(url)
+        return page
+
+    def _problem(self, problem: str) -> None:
+        if not any(pattern.search(problem) for pattern in self.allowed):
+            self.problems.append(problem)
+
+    def _console(self, message: ConsoleMessage) -> None:
+        if message.type == "error":
+            self._problem(f"console error: {message.text} ({message.location['url']})")
+
+    def _request_failed(self, request) -> None:
+        if request.failure != "net::ERR_ABORTED":  # a stream closed by the page or the test
+            self._problem(f"request failed: {request.url} {request.failure}")
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def browser(new_context: NewContext) -> AsyncIterator[Browser]:  # noqa: F811
+    watcher = Browser(new_context)
+    yield watcher
+    assert watcher.problems == []
+
+
+async def screenshot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=ARTIFACTS / f"{name}.png")
+
+
+# --- The player ------------------------------------------------------------------------------
+
+
+async def line_shown(page: Page, message_id: int) -> str:
+    """Waits until the player has typed the whole message `message_id`; its text."""
+    await page.wait_for_function(
+        """id => {
+          const box = document.getElementById('dialog');
+          return box.dataset.id === String(id) && box.dataset.state === 'done';
+        }""",
+        arg=message_id,
+    )
+    return await page.text_content("#text")
+
+
+async def player(browser: Browser, server: Server, path: str = "/lobby") -> Page:
+    page = await browser.open(server.url + path)
+    await page.wait_for_selector("#connection[data-state=live]")
+    return page
+
+
+async def test_player_types_out_a_message_exactly(browser: Browser, server: Server):
+    page = await player(browser, server)
+    text = "Hello, 世界！ A typewriter, ☕ and emoji 🎉 with CJK: 你好こんにちは안녕"
+    sent = server.publish("小明", {"message": text, "speed": 40})
+    # The text grows: always a prefix of the message, until it is all there.
+    await page.wait_for_function("() => document.getElementById('text').textContent.length >= 3")
+    partial = await page.text_content("#text")
+    assert text.startswith(partial) and len(partial) < len(text)
+    assert await line_shown(page, sent["id"]) == text
+    assert await page.text_content("#speaker") == "小明"
+    await screenshot(page, "player")
+
+
+async def test_formatting_codes_render_and_the_rest_is_text(browser: Browser, server: Server):
+    page = await player(browser, server)
+    source = (
+        "@bbold@r @iitalic@r @u@sboth@r @[#FF8800]orange@b and bold@r plain "
+        r"\@b @x @[red] @[#12345g] @ a\b"
+    )
+    sent = server.publish("codes", {"message": source, "speed": FAST})
+    assert await line_shown(page, sent["id"]) == (
+        r"bold italic both orange and bold plain @b @x @[red] @[#12345g] @ a\b"
+    )
+    spans = await page.eval_on_selector_all(
+        "#text span",
+        "spans => spans.map(s => [s.textContent, s.className, s.style.color])",
+    )
+    assert [span for span in spans if span[1] or span[2]] == [
+        ["bold", "fmt-b", ""],
+        ["italic", "fmt-i", ""],
+        ["both", "fmt-u fmt-s", ""],
+        ["orange", "", "rgb(255, 136, 0)"],
+        [" and bold", "fmt-b", "rgb(255, 136, 0)"],
+    ]
+    weight = await page.eval_on_selector(".fmt-b", "node => getComputedStyle(node).fontWeight")
+    assert weight == "700"
+
+
+async def test_markup_is_shown_as_text(browser: Browser, server: Server):
+    page = await player(browser, server)
+    markup = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'
+    sent = server.publish("<b>name</b>", {"message": markup, "speed": FAST})
+    assert await line_shown(page, sent["id"]) == markup
+    assert await page.text_content("#speaker") == "<b>name</b>"
+    elements = "#dialog img, #dialog script, #dialog b"
+    assert await page.eval_on_selector_all(elements, "nodes => nodes.length") == 0
+    assert await page.evaluate("window.pwned") is None
+
+
+async def test_click_or_space_finishes_the_line_and_a_burst_is_queued(
+    browser: Browser, server: Server
+):
+    page = await player(browser, server)
+    await page.evaluate(RECORD_LINES)
+    texts = ["one, slowly typed out", "two, also slow", "three"]
+    ids = [server.publish("q", {"message": text, "speed": 2})["id"] for text in texts]
+    await page.wait_for_function("() => document.getElementById('text').textContent.length >= 1")
+    await page.keyboard.press("Space")  # finishes the first line at once
+    assert await page.text_content("#text") == texts[0]
+    await page.keyboard.press("Space")  # on to the next
+    await page.wait_for_function(
+        "id => document.getElementById('dialog').dataset.id === id", arg=str(ids[1])
+    )
+    await page.mouse.click(10, 10)  # a click finishes it too
+    assert await page.text_content("#text") == texts[1]
+    assert await line_shown(page, ids[2]) == texts[2]  # after a pause, without a click
+    assert await page.evaluate("window.lines") == [
+        [str(i), text] for i, text in zip(ids, texts, strict=True)
+    ]
+
+
+# Records each line when it is complete, as [id, text].
+RECORD_LINES = """
+window.lines = [];
+new MutationObserver(() => {
+  const box = document.getElementById('dialog');
+  const last = window.lines[window.lines.length - 1];
+  if (box.dataset.state === 'done' && (!last || last[0] !== box.dataset.id)) {
+    window.lines.push([box.dataset.id, document.getElementById('text').textContent]);
+  }
+}).observe(document.getElementById('dialog'), {attributes: true});
+"""
+
+
+async def test_theme_and_transparent_background_for_obs(browser: Browser, server: Server):
+    page = await player(browser, server, "/lobby?bg=transparent&theme=light")
+    background = await page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert background == "rgba(0, 0, 0, 0)"
+    box = await page.eval_on_selector("#dialog", "n => getComputedStyle(n).backgroundColor")
+    sent = server.publish("theme", {"message": "light", "speed": FAST})
+    await line_shown(page, sent["id"])
+    dark = await player(browser, server, "/lobby?theme=dark")
+    assert box != await dark.eval_on_selector("#dialog", "n => getComputedStyle(n).backgroundColor")
+    assert await dark.evaluate("getComputedStyle(document.body).backgroundImage") != "none"
+
+
+async def test_player_resumes_by_id_after_a_drop(browser: Browser, make_server):
+    server: Server = make_server(RETRY_MS="300")
+    browser.allow("ERR_CONNECTION_REFUSED")  # reconnection attempts while the hub is down
+    page = await player(browser, server)
+    await page.evaluate(RECORD_LINES)
+    first = server.publish("r", {"message": "before", "speed": FAST})["id"]
+    await line_shown(page, first)
+    server.stop()
+    await page.wait_for_selector("#connection[data-state=reconnecting]")
+    server.start()
+    later = [server.publish("r", {"message": f"after {i}", "speed": FAST})["id"] for i in (1, 2)]
+    await line_shown(page, later[-1])
+    assert await page.evaluate("window.lines") == [
+        [str(first), "before"],
+        [str(later[0]), "after 1"],
+        [str(later[1]), "after 2"],
+    ]
+
+
+async def test_page_headers_forbid_inline_code(server: Server):
+    for path in ("/", "/lobby", "/admin", "/chat"):
+        reply = httpx.get(server.url + path)
+        assert reply.status_code == 200, path
+        policy = reply.headers["content-security-policy"]
+        assert "script-src 'self';" in policy and "style-src 'self';" in policy
+        assert "unsafe-inline" not in policy
+        html = reply.text
+        assert "<script>" not in html and "style=" not in html and "<style" not in html
+        assert "http://" not in html and "https://" not in html  # nothing from elsewhere
+    player_policy = httpx.get(server.url + "/lobby").headers["content-security-policy"]
+    assert player_policy.endswith("frame-ancestors *")
+    admin_policy = httpx.get(server.url + "/admin").headers["content-security-policy"]
+    assert admin_policy.endswith("frame-ancestors 'self'")
+
+
+class StaticSite:
+    """frontend/dist served by Python's http.server on another loopback origin."""
+
+    def __init__(self) -> None:
+        handler = functools.partial(QuietHandler, directory=str(DIST))
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def static_site() -> Iterator[StaticSite]:
+    site = StaticSite()
+    yield site
+    site.close()
+
+
+async def test_static_player_site_uses_the_hub_of_its_query(
+    browser: Browser, make_server, static_site: StaticSite
+):
+    hub: Server = make_server(CORS_ORIGINS=static_site.url)
+    hub.create_room("stage")
+    page = await browser.open(f"{static_site.url}/player.html?hub={hub.url}&room=stage")
+    await page.wait_for_selector("#connection[data-state=live]")
+    sent = hub.publish("far", {"message": "from another origin", "speed": FAST}, room="stage")
+    assert await line_shown(page, sent["id"]) == "from another origin"
