@@ -247,18 +247,24 @@ async def run_suite(hubs: list[Hub], workloads: list[Workload], reps: int, profi
                 run = {"rep": rep, "workload": workload.name, "hub": hub.name}
                 if workload.batch > 1 and not hub.supports_batches:
                     run["skipped"] = "publishes one message per request"
-                    runs.append(run)
-                    continue
-                profile_to = profile_dir / f"profile-{workload.name}.txt" if profile_dir else None
-                with tempfile.TemporaryDirectory(prefix=f"bench-{hub.name}-") as workdir:
-                    try:
-                        run.update(await measure(hub, workload, Path(workdir), profile_to))
-                    except (RunError, OSError, TimeoutError, RuntimeError) as error:
-                        run["error"] = f"{type(error).__name__}: {error}"
-                        hub.stop()
+                else:
+                    run.update(await measure_or_explain(hub, workload, profile_dir))
                 runs.append(run)
                 print(progress_line(run), file=sys.stderr, flush=True)
     return runs
+
+
+async def measure_or_explain(hub: Hub, workload: Workload, profile_dir: Path | None) -> dict:
+    """The run's figures, or what went wrong with the end of the server's log."""
+    profile_to = profile_dir / f"profile-{workload.name}.txt" if profile_dir else None
+    with tempfile.TemporaryDirectory(prefix=f"bench-{hub.name}-") as workdir:
+        try:
+            return await measure(hub, workload, Path(workdir), profile_to)
+        except (RunError, OSError, TimeoutError, RuntimeError) as error:
+            hub.stop()
+            log = Path(workdir) / "server.log"
+            tail = log.read_text(errors="replace").splitlines()[-20:] if log.exists() else []
+            return {"error": f"{type(error).__name__}: {error}", "server_log_tail": tail}
 
 
 def progress_line(run: dict) -> str:
@@ -427,7 +433,9 @@ def targets_table(summary: dict) -> str:
     lines = ["", f"{'target':<58}{'this':>12}{'compared':>12}{'ratio':>9}  met"]
     for name, this, other, ok in targets(summary):
         verdict = {True: "yes", False: "NO", None: "-"}[ok]
-        value_ratio = fmt(ratio(this, other)) + "×" if ratio(this, other) is not None else ""
+        value = ratio(this, other)
+        # Three decimals, so that 3.996 (short of 4×) does not print as 4.00.
+        value_ratio = f"{value:.3f}×" if value is not None else ""
         lines.append(f"{name:<58}{fmt(this):>12}{fmt(other):>12}{value_ratio:>9}  {verdict}")
     return "\n".join(lines)
 
