@@ -4,9 +4,12 @@ failed request or a Content-Security-Policy violation; screenshots go to test-ar
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import http.server
+import json
 import re
+import signal
 import threading
 from collections.abc import AsyncIterator, Iterator
 
@@ -14,7 +17,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from browser_support import NewContext, chromium, new_context  # noqa: F401
-from conftest import ROOT, Server, free_port
+from conftest import ROOT, Server, collect, free_port, subscribe
 from playwright.async_api import ConsoleMessage, Page
 
 ARTIFACTS = ROOT / "test-artifacts"
@@ -228,6 +231,62 @@ async def test_page_headers_forbid_inline_code(server: Server):
     assert admin_policy.endswith("frame-ancestors 'self'")
 
 
+async def test_controller_indicator_goes_offline_after_three_missed_heartbeats(
+    browser: Browser, make_server
+):
+    server: Server = make_server(HEARTBEAT_S="0.3")
+    page = await player(browser, server)
+    controller_url = f"{server.url}/api/v1/events/lobby?role=controller&token={server.token}"
+    async with subscribe(controller_url):
+        await page.wait_for_selector("#controller[data-state=online]")
+        await asyncio.sleep(6 * 0.3)  # heartbeats keep it online
+        assert await page.get_attribute("#controller", "data-state") == "online"
+        server.process.send_signal(signal.SIGSTOP)  # heartbeats stop, without a goodbye
+        try:
+            await page.wait_for_selector("#controller[data-state=offline]")
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+        await page.wait_for_selector("#controller[data-state=online]")  # they come again
+    await page.wait_for_selector("#controller[data-state=offline]")  # the controller left
+
+
+async def test_unknown_room_shows_quotes_as_such(browser: Browser, make_server):
+    server: Server = make_server(FALLBACK_POLL_S="0.5")
+    page = await browser.open(f"{server.url}/nosuchroom")
+    await page.wait_for_selector("#connection[data-state=fallback]")
+    assert "unknown room" in await page.text_content("#connection")
+    await page.wait_for_selector("#dialog[data-state=done]")
+    assert (await page.text_content("#quote")).startswith("quote")
+    assert await page.is_visible("#quote")
+    assert await page.text_content("#text")
+
+
+async def test_ai_answer_is_typed_as_it_streams(browser: Browser, make_server):
+    server: Server = make_server(DEMO_DELAY_S="0.05")
+    page = await player(browser, server)
+    async with subscribe(f"{server.url}/api/v1/events/lobby") as room:
+        reply = httpx.post(
+            f"{server.url}/api/v1/rooms/lobby/ai",
+            json={"prompt": "Say hello", "speaker": "Bot"},
+            headers={"Authorization": f"Bearer {server.token}"},
+        )
+        assert reply.status_code == 202, reply.text
+        uid = reply.json()["uid"]
+        # The live answer: keyed by its stream until the stored message replaces it.
+        await page.wait_for_function(
+            """uid => document.getElementById('dialog').dataset.id === uid
+                && document.getElementById('text').textContent.length > 0""",
+            arg=uid,
+        )
+        assert await page.text_content("#speaker") == "Bot"
+        live = await page.text_content("#text")
+        (stored,) = [json.loads(event.data) for event in await collect(room, 1)]
+    answer = stored["data"]["message"]
+    assert stored["data"]["stream"] == uid and answer.startswith(live)
+    await page.keyboard.press("Space")  # no need to wait for the typewriter
+    assert await line_shown(page, stored["id"]) == answer
+
+
 class StaticSite:
     """frontend/dist served by Python's http.server on another loopback origin."""
 
@@ -264,3 +323,71 @@ async def test_static_player_site_uses_the_hub_of_its_query(
     await page.wait_for_selector("#connection[data-state=live]")
     sent = hub.publish("far", {"message": "from another origin", "speed": FAST}, room="stage")
     assert await line_shown(page, sent["id"]) == "from another origin"
+
+
+# --- The chat page ---------------------------------------------------------------------------
+
+
+async def ask(page: Page, prompt: str) -> None:
+    await page.fill("#prompt", prompt)
+    await page.press("#prompt", "Enter")
+
+
+LAST_BUBBLE = "#log .chat:last-child .chat-bubble"
+
+
+async def test_chat_streams_a_demo_answer_and_keeps_the_conversation(browser: Browser, make_server):
+    server: Server = make_server(DEMO_DELAY_S="0.01")
+    page = await browser.open(f"{server.url}/chat")
+    assert await page.is_hidden("#demo")
+    await ask(page, "Hello <b>there</b>")
+    await page.wait_for_selector("text=Regenerate")
+    answer = await page.text_content(LAST_BUBBLE)
+    assert answer.startswith("[Demo model]") and "You wrote: “Hello <b>there</b>”" in answer
+    assert await page.is_visible("#demo")
+    await screenshot(page, "chat")
+
+    await page.reload()  # the conversation is kept in localStorage
+    await page.wait_for_selector("text=Regenerate")
+    bubbles = await page.eval_on_selector_all(
+        ".chat-bubble", "nodes => nodes.map(n => n.textContent)"
+    )
+    assert bubbles == ["Hello <b>there</b>", answer]
+
+    await page.click("text=Regenerate")  # the last answer again, in its place
+    await page.wait_for_selector("#stop", state="hidden")
+    await page.wait_for_selector("text=Regenerate")
+    assert await page.eval_on_selector_all(".chat-bubble", "nodes => nodes.length") == 2
+    assert await page.text_content(LAST_BUBBLE) == answer
+
+
+async def test_chat_stop_ends_the_answer_on_the_server_too(browser: Browser, make_server):
+    server: Server = make_server(DEMO_DELAY_S="0.3")
+    page = await browser.open(f"{server.url}/chat")
+    async with page.expect_response("**/api/v1/chat") as started:
+        await ask(page, "Tell me a long story")
+    uid = (await (await started.value).json())["uid"]
+    await page.wait_for_function(
+        "selector => document.querySelector(selector).textContent.startsWith('[Demo')",
+        arg=LAST_BUBBLE,
+    )
+    await page.click("#stop")
+    await page.wait_for_selector("text=stopped")
+    partial = await page.text_content(LAST_BUBBLE)
+    # The answer was cancelled upstream: its stream (over, so it ends) closes with an error.
+    events = httpx.get(f"{server.url}/api/v1/chat/{uid}/events").text.strip().split("\n\n")
+    assert events[-1].split("\n")[1:] == [
+        "event: error",
+        'data: {"success":false,"code":499,"msg":"Chat cancelled"}',
+    ]
+    assert await page.text_content(LAST_BUBBLE) == partial  # nothing came after the stop
+    assert await page.is_visible("#send")
+
+
+async def test_chat_shows_errors(browser: Browser, make_server):
+    server: Server = make_server(MAX_PROMPT_CHARS="10")
+    browser.allow("status of 413")
+    page = await browser.open(f"{server.url}/chat")
+    await ask(page, "This prompt is far too long")
+    await page.wait_for_selector(".chat-bubble-error")
+    assert await page.text_content(".chat-footer .note") == "Prompt too long (max 10 characters)"

@@ -10,6 +10,7 @@ const DEFAULT_SPEED = 30; // characters per second
 const CJK = /[\p{Script=Han}\p{Script=Hiragana}\p{Script=Katakana}\p{Script=Hangul}\u3000-\u303f\uff00-\uffef]/u;
 const CJK_FACTOR = 2; // a CJK character says more: it takes twice as long
 const HOLD_MS = 1500; // a finished line stays this long before the next queued one
+const MAX_QUEUE = 100; // lines waiting; past it the oldest are skipped (a flood, a long outage)
 const MISSED_HEARTBEATS = 3; // then the controller is shown offline
 
 const box = byId('dialog');
@@ -84,7 +85,7 @@ let idling: number | undefined;
 const idleMs = Math.max(0, Number(params.get('idle')) || 0) * 1000;
 
 function enqueue(line: Line): void {
-  queue.push(line);
+  if (queue.push(line) > MAX_QUEUE) queue.shift();
   if (!current) showNext();
   else if (box.dataset.state === 'done' && holding === undefined) hold();
 }
@@ -228,13 +229,16 @@ function onMessage(payload: Payload): void {
     // The stored answer replaces the live one: the same text, unless deltas were lost.
     live.id = String(payload.id);
     live.live = false;
-    if (segments.map((s) => s.text).join('') !== live.segments.map((s) => s.text).join('')) {
-      live.segments = segments;
-      if (live === current) {
-        queue.unshift(live);
-        showNext();
-      }
-    } else if (live === current && typing === undefined) typed();
+    const changed = segments.map((s) => s.text).join('') !== live.segments.map((s) => s.text).join('');
+    if (changed) live.segments = segments;
+    if (live !== current) return;
+    if (changed) {
+      queue.unshift(live); // type it again
+      showNext();
+    } else {
+      box.dataset.id = live.id;
+      if (typing === undefined) typed();
+    }
     return;
   }
   enqueue({

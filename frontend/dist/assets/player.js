@@ -45,6 +45,7 @@
   var CJK = /[\p{Script=Han}\p{Script=Hiragana}\p{Script=Katakana}\p{Script=Hangul}\u3000-\u303f\uff00-\uffef]/u;
   var CJK_FACTOR = 2;
   var HOLD_MS = 1500;
+  var MAX_QUEUE = 100;
   var MISSED_HEARTBEATS = 3;
   var box = byId("dialog");
   var nameplate = byId("speaker");
@@ -85,7 +86,7 @@
   var idling;
   var idleMs = Math.max(0, Number(params.get("idle")) || 0) * 1e3;
   function enqueue(line) {
-    queue.push(line);
+    if (queue.push(line) > MAX_QUEUE) queue.shift();
     if (!current) showNext();
     else if (box.dataset.state === "done" && holding === void 0) hold();
   }
@@ -199,13 +200,16 @@
     if (live) {
       live.id = String(payload.id);
       live.live = false;
-      if (segments.map((s) => s.text).join("") !== live.segments.map((s) => s.text).join("")) {
-        live.segments = segments;
-        if (live === current) {
-          queue.unshift(live);
-          showNext();
-        }
-      } else if (live === current && typing === void 0) typed();
+      const changed = segments.map((s) => s.text).join("") !== live.segments.map((s) => s.text).join("");
+      if (changed) live.segments = segments;
+      if (live !== current) return;
+      if (changed) {
+        queue.unshift(live);
+        showNext();
+      } else {
+        box.dataset.id = live.id;
+        if (typing === void 0) typed();
+      }
       return;
     }
     enqueue({
