@@ -10,6 +10,7 @@ import http.server
 import json
 import re
 import signal
+import subprocess
 import threading
 from collections.abc import AsyncIterator, Iterator
 
@@ -74,9 +75,9 @@ async def browser(new_context: NewContext) -> AsyncIterator[Browser]:  # noqa: F
     assert watcher.problems == []
 
 
-async def screenshot(page: Page, name: str) -> None:
+async def screenshot(page: Page, name: str, full_page: bool = False) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
-    await page.screenshot(path=ARTIFACTS / f"{name}.png")
+    await page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=full_page)
 
 
 # --- The player ------------------------------------------------------------------------------
@@ -391,3 +392,186 @@ async def test_chat_shows_errors(browser: Browser, make_server):
     await ask(page, "This prompt is far too long")
     await page.wait_for_selector(".chat-bubble-error")
     assert await page.text_content(".chat-footer .note") == "Prompt too long (max 10 characters)"
+
+
+# --- The admin page --------------------------------------------------------------------------
+
+ADMIN_PASSWORD = "admin password 1"
+
+
+@pytest.fixture
+def hub(make_server) -> Server:
+    return make_server(ADMIN_USERNAME="admin", ADMIN_PASSWORD=ADMIN_PASSWORD)
+
+
+async def log_in(page: Page, username: str = "admin", password: str = ADMIN_PASSWORD) -> None:
+    await page.fill("#login [name=username]", username)
+    await page.fill("#login [name=password]", password)
+    await page.click("#login button[type=submit]")
+
+
+async def admin_page(browser: Browser, hub: Server, **context_options) -> Page:
+    page = await browser.open(f"{hub.url}/admin", **context_options)
+    await log_in(page)
+    await page.wait_for_selector("#app-view:not([hidden]) #rooms button")
+    return page
+
+
+async def test_admin_login_create_room_send_and_a_player_shows_it(browser: Browser, hub: Server):
+    page = await browser.open(f"{hub.url}/admin")
+    browser.allow("status of 401")  # the wrong password, on purpose
+    await log_in(page, password="wrong password")
+    await page.wait_for_selector("#login-error:not([hidden])")
+    assert await page.text_content("#login-error") == "Invalid username or password"
+    await log_in(page)
+    await page.wait_for_selector("#app-view:not([hidden])")
+    assert await page.text_content("#who") == "admin · admin"
+
+    await page.fill("#create-room [name=id]", "Stage")
+    await page.fill("#create-room [name=title]", "Main stage")
+    await page.click("#create-room button")
+    await page.wait_for_selector("#rooms button[data-room=stage].menu-active")
+    await page.wait_for_selector("#controller-state[data-state=live]")
+
+    viewer = await player(browser, hub, "/stage")  # another user
+    await viewer.wait_for_selector("#controller[data-state=online]")  # the admin page
+    await page.wait_for_selector("#presence:text('2 players · 1 controller')")  # + the preview
+
+    await page.fill("#send [name=speaker]", "Narrator")
+    await page.fill("#send [name=speed]", "500")
+    await page.fill("#send [name=message]", "@bHello@r from the <i>admin</i>")
+    await page.press("#send [name=message]", "Enter")
+    await viewer.wait_for_selector("#dialog[data-state=done]")
+    assert await viewer.text_content("#text") == "Hello from the <i>admin</i>"
+    assert await viewer.text_content("#speaker") == "Narrator"
+    await page.wait_for_selector("#history li:has-text('@bHello@r from the <i>admin</i>')")
+    assert await page.input_value("#send [name=message]") == ""  # ready for the next line
+    preview = page.frame_locator("#preview")
+    await preview.locator("#dialog[data-state=done]").wait_for()
+    assert await preview.locator("#text").text_content() == "Hello from the <i>admin</i>"
+    await page.wait_for_selector("#toasts .alert", state="detached")  # "Room stage created"
+    await screenshot(page, "admin", full_page=True)
+
+    await page.reload()  # the session survives (refresh cookie), the history is replayed
+    await page.wait_for_selector("#history li:has-text('from the')")
+    await page.click("#logout")
+    await page.wait_for_selector("#login-view:not([hidden])")
+    await page.reload()
+    await page.wait_for_selector("#login-view:not([hidden])")
+
+
+async def test_admin_api_token_is_shown_once_and_works_from_curl(browser: Browser, hub: Server):
+    page = await admin_page(browser, hub, permissions=["clipboard-read", "clipboard-write"])
+    await page.fill("#create-token [name=name]", "obs")
+    await page.select_option("#create-token [name=rooms]", "lobby")
+    await page.click("#create-token button")
+    await page.wait_for_selector("#secret-box:not([hidden])")
+    secret = await page.text_content("#secret")
+    await page.click("#copy")
+    assert await page.evaluate("navigator.clipboard.readText()") == secret
+    await page.wait_for_selector("#tokens td:text('obs')")
+    assert secret not in await page.inner_text("#tokens")
+
+    viewer = await player(browser, hub)
+
+    def curl_send(message: str) -> dict:
+        body = json.dumps({"room": "lobby", "speaker": "curl", "data": {"message": message}})
+        done = subprocess.run(
+            [
+                "curl",
+                "-s",
+                f"{hub.url}/api/v1/send",
+                "-H",
+                f"Authorization: Bearer {secret}",
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                body,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        return json.loads(done.stdout)
+
+    sent = curl_send("sent with an API token")
+    assert sent["code"] == 202
+    assert await line_shown(viewer, sent["id"]) == "sent with an API token"
+
+    page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await page.click("#tokens button:text('Revoke')")
+    await page.wait_for_selector("#tokens td:text('obs')", state="detached")
+    assert curl_send("after the revocation")["code"] == 401
+
+
+async def test_admin_room_settings_reach_the_player_and_delete_ends_it(
+    browser: Browser, hub: Server
+):
+    page = await admin_page(browser, hub)
+    await page.click("#room-panel summary")
+    await page.fill("#settings [name=title]", "The lobby")
+    await page.select_option("#settings [name=theme]", "light")
+    await page.fill("#settings [name=typewriter_speed]", "200")
+    await page.click("#settings button[type=submit]")
+    await page.wait_for_selector("#room-title:text('lobby · The lobby')")
+    viewer = await player(browser, hub)
+    await viewer.wait_for_selector("html[data-theme=light]")
+
+    browser.allow("status of 409")  # the default room cannot be deleted: the page says so
+    page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await page.click("#delete-room")
+    await page.wait_for_selector(".toast .alert-error:text('The default room cannot be deleted')")
+
+    await page.fill("#create-room [name=id]", "gone")
+    await page.click("#create-room button")
+    await page.wait_for_selector("#rooms button[data-room=gone].menu-active")
+    doomed = await player(browser, hub, "/gone")
+    await page.click("#delete-room")
+    await page.wait_for_selector("#rooms button[data-room=gone]", state="detached")
+    await doomed.wait_for_selector("#connection[data-state=fallback]")  # quotes from now on
+
+
+async def test_admin_manages_users_and_a_user_sees_no_user_admin(browser: Browser, hub: Server):
+    page = await admin_page(browser, hub)
+    await page.wait_for_selector("#users-panel:not([hidden]) #users li")
+    await page.fill("#create-user [name=username]", "bob")
+    await page.fill("#create-user [name=password]", "bob's password")
+    await page.click("#create-user button")
+    await page.wait_for_selector("#users li:has-text('bob')")
+
+    bob = await browser.open(f"{hub.url}/admin")
+    await log_in(bob, "bob", "bob's password")
+    await bob.wait_for_selector("#app-view:not([hidden])")
+    assert await bob.is_hidden("#users-panel")
+    await bob.fill("#create-room [name=id]", "bobs")
+    await bob.click("#create-room button")
+    await bob.wait_for_selector("#controller-state[data-state=live]")  # bob's own room
+
+    await page.click("#users li:has-text('bob') button:text('Disable')")
+    await page.wait_for_selector("#users li:has-text('bob') .badge:text('disabled')")
+
+
+async def test_admin_renews_its_session_before_the_access_token_expires(
+    browser: Browser, make_server
+):
+    hub = make_server(ADMIN_USERNAME="admin", ADMIN_PASSWORD=ADMIN_PASSWORD, ACCESS_TOKEN_TTL_S="2")
+    page = await browser.open(f"{hub.url}/admin")
+    await log_in(page)
+    await page.wait_for_selector("#app-view:not([hidden]) #rooms button")
+    for _ in range(2):  # renewed at 80% of each token's life, silently
+        async with page.expect_response("**/api/v1/auth/refresh") as renewal:
+            pass
+        assert (await renewal.value).ok
+    await asyncio.sleep(2)  # past the first tokens' expiry: the page still works
+    await page.fill("#send [name=speaker]", "later")
+    await page.fill("#send [name=message]", "still logged in")
+    await page.click("#send button")
+    await page.wait_for_selector("#history li:has-text('still logged in')")
+
+
+async def test_admin_works_on_a_phone(browser: Browser, hub: Server):
+    page = await admin_page(browser, hub, viewport={"width": 390, "height": 844}, is_mobile=True)
+    overflow = await page.evaluate("document.documentElement.scrollWidth - innerWidth")
+    assert overflow <= 0
+    await screenshot(page, "admin-phone", full_page=True)

@@ -23,6 +23,7 @@ interface Presence {
 
 interface Room {
   id: string;
+  owner: string | null; // a user id
   title: string;
   private: boolean;
   history_size: number | null;
@@ -68,8 +69,9 @@ let accessToken = '';
 let me: User | null = null;
 let renewal: number | undefined;
 let rooms: Room[] = [];
-let selected: string | null = null;
+let selected: string | null = location.hash.slice(1) || null; // the room in the URL: #<room>
 let controller: SSEClient | null = null;
+let following: string | null = null; // the room of the controller stream
 
 // --- Messages to the user ----------------------------------------------------------------
 
@@ -131,7 +133,7 @@ async function call<T = any>(url: string, options: ApiOptions = {}): Promise<T> 
 function signOut(reason?: string): void {
   controller?.close();
   controller = null;
-  selected = null;
+  following = null;
   accessToken = '';
   me = null;
   localStorage.removeItem(SIGNED_IN);
@@ -172,7 +174,8 @@ byId('logout').addEventListener('click', async () => {
 // --- Rooms -----------------------------------------------------------------------------
 
 async function loadRooms(): Promise<void> {
-  rooms = (await call('/api/v1/rooms')).rooms;
+  const all: Room[] = (await call('/api/v1/rooms')).rooms;
+  rooms = all.filter((room) => me?.role === 'admin' || room.owner === me?.id); // those one controls
   if (!rooms.some((room) => room.id === selected)) selected = rooms[0]?.id ?? null;
   renderRooms();
   select(selected);
@@ -203,11 +206,11 @@ function renderRooms(): void {
 }
 
 function select(roomId: string | null): void {
-  const changed = roomId !== selected || !controller;
   selected = roomId;
   const room = rooms.find((candidate) => candidate.id === roomId);
   byId('room-panel').hidden = !room;
-  if (!room) return;
+  if (!room) return follow(); // none left: stop following
+  window.history.replaceState(null, '', `#${room.id}`);
   for (const item of byId('rooms').querySelectorAll('button')) {
     item.classList.toggle('menu-active', item.dataset.room === room.id);
   }
@@ -220,7 +223,7 @@ function select(roomId: string | null): void {
   settings.typewriter_speed.value = room.settings.typewriter_speed ? String(room.settings.typewriter_speed) : '';
   settings.theme.value = room.settings.theme || '';
   if (room.subscribers) showPresence(room.subscribers);
-  if (changed) {
+  if (following !== room.id) {
     byId<HTMLIFrameElement>('preview').src = `/${room.id}`;
     follow();
   }
@@ -235,7 +238,8 @@ onSubmit('create-room', ({ id, title, private: hidden }, form) => {
     form.reset();
     selected = room.id;
     await loadRooms();
-  }, `Room ${id.value} created`);
+    notify(`Room ${room.id} created`, 'success');
+  });
 });
 
 onSubmit('settings', ({ title, private: hidden, history_size, typewriter_speed, theme }) => {
@@ -282,6 +286,7 @@ function follow(): void {
   const history = byId('history');
   history.replaceChildren();
   const room = rooms.find((candidate) => candidate.id === selected);
+  following = room?.id ?? null;
   if (!room) return;
   controllerState('reconnecting', 'connecting…');
   const source = new SSEClient(`/api/v1/events/${room.id}?role=controller`, {

@@ -12,9 +12,9 @@ interface ChatMessage {
 }
 
 interface Running {
-  uid: string;
-  source: SSEClient;
   answer: ChatMessage;
+  uid?: string; // once the server has started it
+  source?: SSEClient;
 }
 
 const STORE = 'streaming-message.chat';
@@ -80,24 +80,22 @@ async function ask(): Promise<void> {
   const conversation = messages.filter((m) => !m.failed).map(({ role, content }) => ({ role, content }));
   const answer: ChatMessage = { role: 'assistant', content: '' };
   messages.push(answer);
+  running = { answer };
   render();
-  sendButton.disabled = true;
   let uid: string;
   try {
     ({ uid } = await api('/api/v1/chat', { method: 'POST', body: { messages: conversation } }));
   } catch (error) {
     return end(answer, messageOf(error), true);
-  } finally {
-    sendButton.disabled = false;
   }
+  if (running?.answer !== answer) return cancel(uid); // stopped while it was starting
   const source = new SSEClient(`/api/v1/chat/${encodeURIComponent(uid)}/events`, {
     retryDelay: 1000,
     backoff: 2,
     maxRetryDelay: 10000,
     maxRetries: 5,
   });
-  running = { uid, source, answer };
-  render();
+  running = { answer, uid, source };
   source.addEventListener('delta', (event) => {
     answer.content += JSON.parse(event.data).content;
     const bubble = log.querySelector('.chat:last-child .chat-bubble');
@@ -118,7 +116,7 @@ async function ask(): Promise<void> {
 
 /** The answer is over: done, stopped or failed. */
 function end(answer: ChatMessage, note?: string, failed = false): void {
-  running?.source.close();
+  running?.source?.close();
   running = null;
   answer.note = note;
   answer.failed = failed || undefined;
@@ -126,11 +124,15 @@ function end(answer: ChatMessage, note?: string, failed = false): void {
   render();
 }
 
+function cancel(uid: string): void {
+  api(`/api/v1/chat/${encodeURIComponent(uid)}`, { method: 'DELETE' }).catch(() => undefined);
+}
+
 function stop(): void {
   if (!running) return;
   const { uid, answer } = running;
   end(answer, 'stopped');
-  api(`/api/v1/chat/${encodeURIComponent(uid)}`, { method: 'DELETE' }).catch(() => undefined);
+  if (uid) cancel(uid);
 }
 
 function regenerate(): void {

@@ -83,8 +83,9 @@
   var me = null;
   var renewal;
   var rooms = [];
-  var selected = null;
+  var selected = location.hash.slice(1) || null;
   var controller = null;
+  var following = null;
   function notify(message, kind = "error") {
     const toast = el("div", { class: `alert ${kind === "error" ? "alert-error" : "alert-success"}`, role: "alert" }, message);
     byId("toasts").append(toast);
@@ -132,7 +133,7 @@
   function signOut(reason) {
     controller?.close();
     controller = null;
-    selected = null;
+    following = null;
     accessToken = "";
     me = null;
     localStorage.removeItem(SIGNED_IN);
@@ -167,7 +168,8 @@
     signOut();
   });
   async function loadRooms() {
-    rooms = (await call("/api/v1/rooms")).rooms;
+    const all = (await call("/api/v1/rooms")).rooms;
+    rooms = all.filter((room) => me?.role === "admin" || room.owner === me?.id);
     if (!rooms.some((room) => room.id === selected)) selected = rooms[0]?.id ?? null;
     renderRooms();
     select(selected);
@@ -196,11 +198,11 @@
     );
   }
   function select(roomId) {
-    const changed = roomId !== selected || !controller;
     selected = roomId;
     const room = rooms.find((candidate) => candidate.id === roomId);
     byId("room-panel").hidden = !room;
-    if (!room) return;
+    if (!room) return follow();
+    window.history.replaceState(null, "", `#${room.id}`);
     for (const item of byId("rooms").querySelectorAll("button")) {
       item.classList.toggle("menu-active", item.dataset.room === room.id);
     }
@@ -213,7 +215,7 @@
     settings.typewriter_speed.value = room.settings.typewriter_speed ? String(room.settings.typewriter_speed) : "";
     settings.theme.value = room.settings.theme || "";
     if (room.subscribers) showPresence(room.subscribers);
-    if (changed) {
+    if (following !== room.id) {
       byId("preview").src = `/${room.id}`;
       follow();
     }
@@ -227,7 +229,8 @@
       form.reset();
       selected = room.id;
       await loadRooms();
-    }, `Room ${id.value} created`);
+      notify(`Room ${room.id} created`, "success");
+    });
   });
   onSubmit("settings", ({ title, private: hidden, history_size, typewriter_speed, theme }) => {
     const number = (input) => input.value ? Number(input.value) : null;
@@ -266,6 +269,7 @@
     const history = byId("history");
     history.replaceChildren();
     const room = rooms.find((candidate) => candidate.id === selected);
+    following = room?.id ?? null;
     if (!room) return;
     controllerState("reconnecting", "connecting…");
     const source = new SSEClient(`/api/v1/events/${room.id}?role=controller`, {

@@ -119,24 +119,22 @@
     const conversation = messages.filter((m) => !m.failed).map(({ role, content }) => ({ role, content }));
     const answer = { role: "assistant", content: "" };
     messages.push(answer);
+    running = { answer };
     render();
-    sendButton.disabled = true;
     let uid;
     try {
       ({ uid } = await api("/api/v1/chat", { method: "POST", body: { messages: conversation } }));
     } catch (error) {
       return end(answer, messageOf(error), true);
-    } finally {
-      sendButton.disabled = false;
     }
+    if (running?.answer !== answer) return cancel(uid);
     const source = new SSEClient(`/api/v1/chat/${encodeURIComponent(uid)}/events`, {
       retryDelay: 1e3,
       backoff: 2,
       maxRetryDelay: 1e4,
       maxRetries: 5
     });
-    running = { uid, source, answer };
-    render();
+    running = { answer, uid, source };
     source.addEventListener("delta", (event) => {
       answer.content += JSON.parse(event.data).content;
       const bubble = log.querySelector(".chat:last-child .chat-bubble");
@@ -155,18 +153,21 @@
     });
   }
   function end(answer, note, failed = false) {
-    running?.source.close();
+    running?.source?.close();
     running = null;
     answer.note = note;
     answer.failed = failed || void 0;
     save();
     render();
   }
+  function cancel(uid) {
+    api(`/api/v1/chat/${encodeURIComponent(uid)}`, { method: "DELETE" }).catch(() => void 0);
+  }
   function stop() {
     if (!running) return;
     const { uid, answer } = running;
     end(answer, "stopped");
-    api(`/api/v1/chat/${encodeURIComponent(uid)}`, { method: "DELETE" }).catch(() => void 0);
+    if (uid) cancel(uid);
   }
   function regenerate() {
     if (messages[messages.length - 1]?.role === "assistant") messages.pop();
