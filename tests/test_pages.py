@@ -288,6 +288,17 @@ async def test_ai_answer_is_typed_as_it_streams(browser: Browser, make_server):
     assert await line_shown(page, stored["id"]) == answer
 
 
+async def test_a_failed_ai_answer_is_withdrawn(browser: Browser, make_server):
+    server: Server = make_server(DEMO_DELAY_S="0.3")
+    page = await player(browser, server)
+    auth = {"Authorization": f"Bearer {server.token}"}
+    reply = httpx.post(f"{server.url}/api/v1/rooms/lobby/ai", json={"prompt": "Hi"}, headers=auth)
+    uid = reply.json()["uid"]
+    await page.wait_for_selector(f"#dialog[data-id='{uid}']:not(.hidden)")
+    assert httpx.delete(f"{server.url}/api/v1/chat/{uid}", headers=auth).status_code == 200
+    await page.wait_for_selector("#dialog.hidden[data-state=idle]")  # nothing is stored
+
+
 class StaticSite:
     """frontend/dist served by Python's http.server on another loopback origin."""
 

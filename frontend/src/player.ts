@@ -102,7 +102,9 @@ function showNext(): void {
   typing = holding = undefined;
   current = queue.shift() ?? null;
   if (!current) {
+    // Only when the line shown is withdrawn (a failed AI answer): nothing left to show.
     box.dataset.state = 'idle';
+    box.classList.add('hidden');
     return;
   }
   box.classList.remove('hidden');

@@ -101,6 +101,7 @@
     current = queue.shift() ?? null;
     if (!current) {
       box.dataset.state = "idle";
+      box.classList.add("hidden");
       return;
     }
     box.classList.remove("hidden");
