@@ -124,6 +124,7 @@ class Settings:
     login_max_failures: int
     login_max_failures_per_address: int
     login_window_s: float
+    frame_ancestors: str
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -178,6 +179,7 @@ class Settings:
             login_max_failures=int(_env("LOGIN_MAX_FAILURES", "10")),
             login_max_failures_per_address=int(_env("LOGIN_MAX_FAILURES_PER_ADDRESS", "30")),
             login_window_s=float(_env("LOGIN_WINDOW_S", "900")),
+            frame_ancestors=_env("FRAME_ANCESTORS", "*"),
         )
 
 
@@ -2137,7 +2139,28 @@ async def delete_user(user_id: str):
     return ok("User Deleted", id=user_id)
 
 
-@app.get("/static/js/sse-client.js")
+# The pages: prebuilt files of frontend/dist (see frontend/README.md), under a strict CSP.
+# They load sse-client.js and assets/ relatively, so dist/ also works as a static site.
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'"
+)
+
+
+@app.after_request
+async def add_content_security_policy(response):
+    """No inline script or style, nothing from another origin; only the player may be
+    framed by other sites (OBS, a stream page: FRAME_ANCESTORS)."""
+    if response.mimetype == "text/html":
+        ancestors = settings.frame_ancestors if request.endpoint == "player_page" else "'self'"
+        policy = f"{CONTENT_SECURITY_POLICY}; frame-ancestors {ancestors}"
+        response.headers["Content-Security-Policy"] = policy
+    return response
+
+
+@app.get("/static/js/sse-client.js")  # the Bun project's path
+@app.get("/sse-client.js")  # the pages' (relative) path
 async def sse_client_js():
     return await send_from_directory(DIST, "sse-client.js", mimetype="text/javascript")
 
@@ -2148,8 +2171,10 @@ async def assets(name: str):
 
 
 @app.get("/admin")
-async def admin_page():
-    return await send_from_directory(DIST, "admin.html")
+@app.get("/chat")
+async def app_page():
+    """dist/admin.html or dist/chat.html."""
+    return await send_from_directory(DIST, f"{request.path[1:]}.html")
 
 
 @app.get("/")
