@@ -2669,10 +2669,13 @@ async def delete_user(user_id: str):
     return ok("User Deleted", id=user_id)
 
 
-# The pages and the client library: static files, not in the OpenAPI document.
+# The pages: prebuilt files of frontend/dist (see frontend/README.md), under the strict CSP
+# that HotPath gives every HTML page. They load sse-client.js and assets/ relatively, so
+# dist/ also works as a static site. Static files: not in the OpenAPI document.
 
 
-@app.get("/static/js/sse-client.js")
+@app.get("/static/js/sse-client.js")  # the Bun project's path
+@app.get("/sse-client.js")  # the pages' (relative) path
 @hide
 async def sse_client_js():
     return await send_from_directory(DIST, "sse-client.js", mimetype="text/javascript")
@@ -2685,9 +2688,11 @@ async def assets(name: str):
 
 
 @app.get("/admin")
+@app.get("/chat")
 @hide
-async def admin_page():
-    return await send_from_directory(DIST, "admin.html")
+async def app_page():
+    """dist/admin.html or dist/chat.html."""
+    return await send_from_directory(DIST, f"{request.path[1:]}.html")
 
 
 @app.get("/")
