@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import getpass
 import hashlib
 import hmac
@@ -29,9 +30,10 @@ import sqlite3
 import sys
 import textwrap
 import time
+import types
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from http.cookies import CookieError, SimpleCookie
@@ -534,6 +536,23 @@ KEEPALIVE_FRAME = b":\n\n"
 ASGISend = Callable[[dict[str, Any]], Awaitable[None]]
 
 
+@types.coroutine
+def resume(coroutine: Coroutine, waiting_on: Any) -> Generator[Any, Any, Any]:
+    """Go on, inside the running task, with a coroutine that was stepped by hand and is
+    suspended on `waiting_on` (what it yielded): the loop an asyncio Task runs."""
+    while True:
+        try:
+            sent = yield waiting_on
+        except BaseException as error:  # the task was cancelled: the coroutine gets it
+            step = functools.partial(coroutine.throw, error)
+        else:
+            step = functools.partial(coroutine.send, sent)
+        try:
+            waiting_on = step()
+        except StopIteration as finished:
+            return finished.value
+
+
 class Subscriber:
     __slots__ = (
         "send",
@@ -657,14 +676,8 @@ class Room:
     def append(self, frame: bytes, message_id: int = 0) -> None:
         self.frames.append(frame)
         self.frame_ids.append(message_id)
-        capacity = settings.subscriber_queue
-        if len(self.frames) >= 2 * capacity:  # compact: keep the newest `capacity` frames
-            del self.frames[:capacity], self.frame_ids[:capacity]
-            self.base += capacity
-            for subscriber in [s for s in self.subscribers if s.cursor < self.base]:
-                log.info("slow consumer dropped room=%s role=%s", self.id, subscriber.role)
-                hub.metrics["slow_consumer_disconnects"] += 1
-                subscriber.end(b"")
+        if len(self.frames) >= 2 * settings.subscriber_queue:
+            self._trim()
         if not self._wake_armed and self.subscribers:
             self._wake_armed = True
             delay = settings.coalesce_ms / 1000
@@ -674,12 +687,46 @@ class Room:
             else:
                 loop.call_soon(self._wake)
 
+    def _trim(self) -> None:
+        """Forget old frames, keeping the newest SUBSCRIBER_QUEUE. A subscriber still
+        blocked on an earlier write that would miss some is a slow consumer: it is dropped
+        (it resumes by Last-Event-ID). One that was not woken yet (one commit can append
+        more than the queue) keeps its frames until its next write."""
+        cut = self.end - settings.subscriber_queue
+        for subscriber in self.subscribers:
+            if subscriber.cursor >= cut or subscriber.ending is not None:
+                continue
+            if subscriber.flushing is None:
+                cut = subscriber.cursor
+            else:
+                log.info("slow consumer dropped room=%s role=%s", self.id, subscriber.role)
+                hub.metrics["slow_consumer_disconnects"] += 1
+                subscriber.end(b"")
+        del self.frames[: cut - self.base], self.frame_ids[: cut - self.base]
+        self.base = cut
+
     def _wake(self) -> None:
         self._wake_armed = False
         end = self.end
         for subscriber in self.subscribers:
             if subscriber.live and subscriber.cursor < end and subscriber.flushing is None:
-                subscriber.flushing = asyncio.create_task(self._flush(subscriber))
+                self._write(subscriber, self.pending(subscriber))
+
+    def _write(self, subscriber: Subscriber, chunk: bytes) -> None:
+        """Hand a chunk to the subscriber's connection. Hypercorn's send completes at once
+        unless the socket's buffer is full, so it is stepped here by hand: no task per
+        subscriber per wake-up (that was most of the fan-out's cost). Only a send that must
+        wait goes on in a task, which then also writes whatever arrives meanwhile."""
+        if not chunk:
+            return
+        hub.metrics["deliveries"] += 1
+        subscriber.sent += len(chunk)
+        sending = subscriber.send({"type": "http.response.body", "body": chunk, "more_body": True})
+        try:
+            waiting_on = sending.send(None)
+        except StopIteration:
+            return
+        subscriber.flushing = asyncio.create_task(self._flush(subscriber, sending, waiting_on))
 
     def pending(self, subscriber: Subscriber) -> bytes:
         """Every frame from the subscriber's cursor to the end, joined; advances the cursor.
@@ -695,8 +742,9 @@ class Room:
             self._joined = (start, end, b"".join(self.frames[offset:]))
         return self._joined[2]
 
-    async def _flush(self, subscriber: Subscriber) -> None:
+    async def _flush(self, subscriber: Subscriber, sending: Coroutine, waiting_on: Any) -> None:
         try:
+            await resume(sending, waiting_on)
             while subscriber.cursor < self.end:
                 chunk = self.pending(subscriber)
                 if chunk:
@@ -1866,7 +1914,7 @@ async def stream_events(scope, receive, send, room_id: str | None, headers) -> N
 
 async def serve_stream(
     scope: dict[str, Any],
-    send: ASGISend,
+    send: HeaderedSend,
     receive: Callable[[], Awaitable[dict]],
     room: Room,
     role: str,
@@ -1876,23 +1924,13 @@ async def serve_stream(
     """Stream a room (or the fallback feed) until the client leaves or the server ends the
     stream. The hello is made after joining, so its presence counts this subscriber."""
     await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-    subscriber = Subscriber(send, role, room.end)
+    subscriber = Subscriber(send.raw, role, room.end)
     room.join(subscriber)
     client = scope["client"][0] if scope.get("client") else "-"
     log.info("stream open room=%s role=%s client=%s", room.id, role, client)
     opened = time.monotonic()
     try:
-        hello = {**room.hello(), **hello_extra}
-        replay: list[bytes] = []
-        if last_id is not None:
-            rows = await hub.storage.history(room.id, last_id, room.record.last_id + 1)
-            oldest = rows[0][0] if rows else await hub.storage.oldest_id(room.id)
-            hello["gap"] = oldest is not None and oldest > last_id + 1
-            replay = [message_frame(message_id, payload) for message_id, payload in rows]
-            subscriber.replayed_through = rows[-1][0] if rows else 0
-        first = b"retry: %d\n" % settings.retry_ms + event_frame("meta", hello) + b"".join(replay)
-        await send({"type": "http.response.body", "body": first, "more_body": True})
-        subscriber.sent += len(first)
+        await send_hello_and_replay(subscriber, room, last_id, hello_extra)
         subscriber.live = subscriber.ending is None
         if subscriber.live and subscriber.cursor < room.end:
             room._wake()
@@ -1918,6 +1956,47 @@ async def serve_stream(
         )
 
 
+async def send_hello_and_replay(
+    subscriber: Subscriber, room: Room, last_id: int | None, hello_extra: dict[str, Any]
+) -> None:
+    """A stream's first write: `retry:`, the hello and the messages after last_id. (A
+    function of its own so the replay is not kept alive for the life of the stream.)"""
+    hello = {**room.hello(), **hello_extra}
+    replay: list[bytes] = []
+    if last_id is not None:
+        rows = await hub.storage.history(room.id, last_id, room.record.last_id + 1)
+        oldest = rows[0][0] if rows else await hub.storage.oldest_id(room.id)
+        hello["gap"] = oldest is not None and oldest > last_id + 1
+        replay = [message_frame(message_id, payload) for message_id, payload in rows]
+        subscriber.replayed_through = rows[-1][0] if rows else 0
+    first = b"retry: %d\n" % settings.retry_ms + event_frame("meta", hello) + b"".join(replay)
+    await subscriber.send({"type": "http.response.body", "body": first, "more_body": True})
+    subscriber.sent += len(first)
+
+
+class HeaderedSend:
+    """HotPath's ASGI send: adds its headers to the response's start (and the CSP to an
+    HTML page's) and keeps the status for the log. A stream writes its frames with `raw`,
+    which saves a call per frame."""
+
+    __slots__ = ("raw", "scope", "extra", "status")
+
+    def __init__(self, raw: ASGISend, scope: dict[str, Any], extra: list[tuple[bytes, bytes]]):
+        self.raw, self.scope, self.extra, self.status = raw, scope, extra, 0
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            headers = [*message["headers"], *self.extra]
+            if any(
+                name == b"content-type" and value.startswith(b"text/html")
+                for name, value in message["headers"]
+            ):
+                headers.append(page_policy(self.scope))
+            message = {**message, "headers": headers}
+        await self.raw(message)
+
+
 class HotPath:
     """ASGI middleware in front of Quart: serves streams, publishes and API preflights, and
     passes the rest on. Every request goes through it, so it is also where every response
@@ -1934,21 +2013,7 @@ class HotPath:
         extra = cors_headers(headers) + SECURITY_HEADERS
         if scope["scheme"] == "https":
             extra.append(HSTS)
-        status = 0
-
-        async def send_with_headers(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                response_headers = [*message["headers"], *extra]
-                if any(
-                    name == b"content-type" and value.startswith(b"text/html")
-                    for name, value in message["headers"]
-                ):
-                    response_headers.append(page_policy(scope))
-                message = {**message, "headers": response_headers}
-            await send(message)
-
+        send_with_headers = HeaderedSend(send, scope, extra)
         try:
             # Hypercorn bounds the headers it buffers (MAX_HEADER_BYTES), but not headers
             # that arrive at once
@@ -1969,7 +2034,7 @@ class HotPath:
                     scope["method"],
                     scope["raw_path"].decode("latin-1"),
                     "?" + query if query else "",
-                    status,
+                    send_with_headers.status,
                     (time.perf_counter() - started) * 1000,
                     scope["client"][0] if scope.get("client") else "-",
                 )
