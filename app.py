@@ -231,34 +231,39 @@ def compact_json(value: Any) -> str:
 # Logs: every line of this logger (and, from main(), of every other one) goes through
 # redact(), so no call site can leak a credential: query and JSON fields named like
 # secrets, Bearer values, API tokens and JWTs by their shape, and the configured secrets.
-SECRET_FIELD = re.compile(
-    r"""((?:access_|refresh_)?token|password|api_key|secret)(["']?\s*[=:]\s*["']?)[^&\s"',}]+""",
-    re.IGNORECASE,
-)
-SECRET_SHAPE = re.compile(
-    r"(?i:bearer)\s+\S+|smt_[\w-]+|eyJ[\w-]*\.[\w-]+\.[\w-]*"  # API tokens, JWTs
-)
 CONFIGURED_SECRETS = tuple(
     secret
     for secret in (settings.sse_token, settings.llm_api_key, settings.admin_password)
     if secret
 )
+SECRET = re.compile(
+    r"""(?P<name>(?:access_|refresh_)?token|password|api_key|secret)"""
+    r"""(?P<sep>["']?\s*[=:]\s*["']?)[^&\s"',}]+"""  # a field: keep its name
+    r"|bearer\s+\S+|smt_[\w-]+|eyJ[\w-]*\.[\w-]+\.[\w-]*"  # API tokens, JWTs
+    + "".join("|" + re.escape(secret) for secret in CONFIGURED_SECRETS),
+    re.IGNORECASE,
+)
+SECRET_HINTS = ("token", "password", "api_key", "secret", "bearer", "smt_", "eyj")
 
 
 def redact(text: str) -> str:
-    text = SECRET_SHAPE.sub("[redacted]", SECRET_FIELD.sub(r"\1\2[redacted]", text))
-    for secret in CONFIGURED_SECRETS:
-        text = text.replace(secret, "[redacted]")
+    folded = text.lower()  # most lines have no hint of a secret: no regex for them
+    if any(hint in folded for hint in SECRET_HINTS) or any(s in text for s in CONFIGURED_SECRETS):
+        text = SECRET.sub(
+            lambda m: f"{m['name']}{m['sep']}[redacted]" if m["name"] else "[redacted]", text
+        )
     return text
 
 
 class Redactor(logging.Filter):
-    """Redacts a record's message and traceback before any handler formats it."""
+    """Redacts a record's message and traceback before any handler formats it (once: a
+    record may pass the app's logger and a handler of the root logger)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = redact(record.getMessage()), None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        if not getattr(record, "redacted", False):
+            record.msg, record.args, record.redacted = redact(record.getMessage()), None, True
+            if record.exc_info and not record.exc_text:
+                record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
         return True
 
 
