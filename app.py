@@ -1789,14 +1789,17 @@ class SendQuery(BaseModel):
     token: str | None = None
 
 
-class EventsQuery(BaseModel):
+class ResumeQuery(BaseModel):
+    lastEventId: str | None = Field(  # noqa: N815 (the name of the query parameter)
+        default=None, description="resume after this id (or the Last-Event-ID header)"
+    )
+
+
+class EventsQuery(ResumeQuery):
     role: Literal["player", "controller"] = Field(
         default="player", description="a controller needs a publish right (token or cookie)"
     )
     token: str | None = Field(default=None, description="for a controller or a private room")
-    lastEventId: str | None = Field(  # noqa: N815 (the name of the query parameter)
-        default=None, description="resume after this id (or the Last-Event-ID header)"
-    )
 
 
 def validate_message(item: Any) -> tuple[dict[str, Any], str | None, str | None]:
@@ -3148,6 +3151,7 @@ async def start_chat(data: ChatStart):
 
 
 @app.get("/api/v1/chat/<uid>/events")
+@document_querystring(ResumeQuery)
 @event_stream("`event: delta`s, then `event: done` or `error`", {204: "Over, all sent"})
 async def chat_events(uid: str):
     """Follow an answer (two-step flow); resumes by Last-Event-ID"""
