@@ -19,7 +19,9 @@ import re
 import signal
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,8 +31,12 @@ from urllib.parse import parse_qs, quote, unquote
 import aiosqlite
 import h11
 import h11._readers
+import redis.asyncio
 from dotenv import load_dotenv
-from quart import Quart, jsonify, request, send_from_directory
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+from quart import Quart, Response, jsonify, request, send_from_directory
+from redis.exceptions import RedisError, ResponseError
 from werkzeug.exceptions import HTTPException
 
 # ---------------------------------------------------------------------------------------
@@ -69,6 +75,8 @@ class Settings:
     cors_origins: tuple[str, ...]
     sqlite_synchronous: str
     shutdown_timeout_s: float
+    broker_url: str
+    presence_ttl_s: float
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -90,6 +98,8 @@ class Settings:
             cors_origins=origins,
             sqlite_synchronous=_env("SQLITE_SYNCHRONOUS", "NORMAL").upper(),
             shutdown_timeout_s=float(_env("SHUTDOWN_TIMEOUT", "5")),
+            broker_url=_env("BROKER_URL", ""),
+            presence_ttl_s=float(_env("PRESENCE_TTL_S", "30")),
         )
 
 
@@ -121,6 +131,45 @@ class ApiError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"success": False, "code": self.status, "msg": self.msg, **self.extra}
+
+
+class Metrics:
+    """This process's Prometheus metrics (GET /metrics), in a registry of our own. Each
+    process counts its own: scrape every process (Fly scrapes every machine)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+
+        def counter(name: str, documentation: str) -> Counter:
+            return Counter(name, documentation, namespace="sm", registry=self.registry)
+
+        self.subscribers = Gauge(
+            "subscribers", "Open event streams", ["role"], namespace="sm", registry=self.registry
+        )
+        self.published = counter("messages_published", "Messages stored and sent to their room")
+        self.commits = counter("commits", "Publish batches committed together (group commit)")
+        self.deliveries = counter("deliveries", "Writes of frames to subscribers")
+        self.slow_consumer_disconnects = counter(
+            "slow_consumer_disconnects", "Subscribers dropped for falling a whole ring behind"
+        )
+        self.publish_latency = Histogram(
+            "publish_latency_seconds",
+            "From a publish entering the hub to its commit",
+            namespace="sm",
+            registry=self.registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
+        self.relay_streams = counter("relay_streams", "AI chat relay streams started")
+        self.relay_upstream_errors = counter(
+            "relay_upstream_errors", "AI chat relay streams the upstream failed"
+        )
+        self.fallback_polls = counter("fallback_polls", "Polls of the quote feed of unknown rooms")
+
+    def value(self, name: str, **labels: str) -> float:
+        return self.registry.get_sample_value(f"sm_{name}", labels) or 0.0
+
+
+metrics = Metrics()
 
 
 # ---------------------------------------------------------------------------------------
@@ -188,9 +237,10 @@ class Storage:
 
     async def _connect(self) -> aiosqlite.Connection:
         db = await aiosqlite.connect(self.path)
+        # First, so that processes starting together wait for each other's locks.
+        await db.execute("PRAGMA busy_timeout=5000")
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute(f"PRAGMA synchronous={settings.sqlite_synchronous}")
-        await db.execute("PRAGMA busy_timeout=5000")
         return db
 
     async def close(self) -> None:
@@ -201,9 +251,11 @@ class Storage:
         async with self.read.execute(f"SELECT {ROOM_COLUMNS} FROM rooms") as cursor:
             return [_room_from_row(row) async for row in cursor]
 
-    async def insert_room(self, room: RoomRecord) -> None:
-        await self.write.execute(
-            f"INSERT INTO rooms ({ROOM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    async def insert_room(self, room: RoomRecord) -> bool:
+        """Store a new room; False when a room with its id exists (maybe made by another
+        process just now)."""
+        cursor = await self.write.execute(
+            f"INSERT OR IGNORE INTO rooms ({ROOM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 room.id,
                 room.owner,
@@ -216,35 +268,41 @@ class Storage:
             ),
         )
         await self.write.commit()
+        return cursor.rowcount == 1
 
-    async def history(self, room: str, after: int, limit: int) -> list[tuple[int, str]]:
-        """Stored messages of a room with id > after, oldest first."""
+    async def history(
+        self, room: str, after: int, before: int = sys.maxsize
+    ) -> list[tuple[int, str]]:
+        """Stored messages of a room with after < id < before, oldest first."""
         async with self.read.execute(
-            "SELECT id, payload FROM messages WHERE room = ? AND id > ? ORDER BY id LIMIT ?",
-            (room, after, limit),
+            "SELECT id, payload FROM messages WHERE room = ? AND id > ? AND id < ? ORDER BY id",
+            (room, after, before),
         ) as cursor:
             return list(await cursor.fetchall())
 
-    async def oldest_id(self, room: str) -> int | None:
+    async def last_ids(self, rooms: set[str]) -> dict[str, int]:
+        marks = ", ".join("?" * len(rooms))
         async with self.read.execute(
-            "SELECT MIN(id) FROM messages WHERE room = ?", (room,)
+            f"SELECT id, last_id FROM rooms WHERE id IN ({marks})", tuple(rooms)
         ) as cursor:
-            (oldest,) = await cursor.fetchone()
-            return oldest
+            return dict(await cursor.fetchall())
 
-    async def commit_messages(
-        self, rows: list[tuple[str, int, str]], last_ids: dict[str, int], trims: dict[str, int]
-    ) -> None:
-        """One transaction: insert the messages, advance each room's id, trim history."""
+    async def commit_messages(self, rows: list[tuple[str, int, str]], keep: dict[str, int]) -> None:
+        """One transaction: insert the messages (room, id, payload), advance each room's
+        last id, trim each room's history to its newest `keep[room]` messages."""
+        last_ids: dict[str, int] = {}
+        for room, message_id, _ in rows:
+            last_ids[room] = max(last_ids.get(room, 0), message_id)
         db = self.write
         try:
             await db.executemany("INSERT INTO messages (room, id, payload) VALUES (?, ?, ?)", rows)
-            await db.executemany(
-                "UPDATE rooms SET last_id = ? WHERE id = ?",
+            await db.executemany(  # MAX: other processes may have committed later ids already
+                "UPDATE rooms SET last_id = MAX(last_id, ?) WHERE id = ?",
                 [(last_id, room) for room, last_id in last_ids.items()],
             )
             await db.executemany(
-                "DELETE FROM messages WHERE room = ? AND id <= ?", list(trims.items())
+                "DELETE FROM messages WHERE room = ? AND id <= ?",
+                [(room, last_id - keep[room]) for room, last_id in last_ids.items()],
             )
             await db.commit()
         except BaseException:
@@ -257,7 +315,9 @@ class Storage:
 # all its subscribers (a subscriber is only a cursor into it). A publish appends a frame
 # and arms one short timer; when it fires, every subscriber behind the end gets all its
 # pending frames in one write. A subscriber that falls a whole ring behind is dropped
-# (it resumes by Last-Event-ID from SQLite) instead of growing the server's memory.
+# (it resumes by Last-Event-ID) instead of growing the server's memory.
+# Where ids, history and fan-out across processes come from is the hub's `broker`: the
+# LocalBroker (one process, SQLite) or, with BROKER_URL, the RedisBroker.
 # ---------------------------------------------------------------------------------------
 
 
@@ -267,6 +327,12 @@ def message_frame(message_id: int, payload: str) -> bytes:
 
 def event_frame(event: str, data: Any) -> bytes:
     return f"event: {event}\ndata: {compact_json(data)}\n\n".encode()
+
+
+def payload_with_id(message_id: int, body: str) -> str:
+    """A message's wire payload: its body (compact JSON without the id) with the id spliced
+    in first, so a message is encoded once, before any process knows its id."""
+    return f'{{"id":{message_id},{body[1:]}'
 
 
 KEEPALIVE_FRAME = b":\n\n"
@@ -282,7 +348,9 @@ class Subscriber:
         self.task = asyncio.current_task()  # the stream's handler, waiting for disconnect
         self.cursor = cursor  # ring position of the next frame to send
         self.replayed_through = 0  # message ids up to this were sent by the replay
-        self.flushing: asyncio.Task | None = None
+        # Until its handler has sent the hello and the replay, a placeholder stands in for
+        # a flush so the room sends nothing before them.
+        self.flushing: asyncio.Future | None = asyncio.get_running_loop().create_future()
         self.ending: bytes | None = None  # set when the server ends the stream
 
     def end(self, final_frame: bytes) -> None:
@@ -310,6 +378,15 @@ class Room:
     def end(self) -> int:
         return self.base + len(self.frames)
 
+    @property
+    def history_size(self) -> int:
+        return self.record.history_size or settings.history_size
+
+    def counts(self) -> dict[str, int]:
+        """This process's subscribers of the room, by role."""
+        roles = [subscriber.role for subscriber in self.subscribers]
+        return {"players": roles.count("player"), "controllers": roles.count("controller")}
+
     def append(self, frame: bytes, message_id: int = 0) -> None:
         self.frames.append(frame)
         self.frame_ids.append(message_id)
@@ -319,7 +396,7 @@ class Room:
             self.base += capacity
             for subscriber in [s for s in self.subscribers if s.cursor < self.base]:
                 log.info("slow consumer dropped room=%s role=%s", self.id, subscriber.role)
-                hub.metrics["slow_consumer_disconnects"] += 1
+                metrics.slow_consumer_disconnects.inc()
                 subscriber.end(b"")
         if not self._wake_armed and self.subscribers:
             self._wake_armed = True
@@ -359,7 +436,7 @@ class Room:
                     await subscriber.send(
                         {"type": "http.response.body", "body": chunk, "more_body": True}
                     )
-                    hub.metrics["deliveries"] += 1
+                    metrics.deliveries.inc()
         finally:
             subscriber.flushing = None
 
@@ -375,54 +452,66 @@ class PendingPublish:
 
 
 class Hub:
-    """The live rooms, the group-commit writer and the keepalive ticker."""
+    """The live rooms, the group-commit writer, the keepalive ticker and the broker."""
 
     def __init__(self) -> None:
         self.storage: Storage
+        self.broker = RedisBroker(settings.broker_url) if settings.broker_url else LocalBroker()
         self.rooms: dict[str, Room] = {}
         self.pending: list[PendingPublish] = []
         self._pending_ready = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self.closing = False
-        self.metrics = {
-            "published": 0,
-            "commits": 0,
-            "deliveries": 0,
-            "slow_consumer_disconnects": 0,
-        }
+        for role in ("player", "controller"):
+            metrics.subscribers.labels(role).set_function(lambda role=role: self.count(role))
+
+    def count(self, role: str) -> int:
+        """This process's subscribers with this role, in all rooms."""
+        return sum(room.counts()[f"{role}s"] for room in self.rooms.values())
 
     async def start(self) -> None:
         self._pending_ready = asyncio.Event()
         self.storage = Storage(settings.data_dir / "streaming-message.db")
         await self.storage.open()
-        self.rooms = {record.id: Room(record) for record in await self.storage.load_rooms()}
-        if settings.default_room not in self.rooms:
-            await self.create_room(settings.default_room, None)
+        await self.broker.start()  # from here on, rooms made by other processes are added
+        await self._load_rooms()
+        if settings.default_room not in self.rooms:  # first start (maybe of several processes)
+            await self.storage.insert_room(new_room(settings.default_room, None))
+            await self._load_rooms()
         self._tasks = [asyncio.create_task(self._writer()), asyncio.create_task(self._keepalive())]
 
+    async def _load_rooms(self) -> None:
+        for record in await self.storage.load_rooms():
+            self.add_room(record)
+
+    def add_room(self, record: RoomRecord) -> None:
+        """Add a room, or take a newer record of one (keeping the newest last id seen)."""
+        room = self.rooms.get(record.id)
+        if room is None:
+            self.rooms[record.id] = Room(record)
+        else:
+            record.last_id = max(record.last_id, room.record.last_id)
+            room.record = record
+
     async def create_room(self, room_id: str, owner: str | None, **fields: Any) -> RoomRecord:
-        record = RoomRecord(
-            id=room_id,
-            owner=owner,
-            title=fields.get("title", ""),
-            private=fields.get("private", False),
-            history_size=fields.get("history_size"),
-            settings=fields.get("settings", {}),
-            last_id=0,
-            created_at=now_ms(),
-        )
-        await self.storage.insert_room(record)
-        self.rooms[room_id] = Room(record)
+        record = new_room(room_id, owner, **fields)
+        if not await self.storage.insert_room(record):
+            raise ApiError(409, f"Room already exists: {room_id}", room=room_id)
+        self.add_room(record)
+        await self.broker.room_changed(record)
         return record
 
     async def publish(self, messages: list[tuple[Room, dict[str, Any]]]) -> list[dict[str, Any]]:
         """Commit messages (all or none) and fan them out; returns their payloads."""
         if self.closing:
             raise ApiError(503, "Server is shutting down")
+        started = time.perf_counter()
         item = PendingPublish(messages)
         self.pending.append(item)
         self._pending_ready.set()
-        return await asyncio.shield(item.done)  # a client hanging up can't undo a commit
+        payloads = await asyncio.shield(item.done)  # a client hanging up can't undo a commit
+        metrics.publish_latency.observe(time.perf_counter() - started)
+        return payloads
 
     async def _writer(self) -> None:
         while True:
@@ -432,38 +521,48 @@ class Hub:
             await self._commit(batch)
 
     async def _commit(self, batch: list[PendingPublish]) -> None:
-        rows: list[tuple[str, int, str]] = []
-        last_ids: dict[str, int] = {}
-        trims: dict[str, int] = {}
-        results: list[list[tuple[Room, int, str, dict[str, Any]]]] = []
         time_ms = now_ms()
-        for item in batch:
-            committed = []
-            for room, message in item.messages:
-                last_id = last_ids.get(room.id, room.record.last_id) + 1
-                payload = {"id": last_id, "room": room.id, **message, "time": time_ms}
-                encoded = compact_json(payload)
-                rows.append((room.id, last_id, encoded))
-                committed.append((room, last_id, encoded, payload))
-                last_ids[room.id] = last_id
-                trims[room.id] = last_id - (room.record.history_size or settings.history_size)
-            results.append(committed)
+        messages = [message for item in batch for message in item.messages]
+        bodies = [
+            compact_json({"room": room.id, **message, "time": time_ms})
+            for room, message in messages
+        ]
         try:
-            await self.storage.commit_messages(rows, last_ids, trims)
-            self.metrics["commits"] += 1
-        except Exception:
-            log.exception("commit failed")
+            ids = await self.broker.publish(
+                [(room, body) for (room, _), body in zip(messages, bodies, strict=True)]
+            )
+        except Exception as error:
+            if not isinstance(error, ApiError):
+                log.exception("commit failed")
+                error = ApiError(500, "Could not store the message")
             for item in batch:
                 if not item.done.done():
-                    item.done.set_exception(ApiError(500, "Could not store the message"))
+                    item.done.set_exception(error)
             return
-        for item, committed in zip(batch, results, strict=True):
-            for room, message_id, encoded, _ in committed:
-                room.record.last_id = message_id
-                room.append(message_frame(message_id, encoded), message_id)
-            self.metrics["published"] += len(committed)
+        metrics.commits.inc()
+        metrics.published.inc(len(ids))
+        payloads = iter(
+            {"id": message_id, "room": room.id, **message, "time": time_ms}
+            for (room, message), message_id in zip(messages, ids, strict=True)
+        )
+        for item in batch:
+            committed = [next(payloads) for _ in item.messages]
             if not item.done.done():
-                item.done.set_result([payload for *_, payload in committed])
+                item.done.set_result(committed)
+
+    async def store(self, messages: list[tuple[Room, str]], ids: list[int]) -> list[str]:
+        """Commit (room, body) messages with their ids to SQLite in one transaction;
+        returns their wire payloads."""
+        payloads = [payload_with_id(i, body) for (_, body), i in zip(messages, ids, strict=True)]
+        rows = [(room.id, i, p) for (room, _), i, p in zip(messages, ids, payloads, strict=True)]
+        await self.storage.commit_messages(
+            rows, {room.id: room.history_size for room, _ in messages}
+        )
+        return payloads
+
+    async def presence_counts(self, room: Room) -> dict[str, int]:
+        """The room's subscribers by role, summed over every process serving it."""
+        return await self.broker.presence_counts(room)
 
     async def _keepalive(self) -> None:
         while True:
@@ -486,9 +585,332 @@ class Hub:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.broker.stop()
 
     async def close_storage(self) -> None:
         await self.storage.close()
+
+
+def new_room(room_id: str, owner: str | None, **fields: Any) -> RoomRecord:
+    return RoomRecord(
+        id=room_id,
+        owner=owner,
+        title=fields.get("title", ""),
+        private=fields.get("private", False),
+        history_size=fields.get("history_size"),
+        settings=fields.get("settings", {}),
+        last_id=0,
+        created_at=now_ms(),
+    )
+
+
+class LocalBroker:
+    """One process: ids continue each room's last id, SQLite keeps the history, and a
+    commit is fanned out at once."""
+
+    name = "local"
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def publish(self, messages: list[tuple[Room, str]]) -> list[int]:
+        """Give (room, body) messages their ids, commit them, fan them out; returns the ids."""
+        ids, last_ids = [], {}
+        for room, _ in messages:
+            last_ids[room.id] = last_ids.get(room.id, room.record.last_id) + 1
+            ids.append(last_ids[room.id])
+        payloads = await hub.store(messages, ids)
+        for (room, _), message_id, payload in zip(messages, ids, payloads, strict=True):
+            room.record.last_id = message_id
+            room.append(message_frame(message_id, payload), message_id)
+        return ids
+
+    async def history(self, room: Room, after: int) -> list[tuple[int, str]]:
+        """The room's kept messages with id > after, oldest first: (id, payload)."""
+        return await hub.storage.history(room.id, after)
+
+    async def joined(self, room: Room) -> None:
+        """A subscriber of this process joined the room: deliver the room's messages here."""
+
+    def left(self, room: Room) -> None:
+        """A subscriber of this process left the room."""
+
+    async def presence_counts(self, room: Room) -> dict[str, int]:
+        return room.counts()
+
+    async def room_changed(self, record: RoomRecord) -> None:
+        """Tell the other processes about a new or changed room (none here)."""
+
+
+# Redis keys: per room a message counter and a stream of its recent messages (entry id
+# "<message id>-0", field p = the body); per room a hash of each process's subscriber
+# counts; one stream of room changes; per process a stream that wakes its reader.
+ROOMS_STREAM = "sm:rooms"
+READ_BLOCK_MS = 10_000  # a reader's XREAD returns at least this often, to pick up changes
+
+# Publish a batch atomically: per message, the next id of its room and a stream entry with
+# that id, so each stream is in id order whichever process publishes. KEYS: per message,
+# its room's counter and stream. ARGV: per message, the body, the room's last id in SQLite
+# ('' when the caller did not read it) and the room's history size.
+PUBLISH_SCRIPT = """
+for i = 1, #KEYS, 2 do
+  if redis.call('EXISTS', KEYS[i]) == 0 then
+    -- no counter (a new room, or Redis lost its data): go on after the newest id known
+    local floor = tonumber(ARGV[(i - 1) / 2 * 3 + 2])
+    local top = redis.call('XREVRANGE', KEYS[i + 1], '+', '-', 'COUNT', 1)[1]
+    if top then floor = math.max(floor or 0, tonumber(string.match(top[1], '^%d+'))) end
+    if not floor then return redis.error_reply('NOSEQ') end
+    redis.call('SET', KEYS[i], floor)
+  end
+end
+local ids = {}
+for i = 1, #KEYS, 2 do
+  local arg = (i - 1) / 2 * 3
+  local id = redis.call('INCR', KEYS[i])
+  redis.call('XADD', KEYS[i + 1], 'MAXLEN', '~', ARGV[arg + 3], id .. '-0', 'p', ARGV[arg + 1])
+  ids[#ids + 1] = id
+end
+return ids
+"""
+
+
+def room_key(room_id: str, part: str) -> str:
+    return f"sm:room:{room_id}:{part}"
+
+
+def entry_number(entry_id: str) -> int:
+    return int(entry_id.partition("-")[0])
+
+
+class RedisBroker:
+    """Several processes, one Redis: Redis gives ids (a counter per room) and keeps each
+    room's recent messages in a stream in id order. Each process has one reader task that
+    follows the streams of the rooms it has subscribers in and appends their messages to
+    its local rings, so local fan-out and the slow-consumer rule stay as they are. Every
+    message is also committed to SQLite (the durable store, with rooms, users and tokens)
+    before its publish is acknowledged."""
+
+    name = "redis"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.process_id = uuid.uuid4().hex
+        self.wake_key = f"sm:wake:{self.process_id}"
+        self.followed: dict[str, int] = {}  # room -> id of the last message read for it
+        self.rooms_seen = "0-0"  # position in ROOMS_STREAM
+        self.woken = "0-0"  # position in our wake stream
+        self.shared: set[str] = set()  # rooms whose counts of ours are in Redis
+        self.changed: set[str] = set()  # rooms whose counts of ours changed since
+        self._counts_changed = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._running = False  # redis-py may swallow a cancellation: the loops check this too
+
+    async def start(self) -> None:
+        self.redis = redis.asyncio.Redis.from_url(self.url, decode_responses=True)
+        # The reader's own connection: its XREAD blocks up to READ_BLOCK_MS.
+        self.reader = redis.asyncio.Redis.from_url(
+            self.url,
+            decode_responses=True,
+            single_connection_client=True,
+            socket_timeout=READ_BLOCK_MS / 1000 + 10,
+        )
+        self.publish_script = self.redis.register_script(PUBLISH_SCRIPT)
+        self.rooms_seen = await self._newest_entry(ROOMS_STREAM)
+        self._counts_changed = asyncio.Event()
+        self._running = True
+        self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._share())]
+
+    async def stop(self) -> None:
+        self._running = False
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with suppress(RedisError):  # our counts go at once, not after PRESENCE_TTL_S
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for room_id in self.shared:
+                    pipe.hdel(presence_key(room_id), self.process_id)
+                pipe.delete(self.wake_key)
+                await pipe.execute()
+        await self.reader.aclose()
+        await self.redis.aclose()
+
+    async def _newest_entry(self, stream: str) -> str:
+        newest = await self.redis.xrevrange(stream, count=1)
+        return newest[0][0] if newest else "0-0"
+
+    async def publish(self, messages: list[tuple[Room, str]]) -> list[int]:
+        """Give (room, body) messages their ids and append them to their rooms' streams in
+        one step, then commit them to SQLite. Subscribers get them through the readers."""
+        try:
+            try:
+                ids = await self._append(messages, {})
+            except ResponseError as error:
+                if "NOSEQ" not in str(error):
+                    raise
+                floors = await hub.storage.last_ids({room.id for room, _ in messages})
+                ids = await self._append(messages, floors)
+        except RedisError as error:
+            log.warning("broker publish failed: %s", error)
+            raise ApiError(503, "Message broker unavailable, try again") from error
+        # Redis has them now (subscribers may see them before SQLite does): if this commit
+        # fails, the publisher is told 500 although the message was delivered.
+        await hub.store(messages, ids)
+        for (room, _), message_id in zip(messages, ids, strict=True):
+            room.record.last_id = max(room.record.last_id, message_id)
+        return ids
+
+    async def _append(self, messages: list[tuple[Room, str]], floors: dict[str, int]) -> list:
+        keys, args = [], []
+        for room, body in messages:
+            keys += [room_key(room.id, "seq"), room_key(room.id, "stream")]
+            args += [body, floors.get(room.id, ""), room.history_size]
+        return await self.publish_script(keys=keys, args=args)
+
+    async def history(self, room: Room, after: int) -> list[tuple[int, str]]:
+        """The room's kept messages with id > after, oldest first: the stream's, preceded by
+        SQLite's older ones (when Redis has lost or trimmed them)."""
+        try:
+            entries = await self.redis.xrange(room_key(room.id, "stream"), f"({after}-0")
+        except RedisError as error:
+            raise ApiError(503, "Message broker unavailable, try again") from error
+        rows = [(entry_number(i), payload_with_id(entry_number(i), f["p"])) for i, f in entries]
+        if not rows or rows[0][0] > after + 1:
+            rows = (
+                await hub.storage.history(room.id, after, rows[0][0] if rows else sys.maxsize)
+                + rows
+            )
+        return rows
+
+    async def joined(self, room: Room) -> None:
+        """Follow the room's stream from its newest entry, if this process does not yet:
+        a replay read after this covers everything before the reader's first entry."""
+        self._count_changed(room)
+        if room.id in self.followed:
+            return
+        try:
+            newest = entry_number(await self._newest_entry(room_key(room.id, "stream")))
+            self.followed.setdefault(room.id, newest)
+            room.record.last_id = max(room.record.last_id, newest)
+            await self.redis.xadd(self.wake_key, {"w": 1}, maxlen=1)  # the reader adds the room
+        except RedisError as error:
+            raise ApiError(503, "Message broker unavailable, try again") from error
+
+    def left(self, room: Room) -> None:
+        self._count_changed(room)  # the reader stops following a room nobody here watches
+
+    async def room_changed(self, record: RoomRecord) -> None:
+        await self.redis.xadd(
+            ROOMS_STREAM, {"room": compact_json(record.public())}, maxlen=1000, approximate=True
+        )
+
+    async def _read(self) -> None:
+        """Wait for new entries in the followed rooms' streams, the room changes and our wake
+        stream; append each message to its room's ring, in order."""
+        while self._running:
+            for room_id in [r for r in self.followed if not hub.rooms[r].subscribers]:
+                del self.followed[room_id]
+            streams = {ROOMS_STREAM: self.rooms_seen, self.wake_key: self.woken}
+            for room_id, last in self.followed.items():
+                streams[room_key(room_id, "stream")] = f"{last}-0"
+            try:
+                reply = await self.reader.xread(
+                    streams, count=settings.subscriber_queue, block=READ_BLOCK_MS
+                )
+            except RedisError as error:
+                log.warning("broker read failed, retrying: %s", error)
+                await asyncio.sleep(1)
+                continue
+            for stream, entries in reply:
+                if stream == self.wake_key:
+                    self.woken = entries[-1][0]
+                elif stream == ROOMS_STREAM:
+                    for entry_id, fields in entries:
+                        hub.add_room(RoomRecord(**json.loads(fields["room"])))
+                        self.rooms_seen = entry_id
+                else:
+                    self._deliver(stream.split(":")[2], entries)
+
+    def _deliver(self, room_id: str, entries: list) -> None:
+        last = self.followed.get(room_id)
+        if last is None:  # no longer followed
+            return
+        room = hub.rooms[room_id]
+        for entry_id, fields in entries:
+            message_id = entry_number(entry_id)
+            if last and message_id > last + 1:  # trimmed before we read them
+                log.warning("room %s: missed messages %d-%d", room_id, last + 1, message_id - 1)
+                room.end_streams(b"")  # its subscribers resume by Last-Event-ID
+            room.append(
+                message_frame(message_id, payload_with_id(message_id, fields["p"])), message_id
+            )
+            last = message_id
+        self.followed[room_id] = last
+        room.record.last_id = max(room.record.last_id, last)
+
+    def _count_changed(self, room: Room) -> None:
+        self.changed.add(room.id)
+        self._counts_changed.set()
+
+    async def _share(self) -> None:
+        """Keep our subscriber counts per room in Redis: when they change, and every third
+        of PRESENCE_TTL_S; a count not renewed within PRESENCE_TTL_S (its process died) is
+        not counted."""
+        refresh_s = settings.presence_ttl_s / 3
+        next_refresh = time.monotonic()
+        while self._running:
+            with suppress(TimeoutError):  # (wait_for would swallow a cancellation here)
+                async with asyncio.timeout(next_refresh - time.monotonic()):
+                    await self._counts_changed.wait()
+            self._counts_changed.clear()
+            rooms, self.changed = self.changed, set()
+            if time.monotonic() >= next_refresh:
+                rooms |= self.shared
+                next_refresh = time.monotonic() + refresh_s
+            counts = {room_id: hub.rooms[room_id].counts() for room_id in rooms}
+            expires = time.time() + settings.presence_ttl_s
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for room_id, room_counts in counts.items():
+                        key = presence_key(room_id)
+                        if any(room_counts.values()):
+                            players, controllers = (
+                                room_counts["players"],
+                                room_counts["controllers"],
+                            )
+                            pipe.hset(key, self.process_id, f"{players},{controllers},{expires}")
+                            pipe.pexpire(key, int(settings.presence_ttl_s * 1000))
+                        else:
+                            pipe.hdel(key, self.process_id)
+                    await pipe.execute()
+            except RedisError as error:
+                log.warning("broker presence update failed: %s", error)
+                self.changed |= rooms
+                continue
+            present = {
+                room_id for room_id, room_counts in counts.items() if any(room_counts.values())
+            }
+            self.shared = (self.shared - rooms) | present
+
+    async def presence_counts(self, room: Room) -> dict[str, int]:
+        counts = room.counts()
+        try:
+            shared = await self.redis.hgetall(presence_key(room.id))
+        except RedisError as error:
+            raise ApiError(503, "Message broker unavailable, try again") from error
+        now = time.time()
+        for process_id, value in shared.items():
+            players, controllers, expires = value.split(",")
+            if process_id != self.process_id and float(expires) > now:
+                counts["players"] += int(players)
+                counts["controllers"] += int(controllers)
+        return counts
+
+
+def presence_key(room_id: str) -> str:
+    return f"sm:presence:{room_id}"
 
 
 hub = Hub()
@@ -723,26 +1145,31 @@ async def stream_events(scope, receive, send, room_id: str | None, headers) -> N
     subscriber = Subscriber(send, role, room.end)
     room.subscribers.add(subscriber)
     try:
-        hello: dict[str, Any] = {
+        await hub.broker.joined(room)
+        replay: list[bytes] = []
+        gap = False
+        if last_id is not None:
+            rows = await hub.broker.history(room, last_id)
+            # The first id after last_id is missing: trimmed, or everything up to last_id is.
+            gap = (rows[0][0] if rows else room.record.last_id + 1) > last_id + 1
+            replay = [message_frame(message_id, payload) for message_id, payload in rows]
+            subscriber.replayed_through = rows[-1][0] if rows else 0
+        hello = {
             "api": {"version": API_VERSION},
             "room": room.id,
             "last_id": room.record.last_id,
             "keepalive_s": settings.keepalive_s,
-            "gap": False,
+            "gap": gap,
         }
-        replay: list[bytes] = []
-        if last_id is not None:
-            rows = await hub.storage.history(room.id, last_id, room.record.last_id + 1)
-            oldest = rows[0][0] if rows else await hub.storage.oldest_id(room.id)
-            hello["gap"] = oldest is not None and oldest > last_id + 1
-            replay = [message_frame(message_id, payload) for message_id, payload in rows]
-            subscriber.replayed_through = rows[-1][0] if rows else 0
         first = b"retry: %d\n" % settings.retry_ms + event_frame("meta", hello) + b"".join(replay)
         await send({"type": "http.response.body", "body": first, "more_body": True})
+        subscriber.flushing = None
         if subscriber.cursor < room.end:
             room._wake()
         while (await receive())["type"] != "http.disconnect":
             pass
+    except ApiError as error:  # the broker failed: end the stream, the client reconnects
+        log.warning("stream of room %s ended: %s", room.id, error.msg)
     except asyncio.CancelledError:
         if subscriber.ending is None:
             raise
@@ -751,6 +1178,7 @@ async def stream_events(scope, receive, send, room_id: str | None, headers) -> N
             await send({"type": "http.response.body", "body": subscriber.ending})
     finally:
         room.subscribers.discard(subscriber)
+        hub.broker.left(room)
         if subscriber.flushing is not None:
             subscriber.flushing.cancel()
 
@@ -881,14 +1309,33 @@ async def json_body() -> dict[str, Any]:
 
 @app.get("/healthz")
 async def healthz():
-    subscribers = sum(len(room.subscribers) for room in hub.rooms.values())
-    stats = {"rooms": len(hub.rooms), "subscribers": subscribers, **hub.metrics}
-    return {"success": True, "code": 200, "msg": "OK", **stats}
+    """This process's health and counters (each process of a multi-process hub has its own)."""
+    return {
+        "success": True,
+        "code": 200,
+        "msg": "OK",
+        "broker": hub.broker.name,
+        "pid": os.getpid(),
+        "rooms": len(hub.rooms),
+        "subscribers": sum(len(room.subscribers) for room in hub.rooms.values()),
+        "published": int(metrics.value("messages_published_total")),
+        "commits": int(metrics.value("commits_total")),
+        "deliveries": int(metrics.value("deliveries_total")),
+        "slow_consumer_disconnects": int(metrics.value("slow_consumer_disconnects_total")),
+    }
+
+
+@app.get("/metrics")
+async def prometheus_metrics():
+    """This process's metrics, in the format the scraper asks for (Prometheus text 0.0.4
+    by default, or OpenMetrics)."""
+    encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return Response(encode(metrics.registry), content_type=content_type)
 
 
 @app.get("/api/v1/rooms")
 async def list_rooms():
-    rooms = [room_summary(room) for room in hub.rooms.values()]
+    rooms = [await room_summary(room) for room in hub.rooms.values()]
     return {"success": True, "code": 200, "msg": "OK", "rooms": rooms}
 
 
@@ -900,8 +1347,6 @@ async def create_room():
     canonical = normalize_room(room_id) if isinstance(room_id, str) else None
     if canonical is None:
         raise ApiError(400, "Invalid room id: use 1-64 letters or digits")
-    if canonical in hub.rooms:
-        raise ApiError(409, f"Room already exists: {canonical}", room=canonical)
     record = await hub.create_room(canonical, None)
     return {"success": True, "code": 201, "msg": "Room Created", "room": record.public()}, 201
 
@@ -909,13 +1354,11 @@ async def create_room():
 @app.get("/api/v1/rooms/<room_id>")
 async def get_room(room_id: str):
     room = find_room(room_id)
-    return {"success": True, "code": 200, "msg": "OK", "room": room_summary(room)}
+    return {"success": True, "code": 200, "msg": "OK", "room": await room_summary(room)}
 
 
-def room_summary(room: Room) -> dict[str, Any]:
-    roles = [subscriber.role for subscriber in room.subscribers]
-    counts = {"players": roles.count("player"), "controllers": roles.count("controller")}
-    return {**room.record.public(), "subscribers": counts}
+async def room_summary(room: Room) -> dict[str, Any]:
+    return {**room.record.public(), "subscribers": await hub.presence_counts(room)}
 
 
 def request_token(body: dict[str, Any] | None = None) -> str | None:
