@@ -802,9 +802,12 @@ class RedisBroker:
         self._count_changed(room)  # the reader stops following a room nobody here watches
 
     async def room_changed(self, record: RoomRecord) -> None:
-        await self.redis.xadd(
-            ROOMS_STREAM, {"room": compact_json(record.public())}, maxlen=1000, approximate=True
-        )
+        try:
+            await self.redis.xadd(
+                ROOMS_STREAM, {"room": compact_json(record.public())}, maxlen=1000
+            )
+        except RedisError as error:  # it is stored; the others see it when they restart
+            log.warning("broker could not announce room %s: %s", record.id, error)
 
     async def _read(self) -> None:
         """Wait for new entries in the followed rooms' streams, the room changes and our wake
@@ -870,17 +873,15 @@ class RedisBroker:
                 rooms |= self.shared
                 next_refresh = time.monotonic() + refresh_s
             counts = {room_id: hub.rooms[room_id].counts() for room_id in rooms}
+            present = {room_id for room_id, c in counts.items() if c["players"] or c["controllers"]}
             expires = time.time() + settings.presence_ttl_s
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
-                    for room_id, room_counts in counts.items():
+                    for room_id, c in counts.items():
                         key = presence_key(room_id)
-                        if any(room_counts.values()):
-                            players, controllers = (
-                                room_counts["players"],
-                                room_counts["controllers"],
-                            )
-                            pipe.hset(key, self.process_id, f"{players},{controllers},{expires}")
+                        if room_id in present:
+                            value = f"{c['players']},{c['controllers']},{expires}"
+                            pipe.hset(key, self.process_id, value)
                             pipe.pexpire(key, int(settings.presence_ttl_s * 1000))
                         else:
                             pipe.hdel(key, self.process_id)
@@ -889,9 +890,6 @@ class RedisBroker:
                 log.warning("broker presence update failed: %s", error)
                 self.changed |= rooms
                 continue
-            present = {
-                room_id for room_id, room_counts in counts.items() if any(room_counts.values())
-            }
             self.shared = (self.shared - rooms) | present
 
     async def presence_counts(self, room: Room) -> dict[str, int]:
