@@ -5,24 +5,30 @@ the players subscribed to its room. The two hot routes (the event stream and pub
 served by a small ASGI layer in front of Quart (see "Hot path"); Quart serves the rest.
 
 Sections, in the order data flows: config, storage, broker, auth, hot path, routes,
-entry point.
+relay (the AI chat), entry point.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
+import itertools
 import json
 import logging
+import math
 import os
+import random
 import re
 import signal
 import sys
+import textwrap
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from contextlib import suppress
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -31,8 +37,10 @@ from urllib.parse import parse_qs, quote, unquote
 import aiosqlite
 import h11
 import h11._readers
+import httpx
 import redis.asyncio
 from dotenv import load_dotenv
+from httpx_sse import SSEError, aconnect_sse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 from quart import Quart, Response, jsonify, request, send_from_directory
@@ -58,6 +66,9 @@ def _env(name: str, default: str, *aliases: str) -> str:
     return default
 
 
+TRUE_WORDS = ("1", "true", "yes", "on")
+
+
 @dataclass(frozen=True)
 class Settings:
     host: str
@@ -75,6 +86,30 @@ class Settings:
     cors_origins: tuple[str, ...]
     sqlite_synchronous: str
     shutdown_timeout_s: float
+    heartbeat_s: float
+    presence_interval_s: float
+    hitokoto_url: str
+    fallback_poll_s: float
+    fallback_timeout_s: float
+    llm_base_url: str
+    llm_api_key: str = field(repr=False)  # a secret: never in a log line
+    llm_model: str
+    llm_system_prompt: str
+    llm_max_tokens: int
+    llm_connect_timeout_s: float
+    llm_read_timeout_s: float
+    llm_timeout_s: float
+    demo_delay_s: float
+    max_prompt_chars: int
+    max_messages: int
+    chat_rate_limit: int
+    chat_rate_window_s: float
+    chat_max_per_client: int
+    chat_max_total: int
+    chat_require_login: bool
+    chat_ttl_s: float
+    chat_idle_s: float
+    clock_interval_s: float
     broker_url: str
     presence_ttl_s: float
 
@@ -98,6 +133,30 @@ class Settings:
             cors_origins=origins,
             sqlite_synchronous=_env("SQLITE_SYNCHRONOUS", "NORMAL").upper(),
             shutdown_timeout_s=float(_env("SHUTDOWN_TIMEOUT", "5")),
+            heartbeat_s=float(_env("HEARTBEAT_S", "5")),
+            presence_interval_s=float(_env("PRESENCE_INTERVAL_S", "1")),
+            hitokoto_url=_env("HITOKOTO_URL", "https://v1.hitokoto.cn/?encode=json"),
+            fallback_poll_s=float(_env("FALLBACK_POLL_S", "10")),
+            fallback_timeout_s=float(_env("FALLBACK_TIMEOUT_S", "3")),
+            llm_base_url=_env("LLM_BASE_URL", "https://api.openai.com/v1"),
+            llm_api_key=_env("LLM_API_KEY", ""),
+            llm_model=_env("LLM_MODEL", "gpt-4o-mini"),
+            llm_system_prompt=_env("LLM_SYSTEM_PROMPT", ""),
+            llm_max_tokens=int(_env("LLM_MAX_TOKENS", "1024")),
+            llm_connect_timeout_s=float(_env("LLM_CONNECT_TIMEOUT_S", "10")),
+            llm_read_timeout_s=float(_env("LLM_READ_TIMEOUT_S", "60")),
+            llm_timeout_s=float(_env("LLM_TIMEOUT_S", "300")),
+            demo_delay_s=float(_env("DEMO_DELAY_S", "0.05")),
+            max_prompt_chars=int(_env("MAX_PROMPT_CHARS", "16000")),
+            max_messages=int(_env("MAX_MESSAGES", "50")),
+            chat_rate_limit=int(_env("CHAT_RATE_LIMIT", "20")),
+            chat_rate_window_s=float(_env("CHAT_RATE_WINDOW_S", "60")),
+            chat_max_per_client=int(_env("CHAT_MAX_PER_CLIENT", "3")),
+            chat_max_total=int(_env("CHAT_MAX_TOTAL", "50")),
+            chat_require_login=_env("CHAT_REQUIRE_LOGIN", "false").lower() in TRUE_WORDS,
+            chat_ttl_s=float(_env("CHAT_TTL_S", "300")),
+            chat_idle_s=float(_env("CHAT_IDLE_S", "30")),
+            clock_interval_s=float(_env("CLOCK_INTERVAL_S", "1")),
             broker_url=_env("BROKER_URL", ""),
             presence_ttl_s=float(_env("PRESENCE_TTL_S", "30")),
         )
@@ -316,12 +375,17 @@ class Storage:
 # and arms one short timer; when it fires, every subscriber behind the end gets all its
 # pending frames in one write. A subscriber that falls a whole ring behind is dropped
 # (it resumes by Last-Event-ID) instead of growing the server's memory.
-# Where ids, history and fan-out across processes come from is the hub's `broker`: the
-# LocalBroker (one process, SQLite) or, with BROKER_URL, the RedisBroker.
+# Presence and heartbeat frames go through the same ring, as does the quote feed that
+# invalid and unknown rooms get (FallbackFeed).
+# Where ids, history, fan-out and presence across processes come from is the hub's
+# `broker`: the LocalBroker (one process, SQLite) or, with BROKER_URL, the RedisBroker.
 # ---------------------------------------------------------------------------------------
 
 
-def message_frame(message_id: int, payload: str) -> bytes:
+def message_frame(message_id: int | None, payload: str) -> bytes:
+    """An unnamed event. Without an id (the quote feed) the client keeps its Last-Event-ID."""
+    if message_id is None:
+        return b"data: %s\n\n" % payload.encode()
     return b"id: %d\ndata: %s\n\n" % (message_id, payload.encode())
 
 
@@ -340,7 +404,16 @@ ASGISend = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class Subscriber:
-    __slots__ = ("send", "role", "task", "cursor", "replayed_through", "flushing", "ending")
+    __slots__ = (
+        "send",
+        "role",
+        "task",
+        "cursor",
+        "replayed_through",
+        "flushing",
+        "ending",
+        "live",
+    )
 
     def __init__(self, send: ASGISend, role: str, cursor: int) -> None:
         self.send = send
@@ -348,13 +421,13 @@ class Subscriber:
         self.task = asyncio.current_task()  # the stream's handler, waiting for disconnect
         self.cursor = cursor  # ring position of the next frame to send
         self.replayed_through = 0  # message ids up to this were sent by the replay
-        # Until its handler has sent the hello and the replay, a placeholder stands in for
-        # a flush so the room sends nothing before them.
-        self.flushing: asyncio.Future | None = asyncio.get_running_loop().create_future()
+        self.flushing: asyncio.Task | None = None
         self.ending: bytes | None = None  # set when the server ends the stream
+        self.live = False  # frames are flushed to it only after its hello (and replay)
 
     def end(self, final_frame: bytes) -> None:
         self.ending = final_frame
+        self.live = False
         if self.flushing is not None:
             self.flushing.cancel()
         self.task.cancel()
@@ -364,6 +437,11 @@ class Room:
     def __init__(self, record: RoomRecord) -> None:
         self.record = record
         self.subscribers: set[Subscriber] = set()
+        self.controllers = 0  # subscribers with role "controller"
+        self.remote = {"players": 0, "controllers": 0}  # in other processes (the broker's)
+        self._heartbeat: asyncio.TimerHandle | None = None  # armed while controllers > 0
+        self._presence_armed = False
+        self._presence_sent = {"players": 0, "controllers": 0}
         self.frames: list[bytes] = []  # ring: frames[i] is at position base + i
         self.frame_ids: list[int] = []  # message id of each frame, 0 for other frames
         self.base = 0
@@ -382,10 +460,86 @@ class Room:
     def history_size(self) -> int:
         return self.record.history_size or settings.history_size
 
-    def counts(self) -> dict[str, int]:
+    def local_presence(self) -> dict[str, int]:
         """This process's subscribers of the room, by role."""
-        roles = [subscriber.role for subscriber in self.subscribers]
-        return {"players": roles.count("player"), "controllers": roles.count("controller")}
+        return {
+            "players": len(self.subscribers) - self.controllers,
+            "controllers": self.controllers,
+        }
+
+    def presence(self) -> dict[str, int]:
+        """The room's subscribers by role, in every process that serves it (the others'
+        as the broker last told, while this process has subscribers here)."""
+        local = self.local_presence()
+        return {role: local[role] + self.remote[role] for role in local}
+
+    def hello(self) -> dict[str, Any]:
+        """The `event: meta` a new stream starts with (before its replay)."""
+        return {
+            "api": {"version": API_VERSION},
+            "room": self.id,
+            "fallback": False,
+            "last_id": self.record.last_id,
+            "keepalive_s": settings.keepalive_s,
+            "heartbeat_s": settings.heartbeat_s,
+            "presence": self.presence(),
+            "gap": False,
+        }
+
+    def join(self, subscriber: Subscriber) -> None:
+        before = self.presence()
+        self.subscribers.add(subscriber)
+        self.controllers += subscriber.role == "controller"
+        self._presence_changed(before)
+
+    def leave(self, subscriber: Subscriber) -> None:
+        before = self.presence()
+        self.subscribers.remove(subscriber)
+        self.controllers -= subscriber.role == "controller"
+        self._presence_changed(before)
+
+    def set_remote(self, counts: dict[str, int]) -> None:
+        """The broker's news of the room's subscribers in other processes."""
+        before = self.presence()
+        self.remote = counts
+        self._presence_changed(before)
+
+    def _beat(self) -> None:
+        """One heartbeat frame for the whole room (controllers get it too and ignore it);
+        repeats every HEARTBEAT_S while a controller is connected. Players count three
+        missed intervals as the controller being offline."""
+        controllers = self.presence()["controllers"]
+        heartbeat = {
+            "controllers": controllers,
+            "interval_s": settings.heartbeat_s,
+            "time": now_ms(),
+        }
+        self.append(event_frame("heartbeat", heartbeat))
+        self._heartbeat = None
+        if controllers:
+            loop = asyncio.get_running_loop()
+            self._heartbeat = loop.call_later(settings.heartbeat_s, self._beat)
+
+    def _presence_changed(self, before: dict[str, int]) -> None:
+        """The first controller came or the last one left: a heartbeat at once (players
+        learn it without waiting for the next beat). Presence events are coalesced: at most
+        one per PRESENCE_INTERVAL_S, with the counts as they are when it is sent, and only
+        if they differ from the last one sent."""
+        if (before["controllers"] == 0) != (self.presence()["controllers"] == 0):
+            if self._heartbeat is not None:
+                self._heartbeat.cancel()
+            self._beat()
+        if not self._presence_armed:
+            self._presence_armed = True
+            loop = asyncio.get_running_loop()
+            loop.call_later(settings.presence_interval_s, self._send_presence)
+
+    def _send_presence(self) -> None:
+        self._presence_armed = False
+        presence = self.presence()
+        if presence != self._presence_sent:
+            self._presence_sent = presence
+            self.append(event_frame("presence", presence))
 
     def append(self, frame: bytes, message_id: int = 0) -> None:
         self.frames.append(frame)
@@ -411,7 +565,7 @@ class Room:
         self._wake_armed = False
         end = self.end
         for subscriber in self.subscribers:
-            if subscriber.cursor < end and subscriber.flushing is None:
+            if subscriber.live and subscriber.cursor < end and subscriber.flushing is None:
                 subscriber.flushing = asyncio.create_task(self._flush(subscriber))
 
     def pending(self, subscriber: Subscriber) -> bytes:
@@ -445,6 +599,99 @@ class Room:
             subscriber.end(final_frame)
 
 
+def quote_message(quote: Any) -> dict[str, Any]:
+    """A Hitokoto quote (`{"hitokoto", "from", "from_who", ...}`) as a message's speaker
+    and data. ValueError when it is not one."""
+    if not isinstance(quote, dict):
+        raise ValueError("a quote must be a JSON object")
+    text, source, author = quote.get("hitokoto"), quote.get("from"), quote.get("from_who")
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("a quote needs a non-empty hitokoto string")
+    if not isinstance(source, str | None) or not isinstance(author, str | None):
+        raise ValueError("a quote's from and from_who must be strings or null")
+    speaker = (author or source or "一言")[:MAX_SPEAKER_CHARS]
+    return {"speaker": speaker, "data": {"message": text, "from": source, "from_who": author}}
+
+
+BUNDLED_QUOTES = [
+    quote_message(quote) for quote in json.loads((ROOT / "quotes.json").read_text("utf-8"))
+]
+MAX_QUOTE_BYTES = 65536  # a Hitokoto reply is well under 1 KB
+
+
+class FallbackFeed(Room):
+    """What a stream of an invalid or unknown room gets instead: quotes from the Hitokoto
+    API, or from quotes.json when the API fails. One pseudo-room (not in hub.rooms) shared
+    by every such stream, so one poller serves them all, at most one request per
+    FALLBACK_POLL_S, and only while someone listens. No presence or heartbeat: its
+    listeners are strangers in different rooms."""
+
+    def __init__(self) -> None:
+        super().__init__(RoomRecord("fallback", None, "", False, None, {}, 0, 0))
+        self._ids = itertools.count(1)  # quote ids are not stored, and not sent as `id:`
+        self._poller: asyncio.Task | None = None
+        self._next_poll = 0.0  # loop time; kept across poller restarts
+        self._failing = False
+
+    def hello(self) -> dict[str, Any]:
+        return {
+            "api": {"version": API_VERSION},
+            "room": self.id,
+            "fallback": True,
+            "keepalive_s": settings.keepalive_s,
+        }
+
+    def join(self, subscriber: Subscriber) -> None:
+        self.subscribers.add(subscriber)
+        if self._poller is None:
+            self._poller = asyncio.create_task(self._poll())
+
+    def leave(self, subscriber: Subscriber) -> None:
+        self.subscribers.remove(subscriber)
+        if not self.subscribers:
+            self._poller.cancel()
+            self._poller = None
+
+    async def _poll(self) -> None:
+        loop = asyncio.get_running_loop()
+        async with httpx.AsyncClient(timeout=settings.fallback_timeout_s) as client:
+            while True:
+                await asyncio.sleep(self._next_poll - loop.time())
+                self._next_poll = loop.time() + settings.fallback_poll_s
+                metrics.fallback_polls.inc()
+                message = await self._fetch(client)
+                payload = {"id": next(self._ids), "room": self.id, **message}
+                payload.update(meta="fallback", time=now_ms())
+                self.append(message_frame(None, compact_json(payload)))
+
+    async def _fetch(self, client: httpx.AsyncClient) -> dict[str, Any]:
+        """A quote from the API, else a bundled one; one warning per failure streak."""
+        try:
+            # httpx's timeouts bound each network step; this bounds the whole request
+            async with asyncio.timeout(settings.fallback_timeout_s):
+                async with client.stream("GET", settings.hitokoto_url) as response:
+                    response.raise_for_status()
+                    body = bytearray()
+                    async for chunk in response.aiter_bytes():
+                        body += chunk
+                        if len(body) > MAX_QUOTE_BYTES:
+                            raise ValueError(f"reply larger than {MAX_QUOTE_BYTES} bytes")
+            message = quote_message(json.loads(body))
+        except Exception as error:  # down, slow or garbage: the feed keeps flowing
+            if not self._failing:
+                self._failing = True
+                log.warning(
+                    "quote API failed (%s: %s); serving bundled quotes until it answers",
+                    type(error).__name__,
+                    error,
+                )
+            return random.choice(BUNDLED_QUOTES)
+        if self._failing:
+            self._failing = False
+            log.info("quote API answers again")
+        return message
+
+
 @dataclass
 class PendingPublish:
     messages: list[tuple[Room, dict[str, Any]]]  # (room, {speaker, data, meta})
@@ -458,6 +705,7 @@ class Hub:
         self.storage: Storage
         self.broker = RedisBroker(settings.broker_url) if settings.broker_url else LocalBroker()
         self.rooms: dict[str, Room] = {}
+        self.fallback = FallbackFeed()
         self.pending: list[PendingPublish] = []
         self._pending_ready = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
@@ -467,7 +715,7 @@ class Hub:
 
     def count(self, role: str) -> int:
         """This process's subscribers with this role, in all rooms."""
-        return sum(room.counts()[f"{role}s"] for room in self.rooms.values())
+        return sum(room.local_presence()[f"{role}s"] for room in self.rooms.values())
 
     async def start(self) -> None:
         self._pending_ready = asyncio.Event()
@@ -564,10 +812,14 @@ class Hub:
         """The room's subscribers by role, summed over every process serving it."""
         return await self.broker.presence_counts(room)
 
+    def streams(self) -> list[Room]:
+        """Everything streams are served from: the rooms and the fallback feed."""
+        return [*self.rooms.values(), self.fallback]
+
     async def _keepalive(self) -> None:
         while True:
             await asyncio.sleep(settings.keepalive_s)
-            for room in self.rooms.values():
+            for room in self.streams():
                 if room.subscribers:
                     room.append(KEEPALIVE_FRAME)
 
@@ -580,7 +832,7 @@ class Hub:
             batch, self.pending = self.pending, []
             await self._commit(batch)
         farewell = event_frame("shutdown", {"reconnect": True, "retry": settings.retry_ms})
-        for room in self.rooms.values():
+        for room in self.streams():
             room.end_streams(farewell)
         for task in self._tasks:
             task.cancel()
@@ -639,15 +891,16 @@ class LocalBroker:
         """A subscriber of this process left the room."""
 
     async def presence_counts(self, room: Room) -> dict[str, int]:
-        return room.counts()
+        return room.presence()
 
     async def room_changed(self, record: RoomRecord) -> None:
         """Tell the other processes about a new or changed room (none here)."""
 
 
-# Redis keys: per room a message counter and a stream of its recent messages (entry id
-# "<message id>-0", field p = the body); per room a hash of each process's subscriber
-# counts; one stream of room changes; per process a stream that wakes its reader.
+# Redis keys, per room (sm:room:<room>:...): `seq` the message counter, `stream` the
+# recent messages (entry id "<message id>-0", field p = the body), `presence` a hash of
+# each process's subscriber counts, `presence-changed` a stream that says they changed.
+# One stream of room changes (ROOMS_STREAM); per process a stream that wakes its reader.
 ROOMS_STREAM = "sm:rooms"
 READ_BLOCK_MS = 10_000  # a reader's XREAD returns at least this often, to pick up changes
 
@@ -691,7 +944,9 @@ class RedisBroker:
     follows the streams of the rooms it has subscribers in and appends their messages to
     its local rings, so local fan-out and the slow-consumer rule stay as they are. Every
     message is also committed to SQLite (the durable store, with rooms, users and tokens)
-    before its publish is acknowledged."""
+    before its publish is acknowledged. Presence: each process keeps its subscriber counts
+    per room in Redis and tells the others when they change; a room's heartbeat and
+    presence events count the subscribers of every process."""
 
     name = "redis"
 
@@ -700,6 +955,7 @@ class RedisBroker:
         self.process_id = uuid.uuid4().hex
         self.wake_key = f"sm:wake:{self.process_id}"
         self.followed: dict[str, int] = {}  # room -> id of the last message read for it
+        self.notices: dict[str, str] = {}  # room -> position in its presence-changed stream
         self.rooms_seen = "0-0"  # position in ROOMS_STREAM
         self.woken = "0-0"  # position in our wake stream
         self.shared: set[str] = set()  # rooms whose counts of ours are in Redis
@@ -718,7 +974,8 @@ class RedisBroker:
             socket_timeout=READ_BLOCK_MS / 1000 + 10,
         )
         self.publish_script = self.redis.register_script(PUBLISH_SCRIPT)
-        self.rooms_seen = await self._newest_entry(ROOMS_STREAM)
+        newest = await self.redis.xrevrange(ROOMS_STREAM, count=1)
+        self.rooms_seen = newest[0][0] if newest else "0-0"
         self._counts_changed = asyncio.Event()
         self._running = True
         self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._share())]
@@ -728,18 +985,15 @@ class RedisBroker:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        with suppress(RedisError):  # our counts go at once, not after PRESENCE_TTL_S
+        with contextlib.suppress(RedisError):  # our counts go at once, not after PRESENCE_TTL_S
             async with self.redis.pipeline(transaction=False) as pipe:
                 for room_id in self.shared:
-                    pipe.hdel(presence_key(room_id), self.process_id)
+                    pipe.hdel(room_key(room_id, "presence"), self.process_id)
+                    self._announce_counts(pipe, room_id)
                 pipe.delete(self.wake_key)
                 await pipe.execute()
         await self.reader.aclose()
         await self.redis.aclose()
-
-    async def _newest_entry(self, stream: str) -> str:
-        newest = await self.redis.xrevrange(stream, count=1)
-        return newest[0][0] if newest else "0-0"
 
     async def publish(self, messages: list[tuple[Room, str]]) -> list[int]:
         """Give (room, body) messages their ids and append them to their rooms' streams in
@@ -778,23 +1032,30 @@ class RedisBroker:
             raise ApiError(503, "Message broker unavailable, try again") from error
         rows = [(entry_number(i), payload_with_id(entry_number(i), f["p"])) for i, f in entries]
         if not rows or rows[0][0] > after + 1:
-            rows = (
-                await hub.storage.history(room.id, after, rows[0][0] if rows else sys.maxsize)
-                + rows
-            )
+            before = rows[0][0] if rows else sys.maxsize
+            rows = await hub.storage.history(room.id, after, before) + rows
         return rows
 
     async def joined(self, room: Room) -> None:
-        """Follow the room's stream from its newest entry, if this process does not yet:
-        a replay read after this covers everything before the reader's first entry."""
+        """If this process does not follow the room yet: follow its stream from the newest
+        entry (a replay read after this covers everything before the reader's first entry)
+        and learn its subscribers elsewhere."""
         self._count_changed(room)
         if room.id in self.followed:
             return
         try:
-            newest = entry_number(await self._newest_entry(room_key(room.id, "stream")))
-            self.followed.setdefault(room.id, newest)
-            room.record.last_id = max(room.record.last_id, newest)
-            await self.redis.xadd(self.wake_key, {"w": 1}, maxlen=1)  # the reader adds the room
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.xrevrange(room_key(room.id, "stream"), count=1)
+                pipe.xrevrange(room_key(room.id, "presence-changed"), count=1)
+                pipe.hgetall(room_key(room.id, "presence"))
+                newest, notice, counts = await pipe.execute()
+            newest_id = entry_number(newest[0][0]) if newest else 0
+            self.followed.setdefault(room.id, newest_id)
+            self.notices.setdefault(room.id, notice[0][0] if notice else "0-0")
+            room.record.last_id = max(room.record.last_id, newest_id)
+            room.set_remote(self._others(counts))
+            # The reader adds the room when this wakes it.
+            await self.redis.xadd(self.wake_key, {"w": 1}, maxlen=1, approximate=False)
         except RedisError as error:
             raise ApiError(503, "Message broker unavailable, try again") from error
 
@@ -809,32 +1070,71 @@ class RedisBroker:
         except RedisError as error:  # it is stored; the others see it when they restart
             log.warning("broker could not announce room %s: %s", record.id, error)
 
+    async def presence_counts(self, room: Room) -> dict[str, int]:
+        try:
+            others = self._others(await self.redis.hgetall(room_key(room.id, "presence")))
+        except RedisError as error:
+            raise ApiError(503, "Message broker unavailable, try again") from error
+        local = room.local_presence()
+        return {role: local[role] + others[role] for role in local}
+
+    def _others(self, counts: dict[str, str]) -> dict[str, int]:
+        """The sum of the other processes' live counts in a room's presence hash, whose
+        values are "players,controllers,expires" (epoch seconds)."""
+        others = {"players": 0, "controllers": 0}
+        now = time.time()
+        for process_id, value in counts.items():
+            players, controllers, expires = value.split(",")
+            if process_id != self.process_id and float(expires) > now:
+                others["players"] += int(players)
+                others["controllers"] += int(controllers)
+        return others
+
+    async def _recount(self, room_ids: Iterable[str]) -> None:
+        """Read the other processes' counts of followed rooms again."""
+        room_ids = [room_id for room_id in room_ids if room_id in self.followed]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for room_id in room_ids:
+                pipe.hgetall(room_key(room_id, "presence"))
+            for room_id, counts in zip(room_ids, await pipe.execute(), strict=True):
+                hub.rooms[room_id].set_remote(self._others(counts))
+
     async def _read(self) -> None:
-        """Wait for new entries in the followed rooms' streams, the room changes and our wake
-        stream; append each message to its room's ring, in order."""
+        """Wait for new entries in the followed rooms' message and presence-changed
+        streams, the room changes and our wake stream; append each message to its room's
+        ring, in order."""
         while self._running:
             for room_id in [r for r in self.followed if not hub.rooms[r].subscribers]:
-                del self.followed[room_id]
+                del self.followed[room_id], self.notices[room_id]
+                hub.rooms[room_id].set_remote({"players": 0, "controllers": 0})
             streams = {ROOMS_STREAM: self.rooms_seen, self.wake_key: self.woken}
             for room_id, last in self.followed.items():
                 streams[room_key(room_id, "stream")] = f"{last}-0"
+                streams[room_key(room_id, "presence-changed")] = self.notices[room_id]
             try:
                 reply = await self.reader.xread(
                     streams, count=settings.subscriber_queue, block=READ_BLOCK_MS
                 )
+                recount = set()
+                for stream, entries in reply:
+                    if stream == self.wake_key:
+                        self.woken = entries[-1][0]
+                    elif stream == ROOMS_STREAM:
+                        for entry_id, fields in entries:
+                            hub.add_room(RoomRecord(**json.loads(fields["room"])))
+                            self.rooms_seen = entry_id
+                    elif stream.endswith(":stream"):
+                        self._deliver(stream.split(":")[2], entries)
+                    else:  # a room's presence-changed stream
+                        room_id = stream.split(":")[2]
+                        self.notices[room_id] = entries[-1][0]
+                        if any(fields["by"] != self.process_id for _, fields in entries):
+                            recount.add(room_id)
+                if recount:
+                    await self._recount(recount)
             except RedisError as error:
                 log.warning("broker read failed, retrying: %s", error)
                 await asyncio.sleep(1)
-                continue
-            for stream, entries in reply:
-                if stream == self.wake_key:
-                    self.woken = entries[-1][0]
-                elif stream == ROOMS_STREAM:
-                    for entry_id, fields in entries:
-                        hub.add_room(RoomRecord(**json.loads(fields["room"])))
-                        self.rooms_seen = entry_id
-                else:
-                    self._deliver(stream.split(":")[2], entries)
 
     def _deliver(self, room_id: str, entries: list) -> None:
         last = self.followed.get(room_id)
@@ -846,9 +1146,8 @@ class RedisBroker:
             if last and message_id > last + 1:  # trimmed before we read them
                 log.warning("room %s: missed messages %d-%d", room_id, last + 1, message_id - 1)
                 room.end_streams(b"")  # its subscribers resume by Last-Event-ID
-            room.append(
-                message_frame(message_id, payload_with_id(message_id, fields["p"])), message_id
-            )
+            frame = message_frame(message_id, payload_with_id(message_id, fields["p"]))
+            room.append(frame, message_id)
             last = message_id
         self.followed[room_id] = last
         room.record.last_id = max(room.record.last_id, last)
@@ -857,58 +1156,50 @@ class RedisBroker:
         self.changed.add(room.id)
         self._counts_changed.set()
 
+    def _announce_counts(self, pipe: redis.asyncio.client.Pipeline, room_id: str) -> None:
+        key = room_key(room_id, "presence-changed")
+        pipe.xadd(key, {"by": self.process_id}, maxlen=1, approximate=False)
+
     async def _share(self) -> None:
-        """Keep our subscriber counts per room in Redis: when they change, and every third
-        of PRESENCE_TTL_S; a count not renewed within PRESENCE_TTL_S (its process died) is
-        not counted."""
+        """Keep our subscriber counts per room in Redis and tell the processes following
+        the room when they change. Every third of PRESENCE_TTL_S, renew them and read the
+        others' again: a count not renewed within PRESENCE_TTL_S (its process died) is not
+        counted."""
         refresh_s = settings.presence_ttl_s / 3
         next_refresh = time.monotonic()
         while self._running:
-            with suppress(TimeoutError):  # (wait_for would swallow a cancellation here)
+            with contextlib.suppress(TimeoutError):  # (wait_for would swallow a cancellation)
                 async with asyncio.timeout(next_refresh - time.monotonic()):
                     await self._counts_changed.wait()
             self._counts_changed.clear()
-            rooms, self.changed = self.changed, set()
-            if time.monotonic() >= next_refresh:
-                rooms |= self.shared
+            changed, self.changed = self.changed, set()
+            refresh = time.monotonic() >= next_refresh
+            if refresh:
                 next_refresh = time.monotonic() + refresh_s
-            counts = {room_id: hub.rooms[room_id].counts() for room_id in rooms}
+            rooms = changed | self.shared if refresh else changed
+            counts = {room_id: hub.rooms[room_id].local_presence() for room_id in rooms}
             present = {room_id for room_id, c in counts.items() if c["players"] or c["controllers"]}
             expires = time.time() + settings.presence_ttl_s
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     for room_id, c in counts.items():
-                        key = presence_key(room_id)
+                        key = room_key(room_id, "presence")
                         if room_id in present:
                             value = f"{c['players']},{c['controllers']},{expires}"
                             pipe.hset(key, self.process_id, value)
                             pipe.pexpire(key, int(settings.presence_ttl_s * 1000))
                         else:
                             pipe.hdel(key, self.process_id)
+                        if room_id in changed:
+                            self._announce_counts(pipe, room_id)
                     await pipe.execute()
+                if refresh:
+                    await self._recount(list(self.followed))
             except RedisError as error:
                 log.warning("broker presence update failed: %s", error)
-                self.changed |= rooms
+                self.changed |= changed
                 continue
             self.shared = (self.shared - rooms) | present
-
-    async def presence_counts(self, room: Room) -> dict[str, int]:
-        counts = room.counts()
-        try:
-            shared = await self.redis.hgetall(presence_key(room.id))
-        except RedisError as error:
-            raise ApiError(503, "Message broker unavailable, try again") from error
-        now = time.time()
-        for process_id, value in shared.items():
-            players, controllers, expires = value.split(",")
-            if process_id != self.process_id and float(expires) > now:
-                counts["players"] += int(players)
-                counts["controllers"] += int(controllers)
-        return counts
-
-
-def presence_key(room_id: str) -> str:
-    return f"sm:presence:{room_id}"
 
 
 hub = Hub()
@@ -1125,14 +1416,34 @@ def parse_last_event_id(headers: dict[bytes, bytes], params: dict[str, str]) -> 
 
 
 async def stream_events(scope, receive, send, room_id: str | None, headers) -> None:
-    """GET /api/v1/events[/<room>]: hello, replay after Last-Event-ID, then live frames."""
+    """GET /api/v1/events[/<room>]: hello, replay after Last-Event-ID, then live frames.
+    An invalid or unknown room id is not an error: it streams the quote feed."""
     params = query_params(scope)
-    room = find_room(room_id)
-    last_id = parse_last_event_id(headers, params)
+    try:
+        room = find_room(room_id)
+    except ApiError as error:
+        reason = "invalid room id" if error.status == 400 else "unknown room"
+        return await serve_stream(
+            send, receive, headers, hub.fallback, "player", reason=reason, requested=room_id
+        )
     role = "controller" if params.get("role") == "controller" else "player"
     if role == "controller":  # a controller may publish here
         authorize(bearer_token(headers) or params.get("token"), room, "publish")
+    last_id = parse_last_event_id(headers, params)
+    await serve_stream(send, receive, headers, room, role, last_id)
 
+
+async def serve_stream(
+    send: ASGISend,
+    receive: Callable[[], Awaitable[dict]],
+    headers: dict[bytes, bytes],
+    room: Room,
+    role: str,
+    last_id: int | None = None,
+    **hello_extra: Any,
+) -> None:
+    """Stream a room (or the fallback feed) until the client leaves or the server ends the
+    stream. The hello is made after joining, so its presence counts this subscriber."""
     await send(
         {
             "type": "http.response.start",
@@ -1140,29 +1451,24 @@ async def stream_events(scope, receive, send, room_id: str | None, headers) -> N
             "headers": SSE_HEADERS + cors_headers(headers),
         }
     )
+    shared = room is not hub.fallback  # the quote feed is each process's own
     subscriber = Subscriber(send, role, room.end)
-    room.subscribers.add(subscriber)
+    room.join(subscriber)
     try:
-        await hub.broker.joined(room)
+        if shared:
+            await hub.broker.joined(room)
+        hello = {**room.hello(), **hello_extra}
         replay: list[bytes] = []
-        gap = False
         if last_id is not None:
             rows = await hub.broker.history(room, last_id)
             # The first id after last_id is missing: trimmed, or everything up to last_id is.
-            gap = (rows[0][0] if rows else room.record.last_id + 1) > last_id + 1
+            hello["gap"] = (rows[0][0] if rows else room.record.last_id + 1) > last_id + 1
             replay = [message_frame(message_id, payload) for message_id, payload in rows]
             subscriber.replayed_through = rows[-1][0] if rows else 0
-        hello = {
-            "api": {"version": API_VERSION},
-            "room": room.id,
-            "last_id": room.record.last_id,
-            "keepalive_s": settings.keepalive_s,
-            "gap": gap,
-        }
         first = b"retry: %d\n" % settings.retry_ms + event_frame("meta", hello) + b"".join(replay)
         await send({"type": "http.response.body", "body": first, "more_body": True})
-        subscriber.flushing = None
-        if subscriber.cursor < room.end:
+        subscriber.live = subscriber.ending is None
+        if subscriber.live and subscriber.cursor < room.end:
             room._wake()
         while (await receive())["type"] != "http.disconnect":
             pass
@@ -1175,8 +1481,9 @@ async def stream_events(scope, receive, send, room_id: str | None, headers) -> N
         if subscriber.ending:  # the server ends the stream with a final event
             await send({"type": "http.response.body", "body": subscriber.ending})
     finally:
-        room.subscribers.discard(subscriber)
-        hub.broker.left(room)
+        room.leave(subscriber)
+        if shared:
+            hub.broker.left(room)
         if subscriber.flushing is not None:
             subscriber.flushing.cancel()
 
@@ -1206,7 +1513,8 @@ class HotPath:
             if events := EVENTS_PATH.fullmatch(path):
                 if method != "GET":
                     raise ApiError(405, "Method not allowed: use GET", allow="GET")
-                return await stream_events(scope, receive, send, events.group(1), headers)
+                room_id = events.group(1) or None  # `/api/v1/events/`: the default room
+                return await stream_events(scope, receive, send, room_id, headers)
             if path.rstrip("/") == "/api/v1/send":
                 if method != "POST":
                     raise ApiError(405, "Method not allowed: use POST", allow="POST")
@@ -1283,7 +1591,10 @@ async def shutdown() -> None:
 
 @app.errorhandler(ApiError)
 async def api_error(error: ApiError):
-    return jsonify(error.body()), error.status
+    response = jsonify(error.body())
+    if "retry_after" in error.extra:  # 429: when to try again
+        response.headers["Retry-After"] = str(error.extra["retry_after"])
+    return response, error.status
 
 
 @app.errorhandler(HTTPException)
@@ -1316,6 +1627,7 @@ async def healthz():
         "pid": os.getpid(),
         "rooms": len(hub.rooms),
         "subscribers": sum(len(room.subscribers) for room in hub.rooms.values()),
+        "fallback_subscribers": len(hub.fallback.subscribers),
         "published": int(metrics.value("messages_published_total")),
         "commits": int(metrics.value("commits_total")),
         "deliveries": int(metrics.value("deliveries_total")),
@@ -1355,6 +1667,13 @@ async def get_room(room_id: str):
     return {"success": True, "code": 200, "msg": "OK", "room": await room_summary(room)}
 
 
+@app.get("/api/v1/rooms/<room_id>/presence")
+async def get_presence(room_id: str):
+    room = find_room(room_id)
+    presence = await hub.presence_counts(room)
+    return {"success": True, "code": 200, "msg": "OK", "room": room.id, **presence}
+
+
 async def room_summary(room: Room) -> dict[str, Any]:
     return {**room.record.public(), "subscribers": await hub.presence_counts(room)}
 
@@ -1391,6 +1710,438 @@ async def player_page(room_id: str | None = None):
 
 
 # ---------------------------------------------------------------------------------------
+# Relay: the AI chat. The server holds the key and streams a completion from an OpenAI-
+# compatible API (or, with no key, from a built-in demo model). Each chat keeps its events
+# in memory as numbered, encoded SSE frames, so a browser that connects late, resumes by
+# Last-Event-ID or opens a second tab replays them and then follows live.
+# ---------------------------------------------------------------------------------------
+
+CHAT_UID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+CHAT_ROLES = ("user", "assistant")  # the system prompt is the server's (LLM_SYSTEM_PROMPT)
+BUSY_RETRY_AFTER_S = 5  # a cap frees up when some chat ends, which nothing predicts
+DEMO_ANSWER = (
+    "[Demo model] Hello! This server has no LLM_API_KEY, so this answer comes from its "
+    "built-in demo model, word by word, with no AI service involved. You wrote: “{prompt}”. "
+    "Set LLM_API_KEY (and LLM_BASE_URL, LLM_MODEL) to talk to a real model."
+)
+
+
+def sse_response(frames: AsyncIterator[bytes]) -> Response:
+    """A streaming Quart response with the hot path's SSE headers. It opens with a comment,
+    so the headers go out (and an EventSource opens) before the first event is ready."""
+
+    async def body() -> AsyncIterator[bytes]:
+        yield KEEPALIVE_FRAME
+        async for frame in frames:
+            yield frame
+
+    return Response(body(), headers={name.decode(): value.decode() for name, value in SSE_HEADERS})
+
+
+def chat_messages(body: dict[str, Any]) -> list[dict[str, str]]:
+    """The conversation of a chat request: `prompt` (a string) or `messages` (a list of
+    {role: user|assistant, content}). Raises 400, or 413 past MAX_MESSAGES/MAX_PROMPT_CHARS."""
+    prompt, messages = body.get("prompt"), body.get("messages")
+    if (prompt is None) == (messages is None):
+        raise ApiError(400, "Send either prompt (a string) or messages (a list)")
+    if prompt is not None:
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ApiError(400, "prompt must be a non-empty string")
+        messages = [{"role": "user", "content": prompt}]
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "messages must be a non-empty list")
+    if len(messages) > settings.max_messages:
+        raise ApiError(413, f"Too many messages (max {settings.max_messages})")
+    conversation = []
+    for message in messages:
+        if (
+            not isinstance(message, dict)
+            or message.get("role") not in CHAT_ROLES
+            or not isinstance(message.get("content"), str)
+        ):
+            raise ApiError(400, 'Each message must be {"role": "user"|"assistant", "content": str}')
+        conversation.append({"role": message["role"], "content": message["content"]})
+    if sum(len(message["content"]) for message in conversation) > settings.max_prompt_chars:
+        raise ApiError(413, f"Prompt too long (max {settings.max_prompt_chars} characters)")
+    return conversation
+
+
+async def complete(messages: list[dict[str, str]], on_delta: Callable[[str], None]) -> dict:
+    """Stream an answer, calling on_delta(text) for each piece; returns the `done` event's
+    data. Any failure is an ApiError whose msg is safe to show: no key, no upstream body."""
+    model = openai_answer if settings.llm_api_key else demo_answer
+    try:
+        async with asyncio.timeout(settings.llm_timeout_s):
+            return await model(messages, on_delta)
+    except (TimeoutError, ApiError) as error:
+        metrics.relay_upstream_errors.inc()
+        if isinstance(error, ApiError):
+            raise
+        raise ApiError(504, "The AI service timed out") from None
+
+
+async def demo_answer(messages: list[dict[str, str]], on_delta: Callable[[str], None]) -> dict:
+    prompt = textwrap.shorten(messages[-1]["content"], 200, placeholder=" …")
+    for index, word in enumerate(DEMO_ANSWER.format(prompt=prompt).split(" ")):
+        await asyncio.sleep(settings.demo_delay_s)
+        on_delta(word if index == 0 else " " + word)
+    return {"finish_reason": "stop", "usage": None, "model": "demo"}
+
+
+async def openai_answer(messages: list[dict[str, str]], on_delta: Callable[[str], None]) -> dict:
+    """POST {LLM_BASE_URL}/chat/completions with stream: true and read its SSE chunks."""
+    system = [{"role": "system", "content": settings.llm_system_prompt}]
+    body: dict[str, Any] = {
+        "model": settings.llm_model,
+        "messages": (system if settings.llm_system_prompt else []) + messages,
+        "stream": True,
+        "stream_options": {"include_usage": True},  # the usage chunk, where supported
+    }
+    if settings.llm_max_tokens:
+        body["max_tokens"] = settings.llm_max_tokens
+    done: dict[str, Any] = {"finish_reason": None, "usage": None, "model": settings.llm_model}
+    try:
+        async with aconnect_sse(
+            relay.client,
+            "POST",
+            settings.llm_base_url.rstrip("/") + "/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {settings.llm_api_key}"},
+        ) as source:
+            if source.response.status_code != 200:
+                raise await upstream_refusal(source.response)
+            async for event in source.aiter_sse():
+                if event.data == "[DONE]":
+                    return done
+                chunk = json.loads(event.data)
+                if chunk.get("error"):
+                    log.warning("AI service error in stream: %s", redact(event.data[:300]))
+                    raise ApiError(502, "The AI service reported an error")
+                done["usage"] = chunk.get("usage") or done["usage"]
+                for choice in chunk.get("choices") or []:
+                    if content := (choice.get("delta") or {}).get("content"):
+                        on_delta(content)
+                    done["finish_reason"] = choice.get("finish_reason") or done["finish_reason"]
+    except httpx.TimeoutException:
+        raise ApiError(504, "The AI service timed out") from None
+    except httpx.ConnectError as error:
+        log.warning("AI service unreachable: %s", error)
+        raise ApiError(502, "Could not reach the AI service") from None
+    except (SSEError, ValueError, AttributeError) as error:  # not the chunk format we know
+        log.warning("AI service sent an invalid response: %s", type(error).__name__)
+        raise ApiError(502, "The AI service sent an invalid response") from None
+    except httpx.HTTPError as error:
+        log.warning("AI service connection lost: %s: %s", type(error).__name__, error)
+        raise ApiError(502, "The connection to the AI service was lost") from None
+    if done["finish_reason"] is None:  # the body ended cleanly but the answer did not
+        raise ApiError(502, "The AI service ended the answer early")
+    return done
+
+
+async def upstream_refusal(response: httpx.Response) -> ApiError:
+    """The error for a non-200 answer. Its body goes to the log (without the key), never to
+    the client."""
+    await response.aread()
+    status = response.status_code
+    log.warning("AI service answered %d: %s", status, redact(response.text[:300]))
+    if status == 429:
+        return ApiError(502, "The AI service is over its rate limit (429); try again later")
+    if status >= 500:
+        return ApiError(502, f"The AI service failed ({status})")
+    return ApiError(502, f"The AI service rejected the request ({status})")
+
+
+def redact(text: str) -> str:
+    return text.replace(settings.llm_api_key, "[LLM_API_KEY]")
+
+
+class Chat:
+    """One answer: its frames so far (ids 1..n), its task, who follows it. In a room (the AI
+    speaker) the answer is also streamed there live and stored there once complete."""
+
+    def __init__(self, uid: str, client: str, room: Room | None, speaker: str) -> None:
+        self.uid, self.client, self.room, self.speaker = uid, client, room, speaker
+        self.frames: list[bytes] = []
+        self.text: list[str] = []
+        self.state = "running"  # then "done" or "error"
+        self.ended_at = 0.0
+        self.listeners = 0
+        self.last_listened = time.monotonic()  # a new chat's browser gets CHAT_IDLE_S to come
+        self.task: asyncio.Task
+        self._grown = asyncio.Event()  # set and replaced on every new frame
+
+    async def answer(self, messages: list[dict[str, str]]) -> None:
+        try:
+            done = await complete(messages, self.delta)
+            if self.room is not None:
+                data = {"message": "".join(self.text), "stream": self.uid}
+                message, _, _ = validate_message(
+                    {"speaker": self.speaker, "data": data, "meta": "ai"}
+                )
+                (payload,) = await hub.publish([(self.room, message)])
+                done["id"] = payload["id"]
+            self.end("done", done)
+        except ApiError as error:
+            log.warning("chat %s failed: %s", self.uid, error.msg)
+            self.fail(error)
+        except asyncio.CancelledError:
+            if relay.closing.is_set():
+                self.fail(ApiError(503, "Server is shutting down"))
+            else:
+                self.fail(ApiError(499, "Chat cancelled"))
+            raise
+
+    def delta(self, text: str) -> None:
+        self.text.append(text)
+        self.emit("delta", {"content": text})
+        if self.room is not None:
+            delta = {"stream": self.uid, "speaker": self.speaker, "content": text}
+            self.room.append(event_frame("delta", delta))
+
+    def fail(self, error: ApiError) -> None:
+        if self.room is not None:  # players drop the live text: nothing is stored
+            delta = {"stream": self.uid, "speaker": self.speaker, "error": error.msg}
+            self.room.append(event_frame("delta", delta))
+        self.end("error", error.body())
+
+    def emit(self, event: str, data: Any) -> None:
+        self.frames.append(b"id: %d\n" % (len(self.frames) + 1) + event_frame(event, data))
+        self._grown.set()
+        self._grown = asyncio.Event()
+
+    def end(self, event: str, data: Any) -> None:
+        self.emit(event, data)
+        self.state = "done" if event == "done" else "error"
+        self.ended_at = time.monotonic()
+
+    def cancel(self) -> None:
+        if self.state == "running":
+            self.task.cancel()
+
+    async def follow(self, after: int) -> AsyncIterator[bytes]:
+        """The frames after id `after`, then new ones as they come, until the end."""
+        after = min(after, len(self.frames))
+        self.listeners += 1
+        try:
+            while True:
+                if after < len(self.frames):
+                    frames, after = self.frames[after:], len(self.frames)
+                    yield b"".join(frames)
+                elif self.state != "running":
+                    return
+                else:
+                    try:
+                        async with asyncio.timeout(settings.keepalive_s):
+                            await self._grown.wait()
+                    except TimeoutError:
+                        yield KEEPALIVE_FRAME
+        finally:
+            self.listeners -= 1
+            self.last_listened = time.monotonic()
+
+
+class Relay:
+    """The chats in memory, the one upstream HTTP client, the limits and the reaper."""
+
+    def __init__(self) -> None:
+        self.chats: dict[str, Chat] = {}
+        self.starts: dict[str, deque[float]] = {}  # client -> its chat starts in the window
+        self.client: httpx.AsyncClient
+        self.closing = asyncio.Event()
+        self._reaper: asyncio.Task
+
+    async def start(self) -> None:
+        self.closing = asyncio.Event()
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(
+                settings.llm_read_timeout_s, connect=settings.llm_connect_timeout_s
+            ),
+            limits=httpx.Limits(max_connections=settings.chat_max_total),
+        )
+        self._reaper = asyncio.create_task(self._reap())
+        if settings.llm_api_key:
+            log.info("AI relay: %s at %s", settings.llm_model, settings.llm_base_url)
+        else:
+            log.info("AI relay: demo model (LLM_API_KEY is not set)")
+
+    def start_chat(
+        self,
+        client: str,
+        messages: list[dict[str, str]],
+        uid: str | None = None,
+        room: Room | None = None,
+        speaker: str = "",
+    ) -> Chat:
+        if self.closing.is_set():
+            raise ApiError(503, "Server is shutting down")
+        if uid in self.chats:
+            raise ApiError(409, f"Chat already exists: {uid}", uid=uid)
+        self.admit(client)
+        chat = Chat(uid or uuid.uuid4().hex, client, room, speaker)
+        self.chats[chat.uid] = chat
+        chat.task = asyncio.create_task(chat.answer(messages))
+        metrics.relay_streams.inc()
+        return chat
+
+    def admit(self, client: str) -> None:
+        """Count a chat start for `client`, or raise 429 when a limit says no."""
+        running = [chat for chat in self.chats.values() if chat.state == "running"]
+        if len(running) >= settings.chat_max_total:
+            raise ApiError(
+                429, "The server is busy with other chats", retry_after=BUSY_RETRY_AFTER_S
+            )
+        if sum(chat.client == client for chat in running) >= settings.chat_max_per_client:
+            raise ApiError(
+                429,
+                f"Too many chats at once (max {settings.chat_max_per_client}): wait for one to end",
+                retry_after=BUSY_RETRY_AFTER_S,
+            )
+        now, window = time.monotonic(), settings.chat_rate_window_s
+        starts = self.starts.setdefault(client, deque())
+        while starts and starts[0] <= now - window:
+            starts.popleft()
+        if 0 < settings.chat_rate_limit <= len(starts):
+            raise ApiError(
+                429,
+                f"Rate limited: at most {settings.chat_rate_limit} chats per {window:g} s",
+                retry_after=max(1, math.ceil(starts[0] + window - now)),
+            )
+        starts.append(now)
+
+    def find(self, uid: str) -> Chat:
+        chat = self.chats.get(uid)
+        if chat is None:
+            raise ApiError(404, f"Unknown or expired chat: {uid}", uid=uid)
+        return chat
+
+    async def _reap(self) -> None:
+        """Free ended chats after CHAT_TTL_S; cancel running ones (but a room's, which the
+        room's players follow) that nobody has followed for CHAT_IDLE_S."""
+        while True:
+            await asyncio.sleep(min(settings.chat_ttl_s, settings.chat_idle_s) / 2)
+            now = time.monotonic()
+            for chat in list(self.chats.values()):
+                if chat.state != "running":
+                    if now - chat.ended_at >= settings.chat_ttl_s:
+                        del self.chats[chat.uid]
+                elif (
+                    chat.room is None
+                    and not chat.listeners
+                    and now - chat.last_listened >= settings.chat_idle_s
+                ):
+                    log.info("chat %s: nobody is listening, cancelled", chat.uid)
+                    chat.cancel()
+            for client, starts in list(self.starts.items()):
+                if not starts or starts[-1] <= now - settings.chat_rate_window_s:
+                    del self.starts[client]
+
+    async def close(self) -> None:
+        """Shutdown: cancel running chats (followers get the error event and end)."""
+        if self.closing.is_set():
+            return
+        self.closing.set()
+        tasks = [chat.task for chat in self.chats.values() if chat.state == "running"]
+        for task in [*tasks, self._reaper]:
+            task.cancel()
+        await asyncio.gather(*tasks, self._reaper, return_exceptions=True)
+        await self.client.aclose()
+
+
+relay = Relay()
+
+
+@app.before_serving
+async def start_relay() -> None:
+    await relay.start()
+
+
+@app.after_serving
+async def stop_relay() -> None:
+    await relay.close()
+
+
+def require_chat_login(body: dict[str, Any]) -> None:
+    if settings.chat_require_login:
+        authorize(request_token(body), None, "subscribe")
+
+
+@app.post("/api/v1/chat")
+async def start_chat():
+    """Two-step flow, step one: start the answer; the browser follows /chat/<uid>/events."""
+    body = await json_body()
+    require_chat_login(body)
+    messages = chat_messages(body)
+    uid = body.get("uid")
+    if uid is not None and not (isinstance(uid, str) and CHAT_UID.fullmatch(uid)):
+        raise ApiError(400, "uid must be 1-64 letters, digits, '-' or '_'")
+    chat = relay.start_chat(request.remote_addr, messages, uid)
+    return {"success": True, "code": 202, "msg": "Chat Started", "uid": chat.uid}, 202
+
+
+@app.get("/api/v1/chat/<uid>/events")
+async def chat_events(uid: str):
+    chat = relay.find(uid)
+    headers = dict(request.scope["headers"])
+    after = parse_last_event_id(headers, query_params(request.scope)) or 0
+    if chat.state != "running" and after >= len(chat.frames):
+        return "", 204  # over, and the client has it all: an EventSource stops reconnecting
+    return sse_response(chat.follow(after))
+
+
+@app.delete("/api/v1/chat/<uid>")
+async def cancel_chat(uid: str):
+    relay.find(uid).cancel()
+    return {"success": True, "code": 200, "msg": "Chat Cancelled", "uid": uid}
+
+
+@app.post("/api/v1/chat/stream")
+async def chat_stream():
+    """One-step flow: the answer as the response itself; cancelled when the client leaves."""
+    body = await json_body()
+    require_chat_login(body)
+    chat = relay.start_chat(request.remote_addr, chat_messages(body))
+
+    async def follow_alone() -> AsyncIterator[bytes]:
+        try:
+            async for frames in chat.follow(0):
+                yield frames
+        finally:
+            chat.cancel()  # nobody else knows this chat
+
+    return sse_response(follow_alone())
+
+
+@app.post("/api/v1/rooms/<room_id>/ai")
+async def room_ai(room_id: str):
+    """The AI speaker: streams an answer into the room (`event: delta` keyed by `stream`),
+    then stores it as one normal message with the same `stream` key."""
+    body = await json_body()
+    room = find_room(room_id)
+    authorize(request_token(body), room, "publish")
+    messages = chat_messages(body)
+    speaker = body.get("speaker", "AI")
+    validate_message({"speaker": speaker, "data": {}})
+    chat = relay.start_chat(request.remote_addr, messages, room=room, speaker=speaker)
+    reply = {"success": True, "code": 202, "msg": "AI Answer Started", "uid": chat.uid}
+    return {**reply, "target": {"room": room.id}}, 202
+
+
+@app.get("/api/v1/clock")
+async def clock():
+    """The seed tutorial's sample: the server time every CLOCK_INTERVAL_S."""
+
+    async def ticks() -> AsyncIterator[bytes]:
+        while not relay.closing.is_set():
+            ms = now_ms()
+            iso = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+            yield message_frame(ms, compact_json({"time": ms, "iso": iso}))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(relay.closing.wait(), settings.clock_interval_s)
+
+    return sse_response(ticks())
+
+
+# ---------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------
 
@@ -1413,6 +2164,7 @@ async def serve() -> None:
     async def shutdown_trigger() -> None:
         await stop.wait()
         log.info("shutting down")
+        await relay.close()
         await hub.close()
 
     await hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger)

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -61,6 +61,8 @@ class Server:
             "DATA_DIR": str(data_dir),
             "SSE_TOKEN": self.token,
             "LOG_LEVEL": "INFO",
+            # no test reaches the internet: the quote API is down unless a test stands one in
+            "HITOKOTO_URL": f"http://127.0.0.1:{free_port()}/",
             **env,
         }
         self.process: subprocess.Popen | None = None
@@ -176,13 +178,23 @@ class Subscription:
         return anext(self.events)
 
 
+def sse_client() -> httpx.AsyncClient:
+    """An HTTP client for SSE streams; share one among many subscriptions (making a client
+    costs tens of milliseconds)."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(10, read=30), limits=httpx.Limits(max_connections=None)
+    )
+
+
 @asynccontextmanager
-async def subscribe(url: str, **headers: str) -> AsyncIterator[Subscription]:
-    """An SSE subscription (httpx-sse); the hello has arrived on entry."""
-    async with (
-        httpx.AsyncClient(timeout=httpx.Timeout(10, read=30)) as client,
-        aconnect_sse(client, "GET", url, headers=headers) as source,
-    ):
+async def subscribe(
+    url: str, client: httpx.AsyncClient | None = None, **headers: str
+) -> AsyncIterator[Subscription]:
+    """An SSE subscription (httpx-sse) on `client` or its own; the hello has arrived on entry."""
+    async with AsyncExitStack() as stack:
+        if client is None:
+            client = await stack.enter_async_context(sse_client())
+        source = await stack.enter_async_context(aconnect_sse(client, "GET", url, headers=headers))
         assert source.response.status_code == 200, await source.response.aread()
         events = source.aiter_sse()
         hello = await anext(events)
@@ -190,12 +202,12 @@ async def subscribe(url: str, **headers: str) -> AsyncIterator[Subscription]:
         yield Subscription(events, json.loads(hello.data))
 
 
-async def collect(events: Subscription, count: int) -> list[ServerSentEvent]:
-    """The next `count` message events (skipping other event types), within 15 s."""
+async def collect(events: Subscription, count: int, kind: str = "message") -> list[ServerSentEvent]:
+    """The next `count` events of type `kind` (skipping other types), within 15 s."""
     received = []
     async with asyncio.timeout(15):
         async for event in events:
-            if event.event == "message":
+            if event.event == kind:
                 received.append(event)
                 if len(received) == count:
                     break

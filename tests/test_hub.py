@@ -468,10 +468,14 @@ async def assert_rejected(server, method, path, status, fragment, **kwargs) -> N
     assert server.health()["published"] == before + 1
 
 
-async def test_unknown_room_stream_is_an_error_for_now(server: Server):
-    reply = httpx.get(f"{server.url}/api/v1/events/bad-room!")
-    assert reply.status_code == 400
-    assert reply.json()["success"] is False
+async def test_invalid_room_stream_is_the_quote_feed_not_an_error(server: Server):
+    """(tests/test_fallback.py tests the feed; here the quote API is down.)"""
+    async with subscribe(f"{server.url}/api/v1/events/bad-room!") as events:
+        assert events.hello["fallback"] is True
+        (event,) = await collect(events, 1)
+    assert json.loads(event.data)["meta"] == "fallback"
+    async with subscribe(f"{server.url}/api/v1/events/") as events:  # trailing slash
+        assert events.hello["room"] == "lobby" and events.hello["fallback"] is False
 
 
 def test_rooms_api_requires_the_token_and_valid_ids(server: Server):

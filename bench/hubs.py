@@ -1,0 +1,153 @@
+"""The hubs under test: how to start each one (pinned to the server CPU) and how to talk to it."""
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from publish import HttpConnection
+
+BENCH_DIR = Path(__file__).resolve().parent
+VENV_BIN = BENCH_DIR / ".venv" / "bin"
+HOST = "127.0.0.1"
+TOKEN = "bench-token"
+MESSAGE = b'{"room":"%s","speaker":"bench","data":{"seq":%d,"bench_t":%d},"meta":null}'
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        return probe.getsockname()[1]
+
+
+class Hub:
+    """A hub with the app's shapes: GET /api/v1/events/<room>, POST JSON to /api/v1/send."""
+
+    name: str
+    supports_batches = True
+    publish_headers = f"Content-Type: application/json\r\nAuthorization: Bearer {TOKEN}\r\n"
+
+    def __init__(self, server_cpu: int) -> None:
+        self.server_cpu = server_cpu
+        self.process: subprocess.Popen | None = None
+        self.port = 0
+
+    def command(self, workdir: Path) -> tuple[list[str], dict[str, str], Path]:
+        """The server's command line, extra environment and working directory."""
+        raise NotImplementedError
+
+    def subscribe_path(self, room: str) -> str:
+        return f"/api/v1/events/{room}"
+
+    def publish_request(self, room: str, sequence: int, count: int, now_us: int):
+        """Path and body of a request that publishes `count` messages to `room`."""
+        messages = [MESSAGE % (room.encode(), sequence * count + i, now_us) for i in range(count)]
+        body = b"[" + b",".join(messages) + b"]" if count > 1 else messages[0]
+        return "/api/v1/send", body
+
+    async def create_rooms(self, rooms: list[str]) -> None:
+        """Make the rooms exist before anyone subscribes (a no-op where any room exists)."""
+
+    def start(self, workdir: Path) -> None:
+        self.port = free_port()
+        argv, env, cwd = self.command(workdir)
+        self.log = open(workdir / "server.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            ["taskset", "-c", str(self.server_cpu), *argv],
+            cwd=cwd,
+            env={**os.environ, **env},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so stop() ends it and its workers
+        )
+
+    async def wait_ready(self, timeout: float = 20) -> None:
+        """Wait until the server answers HTTP at all."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}")
+            connection = HttpConnection(HOST, self.port)
+            try:
+                await connection.request("GET", "/healthz")
+                return
+            except OSError:
+                await asyncio.sleep(0.1)
+            finally:
+                connection.close()
+        raise RuntimeError(f"{self.name} did not answer within {timeout} s")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.log.close()
+        self.process = None
+
+
+class ThisApp(Hub):
+    """This project: app.py served by Hypercorn, one worker, SQLite in a fresh DATA_DIR."""
+
+    name = "this"
+
+    def __init__(self, server_cpu: int, app_dir: Path) -> None:
+        super().__init__(server_cpu)
+        self.app_dir = app_dir
+
+    def command(self, workdir):
+        argv = [str(VENV_BIN / "hypercorn"), "app:app", "--bind", f"{HOST}:{self.port}"]
+        return argv, {"DATA_DIR": str(workdir), "SSE_TOKEN": TOKEN}, self.app_dir
+
+    async def create_rooms(self, rooms):
+        connection = HttpConnection(HOST, self.port)
+        try:
+            for room in rooms:
+                body = json.dumps({"id": room}).encode()
+                status = await connection.request(
+                    "POST", "/api/v1/rooms", body, self.publish_headers
+                )
+                if status not in (200, 201, 409):
+                    raise RuntimeError(f"creating room {room} answered {status}")
+        finally:
+            connection.close()
+
+
+class PythonPeer(Hub):
+    """The ~60-line Starlette + sse-starlette hub on uvicorn (uvloop + httptools), peer_hub.py."""
+
+    name = "peer"
+
+    def command(self, workdir):
+        argv = [str(VENV_BIN / "uvicorn"), "peer_hub:app", "--host", HOST, "--port", str(self.port)]
+        argv += ["--log-level", "warning", "--no-access-log"]
+        return argv, {"SSE_TOKEN": TOKEN}, BENCH_DIR
+
+
+class Nchan(Hub):
+    """nginx + nchan, one worker, from nchan.conf; publishes one message per POST /pub/<room>."""
+
+    name = "nchan"
+    supports_batches = False
+    publish_headers = "Content-Type: application/json\r\n"
+
+    def command(self, workdir):
+        config = (BENCH_DIR / "nchan.conf").read_text()
+        config = config.replace("@PREFIX@", str(workdir)).replace("@PORT@", str(self.port))
+        (workdir / "nginx.conf").write_text(config)
+        argv = ["nginx", "-c", str(workdir / "nginx.conf"), "-p", str(workdir)]
+        return argv + ["-e", str(workdir / "error.log")], {}, workdir
+
+    def publish_request(self, room, sequence, count, now_us):
+        if count != 1:
+            raise ValueError("nchan publishes one message per request")
+        return f"/pub/{room}", MESSAGE % (room.encode(), sequence, now_us)
