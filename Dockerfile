@@ -1,7 +1,8 @@
 # streaming-message as a container image, for Fly.io (fly.toml) or any container host:
 #   docker build -t streaming-message .
 #   docker run -p 8000:8000 -v sm-data:/data -e SSE_TOKEN=... streaming-message
-# Only the runtime files go in: the server, its schema and the prebuilt frontend (no Node).
+# Only the runtime files go in: the server, its schema, the bundled quotes and the prebuilt
+# frontend (no Node).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -19,7 +20,7 @@ RUN useradd --system --uid 10001 --no-create-home --home-dir /app app \
 WORKDIR /app
 COPY requirements.txt ./
 RUN pip install --no-cache-dir -r requirements.txt
-COPY app.py schema.sql ./
+COPY app.py schema.sql quotes.json ./
 COPY frontend/dist ./frontend/dist/
 
 USER app

@@ -61,6 +61,12 @@ def presence(server: Server, room: str = "lobby") -> dict:
     return reply.json()["room"]["subscribers"]
 
 
+def presence_route(server: Server, room: str = "lobby") -> dict:
+    reply = httpx.get(f"{server.url}/api/v1/rooms/{room}/presence")
+    assert reply.status_code == 200, reply.text
+    return {role: reply.json()[role] for role in ("players", "controllers")}
+
+
 async def test_publishes_on_any_process_reach_every_subscriber_once_in_order(make_hub):
     a, b, c = make_hub(3)
     assert {server.health()["broker"] for server in (a, b, c)} == {"redis"}
@@ -213,3 +219,37 @@ async def test_hypercorn_workers_serve_one_hub(make_server, tmp_path, broker_url
     assert sorted(event["id"] for events in published for event in events) == list(range(1, 21))
     for stream in received:
         assert [int(event.id) for event in stream] == list(range(1, 21))
+
+
+async def until_event(events, kind: str, done: Callable[[dict], bool]) -> dict:
+    """The data of the first `kind` event that is `done`."""
+    async with asyncio.timeout(15):
+        async for event in events:
+            if event.event == kind and done(data := json.loads(event.data)):
+                return data
+    raise AssertionError("stream ended")
+
+
+async def test_heartbeats_and_presence_events_count_every_process(make_hub):
+    a, b = make_hub(2, HEARTBEAT_S="0.3", PRESENCE_INTERVAL_S="0.2", COALESCE_MS="0")
+    controller = f"{a.url}/api/v1/events?role=controller&token={a.token}"
+    async with subscribe(f"{b.url}/api/v1/events") as player:
+        assert player.hello["presence"] == {"players": 1, "controllers": 0}
+        async with subscribe(controller):
+            # The player, on the other process, hears of the controller at once and then on
+            # every beat.
+            beat = await until_event(player, "heartbeat", lambda beat: beat["controllers"] == 1)
+            assert beat["interval_s"] == 0.3
+            presence = await until_event(player, "presence", lambda p: p["controllers"] == 1)
+            assert presence == {"players": 1, "controllers": 1}
+            await until_event(player, "heartbeat", lambda beat: beat["controllers"] == 1)
+            async with subscribe(f"{b.url}/api/v1/events") as second:
+                assert second.hello["presence"] == {"players": 2, "controllers": 1}
+            wait_until(
+                lambda: presence_route(b) == {"players": 1, "controllers": 1},
+                "b's presence route counts a's controller, not the player who left",
+            )
+        # The controller left process A: one heartbeat saying so, at once.
+        await until_event(player, "heartbeat", lambda beat: beat["controllers"] == 0)
+        presence = await until_event(player, "presence", lambda p: p["controllers"] == 0)
+        assert presence == {"players": 1, "controllers": 0}
