@@ -253,3 +253,61 @@ async def test_heartbeats_and_presence_events_count_every_process(make_hub):
         await until_event(player, "heartbeat", lambda beat: beat["controllers"] == 0)
         presence = await until_event(player, "presence", lambda p: p["controllers"] == 0)
         assert presence == {"players": 1, "controllers": 0}
+
+
+async def test_room_changes_reach_every_process(make_hub):
+    a, b = make_hub(2)
+    root = {"Authorization": f"Bearer {a.token}"}
+    a.create_room("Show")
+    wait_until(lambda: httpx.get(f"{b.url}/api/v1/rooms/show").status_code == 200, "b knows")
+    reply = httpx.patch(f"{a.url}/api/v1/rooms/show", json={"title": "The show"}, headers=root)
+    assert reply.status_code == 200, reply.text
+    wait_until(
+        lambda: httpx.get(f"{b.url}/api/v1/rooms/show").json()["room"]["title"] == "The show",
+        "b has the new title",
+    )
+    async with subscribe(f"{b.url}/api/v1/events/show") as on_b:
+        httpx.patch(f"{a.url}/api/v1/rooms/show", json={"private": True}, headers=root)
+        ended = await until_event(on_b, "private", lambda data: True)
+    assert ended == {"room": "show"}
+    assert httpx.get(f"{b.url}/api/v1/rooms/show").status_code == 401  # private now
+    async with subscribe(f"{b.url}/api/v1/events/show?token={a.token}") as on_b:
+        assert httpx.delete(f"{a.url}/api/v1/rooms/show", headers=root).status_code == 200
+        assert await until_event(on_b, "deleted", lambda data: True) == {"room": "show"}
+    reply = httpx.post(
+        f"{b.url}/api/v1/send", json={"room": "show", "speaker": "x", "data": {}}, headers=root
+    )
+    assert reply.status_code == 404
+    # Made again, it starts afresh: no history and ids from 1 (as with one process).
+    b.create_room("show")
+    wait_until(lambda: httpx.get(f"{a.url}/api/v1/rooms/show").status_code == 200, "a knows")
+    (event,) = await publish_all(a, "show", [1])
+    assert event["id"] == 1
+
+
+async def test_accounts_are_shared_by_every_process(make_hub):
+    admin = {"ADMIN_USERNAME": "admin", "ADMIN_PASSWORD": "admin password 1"}
+    a, b = make_hub(2, **admin)
+    reply = httpx.post(
+        f"{a.url}/api/v1/auth/login", json={"username": "admin", "password": "admin password 1"}
+    )
+    assert reply.status_code == 200, reply.text
+    access = {"Authorization": f"Bearer {reply.json()['access_token']}"}
+    me = f"{b.url}/api/v1/auth/me"
+    wait_until(lambda: httpx.get(me, headers=access).status_code == 200, "b knows the session")
+    reply = httpx.post(
+        f"{a.url}/api/v1/tokens",
+        json={"name": "bot", "rooms": "*", "rights": ["publish"]},
+        headers=access,
+    )
+    assert reply.status_code == 201, reply.text
+    token = reply.json()
+    bot = {"Authorization": f"Bearer {token['token']}"}
+    message = {"speaker": "bot", "data": {"message": "hi"}}
+    send = f"{b.url}/api/v1/send"
+    wait_until(lambda: httpx.post(send, json=message, headers=bot).status_code == 202, "token")
+    revoked = httpx.delete(f"{a.url}/api/v1/tokens/{token['api_token']['id']}", headers=access)
+    assert revoked.status_code == 200, revoked.text
+    wait_until(lambda: httpx.post(send, json=message, headers=bot).status_code == 401, "revoked")
+    assert httpx.post(f"{a.url}/api/v1/auth/logout", headers=access).status_code == 200
+    wait_until(lambda: httpx.get(me, headers=access).status_code == 401, "b ends the session")
