@@ -12,6 +12,7 @@ import json
 import multiprocessing
 import os
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -116,6 +117,7 @@ async def measure(hub: Hub, workload: Workload, workdir: Path, profile_to: Path 
     rooms = [f"bench{i}" for i in range(workload.rooms)]
     hub.start(workdir)
     readers = SubscriberProcess()
+    profiler = None
     try:
         await hub.wait_ready()
         await hub.create_rooms(rooms)
@@ -170,10 +172,10 @@ async def measure(hub: Hub, workload: Workload, workdir: Path, profile_to: Path 
         cpu_after = cpu_seconds(server), cpu_seconds(load_generator), time.monotonic()
         busy_after = cpu_busy_seconds(SERVER_CPU), cpu_busy_seconds(LOAD_CPU)
         threads_after = cpu_seconds_by_thread_kind(server)
-        if profiler:
-            stop_profiler(profiler)
         rss_after = rss_kb(server)
     finally:
+        if profiler:
+            stop_profiler(profiler)
         await readers.close()
         hub.stop()
 
@@ -237,7 +239,7 @@ def start_profiler(hub: Hub, output: Path) -> subprocess.Popen:
 
 
 def stop_profiler(profiler: subprocess.Popen) -> None:
-    profiler.send_signal(subprocess.signal.SIGINT)  # py-spy writes its output on SIGINT
+    profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
     profiler.wait(20)
 
 
@@ -370,9 +372,8 @@ def table(summary: dict, workloads: list[Workload], hub_names: list[str]) -> str
                 continue
             for key in keys:
                 value = cell[key]
-                row.append(
-                    f"{(f'{value:.0%}' if key in SHARES and value is not None else fmt(value)):>13}"
-                )
+                shown = f"{value:.0%}" if key in SHARES and value is not None else fmt(value)
+                row.append(f"{shown:>13}")
             row += [
                 f"{cell['lost']:>6}",
                 f"{cell['dropped']:>8}",
@@ -401,9 +402,10 @@ def table(summary: dict, workloads: list[Workload], hub_names: list[str]) -> str
     return "\n".join(lines)
 
 
-# The issue's targets: (what, value of this, value it is compared with, test).
 @dataclass(frozen=True)
 class Target:
+    """One target of issue 8: this project's figure, the one it is compared with, verdict."""
+
     name: str
     this: float | None
     compared: float | None
@@ -492,11 +494,13 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="one rep, smaller workloads")
     parser.add_argument("--reps", type=int, help="repetitions (default 3, quick 1)")
     parser.add_argument("--hubs", default="this,peer,nchan", help="comma-separated subset")
-    parser.add_argument("--workloads", default="W1,W2,W3,W4,W4b", help="comma-separated subset")
+    parser.add_argument(
+        "--workloads", help="comma-separated subset (default all; with --profile, W1,W4)"
+    )
     parser.add_argument("--app-dir", type=Path, default=BENCH_DIR.parent, help="where app.py is")
     parser.add_argument(
         "--profile", action="store_true",
-        help="py-spy the app under W1 and W4 and summarise where its time goes",
+        help="py-spy the app (only) under each workload and summarise where its time goes",
     )  # fmt: skip
     return parser.parse_args()
 
@@ -514,7 +518,8 @@ def main() -> None:
     }
     hub_names = ["this"] if arguments.profile else arguments.hubs.split(",")
     hubs = [all_hubs[name] for name in hub_names]
-    names = ["W1", "W4"] if arguments.profile else arguments.workloads.split(",")
+    default_workloads = "W1,W4" if arguments.profile else "W1,W2,W3,W4,W4b"
+    names = (arguments.workloads or default_workloads).split(",")
     workloads = [w for w in WORKLOADS if w.name in names]
     if arguments.quick:
         workloads = [replace(w, **QUICK_SIZES[w.name]) for w in workloads]
