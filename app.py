@@ -2319,7 +2319,7 @@ class SendQuery(BaseModel):
 
 
 class ResumeQuery(BaseModel):
-    lastEventId: str | None = Field(  # noqa: N815 (the name of the query parameter)
+    lastEventId: str | None = Field(  # the query parameter's name
         default=None, description="resume after this id (or the Last-Event-ID header)"
     )
 
