@@ -77,6 +77,7 @@ class Settings:
     retry_ms: int
     max_message_bytes: int
     max_body_bytes: int
+    max_json_depth: int
     subscriber_queue: int
     coalesce_ms: float
     cors_origins: tuple[str, ...]
@@ -122,6 +123,7 @@ class Settings:
             retry_ms=int(_env("RETRY_MS", "3000")),
             max_message_bytes=int(_env("MAX_MESSAGE_BYTES", "65536")),
             max_body_bytes=int(_env("MAX_BODY_BYTES", "1048576")),
+            max_json_depth=int(_env("MAX_JSON_DEPTH", "32")),
             subscriber_queue=int(_env("SUBSCRIBER_QUEUE", "1024")),
             coalesce_ms=float(_env("COALESCE_MS", "2")),
             cors_origins=origins,
@@ -170,7 +172,23 @@ def now_ms() -> int:
 
 
 def compact_json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    # allow_nan=False: NaN and Infinity are not JSON, no client could parse them back
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def parse_json(text: bytes | str) -> Any:
+    """JSON from outside (a request body, an upstream reply), or ValueError unless it can be
+    stored and sent on as UTF-8 JSON: Python's json reads NaN, 1e400 (infinity) and lone
+    surrogates ("\\ud800"), and raises RecursionError on deep nesting."""
+    try:
+        value = json.loads(text)
+        compact_json(value).encode()
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    except UnicodeEncodeError as error:
+        surrogate = ascii(error.object[error.start])
+        raise ValueError(f"lone surrogate {surrogate} in a string: not valid Unicode") from None
+    return value
 
 
 class ApiError(Exception):
@@ -591,7 +609,7 @@ class FallbackFeed(Room):
                         body += chunk
                         if len(body) > MAX_QUOTE_BYTES:
                             raise ValueError(f"reply larger than {MAX_QUOTE_BYTES} bytes")
-            message = quote_message(json.loads(body))
+            message = quote_message(parse_json(body))
         except Exception as error:  # down, slow or garbage: the feed keeps flowing
             if not self._failing:
                 self._failing = True
@@ -787,7 +805,7 @@ SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 JSON_HEADERS = [(b"content-type", b"application/json")]
-EVENTS_PATH = re.compile(r"/api/v1/events(?:/([^/]*))?/?")
+EVENTS_PATH = re.compile(rb"/api/v1/events(?:/([^/]*))?/?")  # on the raw path: %2F is no "/"
 SEND_PREFIX = b"/api/v1/send/"
 
 
@@ -845,6 +863,13 @@ async def read_body(receive: Callable[[], Awaitable[dict]]) -> bytes:
             return b"".join(chunks)
 
 
+def request_json(body: bytes) -> Any:
+    try:
+        return parse_json(body)
+    except ValueError as error:  # UnicodeDecodeError is one too
+        raise ApiError(400, "Invalid JSON body", detail=str(error)) from None
+
+
 def query_params(scope: dict[str, Any]) -> dict[str, str]:
     parsed = parse_qs(scope["query_string"].decode("latin-1"), keep_blank_values=True)
     return {key: values[0] for key, values in parsed.items()}
@@ -858,6 +883,16 @@ def find_room(room_id: str | None) -> Room:
     if room is None:
         raise ApiError(404, f"Unknown room: {canonical}", room=canonical)
     return room
+
+
+def json_depth(value: Any) -> int:
+    """How deeply arrays and objects nest: 0 for a scalar, 1 for {} or [1, 2], and so on.
+    Level by level rather than recursive: a body may nest as deep as json.loads goes."""
+    depth, level = 0, [value]
+    while containers := [node for node in level if isinstance(node, dict | list)]:
+        depth += 1
+        level = [*itertools.chain(*(c.values() if isinstance(c, dict) else c for c in containers))]
+    return depth
 
 
 def validate_message(item: Any) -> tuple[dict[str, Any], str | None, str | None]:
@@ -878,6 +913,9 @@ def validate_message(item: Any) -> tuple[dict[str, Any], str | None, str | None]
     if token is not None and not isinstance(token, str):
         raise ApiError(400, "token must be a string")
     message = {"speaker": speaker, "data": data, "meta": item.get("meta")}
+    for name in ("data", "meta"):  # players parse these; past some depth, parsers give up
+        if json_depth(message[name]) > settings.max_json_depth:
+            raise ApiError(400, f"{name} is nested deeper than {settings.max_json_depth} levels")
     if len(compact_json(message).encode()) > settings.max_message_bytes:
         raise ApiError(413, f"Message too large (max {settings.max_message_bytes} bytes)")
     return message, room_id, token
@@ -941,11 +979,13 @@ async def publish_get(raw_speaker: bytes, params: dict[str, str]) -> dict[str, A
     return sent_reply(payload)
 
 
+LAST_EVENT_ID = re.compile(r"[0-9]{1,18}")  # ASCII digits only, and it fits SQLite's INTEGER
+
+
 def parse_last_event_id(headers: dict[bytes, bytes], params: dict[str, str]) -> int | None:
-    raw = headers.get(b"last-event-id", b"").decode("latin-1").strip() or params.get(
-        "lastEventId", ""
-    )
-    return int(raw) if raw.isdigit() else None
+    """Our ids are decimal; any other value is no Last-Event-ID at all."""
+    raw = headers.get(b"last-event-id", b"").decode("latin-1") or params.get("lastEventId", "")
+    return int(raw) if LAST_EVENT_ID.fullmatch(raw) else None
 
 
 async def stream_events(scope, receive, send, room_id: str | None, headers) -> None:
@@ -1036,19 +1076,16 @@ class HotPath:
                 )
                 await send({"type": "http.response.body", "body": b""})
                 return None
-            if events := EVENTS_PATH.fullmatch(path):
+            if events := EVENTS_PATH.fullmatch(scope["raw_path"]):
                 if method != "GET":
                     raise ApiError(405, "Method not allowed: use GET", allow="GET")
-                room_id = events.group(1) or None  # `/api/v1/events/`: the default room
+                segment = events.group(1)  # None or b"" (`/api/v1/events/`): the default room
+                room_id = unquote(segment.decode("ascii")) if segment else None
                 return await stream_events(scope, receive, send, room_id, headers)
             if path.rstrip("/") == "/api/v1/send":
                 if method != "POST":
                     raise ApiError(405, "Method not allowed: use POST", allow="POST")
-                body = await read_body(receive)
-                try:
-                    parsed = json.loads(body)
-                except (ValueError, UnicodeDecodeError) as error:
-                    raise ApiError(400, "Invalid JSON body", detail=str(error)) from None
+                parsed = request_json(await read_body(receive))
                 reply = await publish_request(headers, parsed, query_params(scope).get("token"))
                 return await send_json(send, 202, reply, cors_headers(headers))
             if scope["raw_path"].startswith(SEND_PREFIX):
@@ -1136,7 +1173,7 @@ async def add_cors(response):
 
 
 async def json_body() -> dict[str, Any]:
-    body = await request.get_json(force=True, silent=True)
+    body = request_json(await request.get_data())
     if not isinstance(body, dict):
         raise ApiError(400, "Body must be a JSON object")
     return body
@@ -1322,13 +1359,16 @@ async def openai_answer(messages: list[dict[str, str]], on_delta: Callable[[str]
             async for event in source.aiter_sse():
                 if event.data == "[DONE]":
                     return done
-                chunk = json.loads(event.data)
+                chunk = parse_json(event.data)
                 if chunk.get("error"):
                     log.warning("AI service error in stream: %s", redact(event.data[:300]))
                     raise ApiError(502, "The AI service reported an error")
                 done["usage"] = chunk.get("usage") or done["usage"]
                 for choice in chunk.get("choices") or []:
-                    if content := (choice.get("delta") or {}).get("content"):
+                    content = (choice.get("delta") or {}).get("content")
+                    if not isinstance(content, str | None):
+                        raise ValueError("delta content is not a string")
+                    if content:
                         on_delta(content)
                     done["finish_reason"] = choice.get("finish_reason") or done["finish_reason"]
     except httpx.TimeoutException:
@@ -1336,7 +1376,7 @@ async def openai_answer(messages: list[dict[str, str]], on_delta: Callable[[str]
     except httpx.ConnectError as error:
         log.warning("AI service unreachable: %s", error)
         raise ApiError(502, "Could not reach the AI service") from None
-    except (SSEError, ValueError, AttributeError) as error:  # not the chunk format we know
+    except (SSEError, ValueError, AttributeError, TypeError) as error:  # not the format we know
         log.warning("AI service sent an invalid response: %s", type(error).__name__)
         raise ApiError(502, "The AI service sent an invalid response") from None
     except httpx.HTTPError as error:
