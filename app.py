@@ -380,10 +380,13 @@ class Subscriber:
         self.live = False  # frames are flushed to it only after its hello (and replay)
 
     def end(self, final_frame: bytes) -> None:
+        """The server ends the stream: with a final frame (shutdown) after the frames still
+        due to it (see serve_stream); with none (it fell too far behind) at once."""
         self.ending = final_frame
-        self.live = False
-        if self.flushing is not None:
-            self.flushing.cancel()
+        if not final_frame:
+            self.live = False
+            if self.flushing is not None:
+                self.flushing.cancel()
         self.task.cancel()
 
 
@@ -640,7 +643,8 @@ class Hub:
         self.fallback = FallbackFeed()
         self.pending: list[PendingPublish] = []
         self._pending_ready = asyncio.Event()
-        self._tasks: list[asyncio.Task] = []
+        self._writing: asyncio.Task
+        self._keeping_alive: asyncio.Task
         self.closing = False
         self.metrics = {
             "published": 0,
@@ -656,7 +660,8 @@ class Hub:
         self.rooms = {record.id: Room(record) for record in await self.storage.load_rooms()}
         if settings.default_room not in self.rooms:
             await self.create_room(settings.default_room, None)
-        self._tasks = [asyncio.create_task(self._writer()), asyncio.create_task(self._keepalive())]
+        self._writing = asyncio.create_task(self._writer())
+        self._keeping_alive = asyncio.create_task(self._keepalive())
 
     async def create_room(self, room_id: str, owner: str | None, **fields: Any) -> RoomRecord:
         record = RoomRecord(
@@ -683,11 +688,13 @@ class Hub:
         return await asyncio.shield(item.done)  # a client hanging up can't undo a commit
 
     async def _writer(self) -> None:
-        while True:
+        """Commits what is pending, batch after batch; once closing, what is left, then ends."""
+        while self.pending or not self.closing:
             await self._pending_ready.wait()
             self._pending_ready.clear()
             batch, self.pending = self.pending, []
-            await self._commit(batch)
+            if batch:
+                await self._commit(batch)
 
     async def _commit(self, batch: list[PendingPublish]) -> None:
         rows: list[tuple[str, int, str]] = []
@@ -735,19 +742,20 @@ class Hub:
                     room.append(KEEPALIVE_FRAME)
 
     async def close(self) -> None:
-        """Graceful shutdown: commit what is pending, end every stream with a final event."""
+        """Graceful shutdown: new publishes get 503; the writer commits what is pending (a
+        commit in progress is let finish: cancelled, its publishers would never get an
+        answer); then every stream ends with a final event."""
         if self.closing:
             return
         self.closing = True
-        while self.pending:
-            batch, self.pending = self.pending, []
-            await self._commit(batch)
+        self._pending_ready.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._writing, settings.shutdown_timeout_s)
         farewell = event_frame("shutdown", {"reconnect": True, "retry": settings.retry_ms})
         for room in self.streams():
             room.end_streams(farewell)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._keeping_alive.cancel()
+        await asyncio.gather(self._keeping_alive, return_exceptions=True)
 
     async def close_storage(self) -> None:
         await self.storage.close()
@@ -1046,8 +1054,12 @@ async def serve_stream(
         if subscriber.ending is None:
             raise
         asyncio.current_task().uncancel()
-        if subscriber.ending:  # the server ends the stream with a final event
-            await send({"type": "http.response.body", "body": subscriber.ending})
+        if subscriber.ending:  # shutdown: the frames still due to it, then the final event
+            live, subscriber.live = subscriber.live, False
+            if subscriber.flushing is not None:
+                await subscriber.flushing
+            due = room.pending(subscriber) if live else b""
+            await send({"type": "http.response.body", "body": due + subscriber.ending})
     finally:
         room.leave(subscriber)
         if subscriber.flushing is not None:
