@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import Server
-from fake_llm import KEY, FakeLLM
+from fake_llm import KEY, WORDS, FakeLLM
 from test_fallback import BUNDLED, Hitokoto
 
 # ---------------------------------------------------------------------------------------
@@ -247,13 +247,14 @@ async def test_kill_9_mid_burst_keeps_every_acknowledged_message(make_server, tm
     for event in acked:  # every 202 is stored, exactly as acknowledged
         assert stored[event["room"]].get(event["id"]) == event
     keys = [tuple(p["data"]["key"]) for messages in stored.values() for p in messages.values()]
-    assert len(keys) == len(set(keys))  # nothing stored twice
+    stored_keys = set(keys)
+    assert len(keys) == len(stored_keys)  # nothing stored twice
     for body in sent:  # a batch is all stored or not at all, even when the kill hit it
-        assert len({tuple(message["data"]["key"]) in set(keys) for message in body}) == 1
+        assert len({tuple(message["data"]["key"]) in stored_keys for message in body}) == 1
     for room in rooms:  # new ids follow every id handed out before
         assert server.publish(room=room)["id"] == max(stored[room]) + 1
     clean_log(server)
-    print(f"acknowledged {len(acked)}, stored {len(keys)} (the rest were in flight)")
+    print(f"acknowledged {len(acked)}; stored {len(keys)} (the others: replies cut off)")
 
 
 # ---------------------------------------------------------------------------------------
@@ -261,11 +262,14 @@ async def test_kill_9_mid_burst_keeps_every_acknowledged_message(make_server, tm
 # ---------------------------------------------------------------------------------------
 
 
-def rss_mb(pid: int, field: str = "VmRSS") -> float:
-    """Resident memory of a process (VmHWM: its peak so far), in MB."""
+MIB = 2**20
+
+
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of a process (VmHWM: its peak so far), in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
+            return int(line.split()[1]) * 1024 / MIB
     raise AssertionError(f"no {field} for {pid}")
 
 
@@ -312,21 +316,21 @@ async def test_stalled_subscriber_is_bounded_dropped_and_resumes(make_server, re
     reading = [asyncio.create_task(read_all(stream, warmup + count)) for stream in readers]
     await publish(0, warmup)  # the allocator settles at this message size
     await asyncio.sleep(0.5)
-    baseline = rss_mb(pid)
+    baseline = rss_mib(pid)
     stalled = await RawStream.open(server.port, "/api/v1/events", rcvbuf=4096)  # never read
     await until_health(server, subscribers=4)
     await publish(warmup, count)
     await until_health(server, subscribers=3, slow_consumer_disconnects=1)
     for ids in await asyncio.gather(*reading):
         assert ids == list(range(1, warmup + count + 1))  # every message, in order, once
-    peak = rss_mb(pid, "VmHWM")
+    peak = rss_mib(pid, "VmHWM")
     await publisher.aclose()
 
     growth = peak - baseline
-    bound = 6 * queue * pad / 1e6 + 8  # ring + its joined copy + one stalled write, + slack
-    published = count * pad / 1e6
-    record_property("rss_growth_mb", round(growth, 1))
-    print(f"RSS {baseline:.0f} MB -> peak {peak:.0f} MB; bound +{bound:.0f}, sent {published:.0f}")
+    bound = 6 * queue * pad / MIB + 8  # ring + its joined copy + one stalled write, + slack
+    published = count * pad / MIB
+    record_property("rss_growth_mib", round(growth, 1))
+    print(f"RSS {baseline:.0f} -> peak {peak:.0f} MiB; bound +{bound:.0f}, sent {published:.0f}")
     report(record_property, "reader_latency_ms_during_stall", latencies)
     assert growth < bound < published
 
@@ -354,10 +358,16 @@ async def test_stalled_subscriber_is_bounded_dropped_and_resumes(make_server, re
 SHUTDOWN_TIMEOUT = 3
 
 
-@pytest.fixture
-def llm() -> Iterator[FakeLLM]:
+@pytest.fixture(scope="module")
+def fake_llm() -> Iterator[FakeLLM]:
     with FakeLLM() as fake:
         yield fake
+
+
+@pytest.fixture
+def llm(fake_llm: FakeLLM) -> FakeLLM:
+    fake_llm.mode, fake_llm.words, fake_llm.delay = "ok", list(WORDS), 0.02
+    return fake_llm
 
 
 def relay_env(llm: FakeLLM, **env: str) -> dict[str, str]:
@@ -469,9 +479,10 @@ async def test_sigterm_ends_every_stream_and_keeps_every_acknowledged_message(
 # ---------------------------------------------------------------------------------------
 
 STORM = 2000
+STORM_FILES = STORM + 500  # in each process: a socket per stream, and some to spare
 
 
-def open_file_limit(pid: int | str = "self") -> int:
+def open_file_limit(pid: int) -> int:
     for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
         if line.startswith("Max open files"):
             return int(line.split()[3])
@@ -480,15 +491,12 @@ def open_file_limit(pid: int | str = "self") -> int:
 
 @pytest.fixture
 def many_files() -> Iterator[None]:
-    """Raise this process's open-file limit to its hard limit (the server, a child,
-    inherits it); skip when even that is too low for the storm."""
+    """Raise this process's open-file limit for the storm (the server, a child process,
+    inherits it); skip when the hard limit does not allow enough."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    needed = STORM + 500
-    if hard != resource.RLIM_INFINITY and hard < needed:
-        pytest.skip(
-            f"a storm of {STORM} streams needs {needed} open files; the hard limit is {hard}"
-        )
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if hard != resource.RLIM_INFINITY and hard < STORM_FILES:
+        pytest.skip(f"a storm of {STORM} needs {STORM_FILES} open files; the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, STORM_FILES), hard))
     yield
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
@@ -497,7 +505,6 @@ async def test_restart_storm_of_2000_reconnecting_subscribers(
     many_files, make_server, record_property
 ):
     server: Server = make_server()
-    assert open_file_limit(server.process.pid) >= STORM + 500
     rooms = [f"storm{n}" for n in range(4)]
     before, missed, live = 20, 5, 3  # messages per room: seen, missed in the restart, live
 
@@ -512,6 +519,7 @@ async def test_restart_storm_of_2000_reconnecting_subscribers(
     publish_round(before)
     assert server.stop() == 0
     server.start()
+    assert open_file_limit(server.process.pid) >= STORM_FILES
     publish_round(missed)
 
     replayed = 0
@@ -651,11 +659,21 @@ async def test_failing_upstreams_never_disturb_another_rooms_stream(
     clean_log(server)
 
 
+@pytest.fixture(scope="module")
+def one_chat_server(tmp_path_factory, fake_llm: FakeLLM) -> Iterator[Server]:
+    """A relay that lets a client run one chat at a time."""
+    server = Server(tmp_path_factory.mktemp("odd"), **relay_env(fake_llm, CHAT_MAX_PER_CLIENT="1"))
+    yield server.start()
+    server.stop()
+
+
 @pytest.mark.parametrize("mode", ["wrong shape", "number content", "NaN usage", "lone surrogate"])
-async def test_odd_upstream_chunks_end_the_chat_with_an_error(make_server, llm: FakeLLM, mode):
+async def test_odd_upstream_chunks_end_the_chat_with_an_error(
+    one_chat_server: Server, llm: FakeLLM, mode: str
+):
     """A chunk of the wrong shape ends the chat with a 502 error event; before, some kinds
     left the chat running forever, holding its client's concurrency slot."""
-    server: Server = make_server(**relay_env(llm, CHAT_MAX_PER_CLIENT="1"))
+    server = one_chat_server
     llm.mode = mode
     async with httpx.AsyncClient(base_url=server.url) as client:
         for _ in range(2):  # the second chat is admitted: the first freed its slot
