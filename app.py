@@ -10,8 +10,11 @@ relay (the AI chat), entry point.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import getpass
+import hashlib
 import hmac
 import itertools
 import json
@@ -20,15 +23,18 @@ import math
 import os
 import random
 import re
+import secrets
 import signal
+import sqlite3
 import sys
 import textwrap
 import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
+from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -38,9 +44,12 @@ import aiosqlite
 import h11
 import h11._readers
 import httpx
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
 from dotenv import load_dotenv
 from httpx_sse import SSEError, aconnect_sse
-from quart import Quart, Response, jsonify, request, send_from_directory
+from quart import Quart, Response, jsonify, make_response, request, send_from_directory
 from werkzeug.exceptions import HTTPException
 
 # ---------------------------------------------------------------------------------------
@@ -71,7 +80,7 @@ class Settings:
     port: int
     data_dir: Path
     default_room: str
-    sse_token: str
+    sse_token: str = field(repr=False)
     history_size: int
     keepalive_s: float
     retry_ms: int
@@ -107,6 +116,15 @@ class Settings:
     chat_ttl_s: float
     chat_idle_s: float
     clock_interval_s: float
+    secret_key: str = field(repr=False)
+    admin_username: str
+    admin_password: str = field(repr=False)
+    cookie_secure: bool
+    access_token_ttl_s: float
+    refresh_token_ttl_s: float
+    login_max_failures: int
+    login_max_failures_per_address: int
+    login_window_s: float
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -153,6 +171,15 @@ class Settings:
             chat_ttl_s=float(_env("CHAT_TTL_S", "300")),
             chat_idle_s=float(_env("CHAT_IDLE_S", "30")),
             clock_interval_s=float(_env("CLOCK_INTERVAL_S", "1")),
+            secret_key=_env("SECRET_KEY", ""),
+            admin_username=_env("ADMIN_USERNAME", ""),
+            admin_password=_env("ADMIN_PASSWORD", ""),
+            cookie_secure=_env("COOKIE_SECURE", "false").lower() in TRUE_WORDS,
+            access_token_ttl_s=float(_env("ACCESS_TOKEN_TTL_S", str(6 * 3600))),
+            refresh_token_ttl_s=float(_env("REFRESH_TOKEN_TTL_S", str(14 * 86400))),
+            login_max_failures=int(_env("LOGIN_MAX_FAILURES", "10")),
+            login_max_failures_per_address=int(_env("LOGIN_MAX_FAILURES_PER_ADDRESS", "30")),
+            login_window_s=float(_env("LOGIN_WINDOW_S", "900")),
         )
 
 
@@ -203,8 +230,9 @@ class ApiError(Exception):
 
 
 # ---------------------------------------------------------------------------------------
-# Storage: rooms and recent messages in SQLite (WAL). One writer task commits every
-# pending publish in one transaction (group commit) before anyone sees it.
+# Storage: rooms and recent messages in SQLite (WAL), and the accounts of the Auth section.
+# One writer task commits every pending publish in one transaction (group commit) before
+# anyone sees it; every write goes through `Storage.transaction()`, so none interleave.
 # ---------------------------------------------------------------------------------------
 
 
@@ -232,6 +260,7 @@ class RoomRecord:
         }
 
 
+DATABASE = settings.data_dir / "streaming-message.db"
 ROOM_COLUMNS = "id, owner, title, private, history_size, settings, last_id, created_at"
 
 
@@ -257,6 +286,7 @@ class Storage:
         self.path = path
         self.write: aiosqlite.Connection
         self.read: aiosqlite.Connection
+        self.lock = asyncio.Lock()
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -270,7 +300,20 @@ class Storage:
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute(f"PRAGMA synchronous={settings.sqlite_synchronous}")
         await db.execute("PRAGMA busy_timeout=5000")
+        await db.execute("PRAGMA foreign_keys=ON")
         return db
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """The write connection for one transaction: committed at the end, rolled back on
+        an error. Transactions take turns, so one never commits half of another."""
+        async with self.lock:
+            try:
+                yield self.write
+                await self.write.commit()
+            except BaseException:
+                await self.write.rollback()
+                raise
 
     async def close(self) -> None:
         await self.read.close()
@@ -281,20 +324,39 @@ class Storage:
             return [_room_from_row(row) async for row in cursor]
 
     async def insert_room(self, room: RoomRecord) -> None:
-        await self.write.execute(
-            f"INSERT INTO rooms ({ROOM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                room.id,
-                room.owner,
-                room.title,
-                int(room.private),
-                room.history_size,
-                compact_json(room.settings),
-                room.last_id,
-                room.created_at,
-            ),
-        )
-        await self.write.commit()
+        async with self.transaction() as db:
+            await db.execute(
+                f"INSERT INTO rooms ({ROOM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    room.id,
+                    room.owner,
+                    room.title,
+                    int(room.private),
+                    room.history_size,
+                    compact_json(room.settings),
+                    room.last_id,
+                    room.created_at,
+                ),
+            )
+
+    async def update_room(self, room: RoomRecord) -> None:
+        async with self.transaction() as db:
+            await db.execute(
+                "UPDATE rooms SET title = ?, private = ?, history_size = ?, settings = ?"
+                " WHERE id = ?",
+                (
+                    room.title,
+                    int(room.private),
+                    room.history_size,
+                    compact_json(room.settings),
+                    room.id,
+                ),
+            )
+
+    async def delete_room(self, room_id: str) -> None:
+        async with self.transaction() as db:
+            await db.execute("DELETE FROM messages WHERE room = ?", (room_id,))
+            await db.execute("DELETE FROM rooms WHERE id = ?", (room_id,))
 
     async def history(self, room: str, after: int, limit: int) -> list[tuple[int, str]]:
         """Stored messages of a room with id > after, oldest first."""
@@ -311,24 +373,18 @@ class Storage:
             (oldest,) = await cursor.fetchone()
             return oldest
 
-    async def commit_messages(
+    async def write_messages(
         self, rows: list[tuple[str, int, str]], last_ids: dict[str, int], trims: dict[str, int]
     ) -> None:
-        """One transaction: insert the messages, advance each room's id, trim history."""
+        """Within the caller's transaction: insert the messages, advance each room's id, trim
+        history."""
         db = self.write
-        try:
-            await db.executemany("INSERT INTO messages (room, id, payload) VALUES (?, ?, ?)", rows)
-            await db.executemany(
-                "UPDATE rooms SET last_id = ? WHERE id = ?",
-                [(last_id, room) for room, last_id in last_ids.items()],
-            )
-            await db.executemany(
-                "DELETE FROM messages WHERE room = ? AND id <= ?", list(trims.items())
-            )
-            await db.commit()
-        except BaseException:
-            await db.rollback()
-            raise
+        await db.executemany("INSERT INTO messages (room, id, payload) VALUES (?, ?, ?)", rows)
+        await db.executemany(
+            "UPDATE rooms SET last_id = ? WHERE id = ?",
+            [(last_id, room) for room, last_id in last_ids.items()],
+        )
+        await db.executemany("DELETE FROM messages WHERE room = ? AND id <= ?", list(trims.items()))
 
 
 # ---------------------------------------------------------------------------------------
@@ -655,7 +711,7 @@ class Hub:
 
     async def start(self) -> None:
         self._pending_ready = asyncio.Event()
-        self.storage = Storage(settings.data_dir / "streaming-message.db")
+        self.storage = Storage(DATABASE)
         await self.storage.open()
         self.rooms = {record.id: Room(record) for record in await self.storage.load_rooms()}
         if settings.default_room not in self.rooms:
@@ -677,6 +733,27 @@ class Hub:
         await self.storage.insert_room(record)
         self.rooms[room_id] = Room(record)
         return record
+
+    async def update_room(self, room: Room, changes: dict[str, Any]) -> None:
+        """Apply validated changes (title, private, history_size, settings). A room turning
+        private ends its streams: subscribers with a right to it reconnect and resume."""
+        record = room.record
+        turns_private = changes.get("private", record.private) and not record.private
+        await self.storage.update_room(replace(record, **changes))
+        for name, value in changes.items():  # in place: the writer advances record.last_id
+            setattr(record, name, value)
+        if turns_private:
+            room.end_streams(event_frame("private", {"room": room.id}))
+
+    async def delete_room(self, room: Room) -> None:
+        """Remove the room and its history, then end its streams with a final event."""
+        del self.rooms[room.id]  # publishes still queued for it are refused by _commit
+        try:
+            await self.storage.delete_room(room.id)
+        except BaseException:
+            self.rooms[room.id] = room
+            raise
+        room.end_streams(event_frame("deleted", {"room": room.id}))
 
     async def publish(self, messages: list[tuple[Room, dict[str, Any]]]) -> list[dict[str, Any]]:
         """Commit messages (all or none) and fan them out; returns their payloads."""
@@ -701,20 +778,28 @@ class Hub:
         last_ids: dict[str, int] = {}
         trims: dict[str, int] = {}
         results: list[list[tuple[Room, int, str, dict[str, Any]]]] = []
-        time_ms = now_ms()
-        for item in batch:
-            committed = []
-            for room, message in item.messages:
-                last_id = last_ids.get(room.id, room.record.last_id) + 1
-                payload = {"id": last_id, "room": room.id, **message, "time": time_ms}
-                encoded = compact_json(payload)
-                rows.append((room.id, last_id, encoded))
-                committed.append((room, last_id, encoded, payload))
-                last_ids[room.id] = last_id
-                trims[room.id] = last_id - (room.record.history_size or settings.history_size)
-            results.append(committed)
         try:
-            await self.storage.commit_messages(rows, last_ids, trims)
+            async with self.storage.transaction():
+                # Checked inside the transaction: a room deleted meanwhile (gone from
+                # self.rooms, its rows deleted in an earlier transaction) takes nothing.
+                for item in batch:
+                    if any(self.rooms.get(room.id) is not room for room, _ in item.messages):
+                        item.done.set_exception(ApiError(404, "Room deleted"))
+                batch = [item for item in batch if not item.done.done()]
+                time_ms = now_ms()
+                for item in batch:
+                    committed = []
+                    for room, message in item.messages:
+                        last_id = last_ids.get(room.id, room.record.last_id) + 1
+                        payload = {"id": last_id, "room": room.id, **message, "time": time_ms}
+                        encoded = compact_json(payload)
+                        rows.append((room.id, last_id, encoded))
+                        committed.append((room, last_id, encoded, payload))
+                        last_ids[room.id] = last_id
+                        history_size = room.record.history_size or settings.history_size
+                        trims[room.id] = last_id - history_size
+                    results.append(committed)
+                await self.storage.write_messages(rows, last_ids, trims)
             self.metrics["commits"] += 1
         except Exception:
             log.exception("commit failed")
@@ -765,8 +850,22 @@ hub = Hub()
 
 
 # ---------------------------------------------------------------------------------------
-# Auth
+# Auth: who a request acts as and what it may do. Credentials: the static root token
+# (SSE_TOKEN), API tokens ("smt_…") and users' access JWTs (HS256, valid while their
+# login session lives). SQLite holds the accounts; what a check reads (users, live
+# sessions, API tokens by hash) is mirrored in memory, so a publish costs no database
+# round trip. Changes write SQLite first, then the mirror.
 # ---------------------------------------------------------------------------------------
+
+API_TOKEN_PREFIX = "smt_"
+JWT_ISSUER = "streaming-message"
+JWT_AUDIENCE = "streaming-message/api"
+REFRESH_COOKIE = "sm_refresh"  # path /api/v1/auth: only refresh and logout see it
+SESSION_COOKIE = "sm_session"  # path /api/v1/events: the access JWT, for EventSource
+USERNAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+MIN_PASSWORD_CHARS, MAX_PASSWORD_CHARS = 8, 1024
+ROLES = ("admin", "user")
+TOKEN_RIGHTS = ("publish", "subscribe")
 
 
 def bearer_token(headers: dict[bytes, bytes]) -> str | None:
@@ -776,29 +875,562 @@ def bearer_token(headers: dict[bytes, bytes]) -> str | None:
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
+def session_cookie(headers: dict[bytes, bytes]) -> str | None:
+    """The access JWT of the same-origin session cookie (sent by EventSource)."""
+    cookies = SimpleCookie()
+    try:
+        cookies.load(headers.get(b"cookie", b"").decode("latin-1"))
+    except CookieError:
+        return None
+    morsel = cookies.get(SESSION_COOKIE)
+    return morsel.value if morsel is not None else None
+
+
 def is_root_token(token: str) -> bool:
     root = settings.sse_token
     return bool(root) and hmac.compare_digest(token.encode(), root.encode())
 
 
+def sha256_hex(secret: str) -> str:
+    """How tokens are stored and looked up: they are random and long, so a fast hash is
+    enough (passwords get argon2id)."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def check_username(value: Any) -> str:
+    if not isinstance(value, str) or not USERNAME.fullmatch(value):
+        raise ApiError(400, "username must be 1-32 letters, digits, '.', '_' or '-'")
+    return value
+
+
+def check_password(value: Any, name: str = "password") -> str:
+    if not isinstance(value, str) or not MIN_PASSWORD_CHARS <= len(value) <= MAX_PASSWORD_CHARS:
+        limits = f"{MIN_PASSWORD_CHARS}-{MAX_PASSWORD_CHARS}"
+        raise ApiError(400, f"{name} must be a string of {limits} characters")
+    return value
+
+
+@dataclass(frozen=True)
+class User:
+    id: str
+    username: str
+    role: str  # "admin" or "user"
+    disabled: bool
+    created_at: int
+
+    def public(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+USER_COLUMNS = "id, username, role, disabled, created_at"
+
+
+def _user_from_row(row: tuple) -> User:
+    id_, username, role, disabled, created_at = row
+    return User(id_, username, role, bool(disabled), created_at)
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    """An API token without its secret: whose it is and what it may do."""
+
+    id: str
+    user_id: str
+    name: str
+    rooms: frozenset[str] | None  # None: every room its user may use
+    rights: frozenset[str]  # of TOKEN_RIGHTS
+    expires_at: int | None  # epoch ms
+    created_at: int
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "user_id": self.user_id,
+            "name": self.name,
+            "rooms": "*" if self.rooms is None else sorted(self.rooms),
+            "rights": sorted(self.rights),
+            "expires_at": self.expires_at,
+            "created_at": self.created_at,
+        }
+
+
+API_TOKEN_COLUMNS = "hash, id, user_id, name, rooms, rights, expires_at, created_at"
+
+
+def _api_token_from_row(row: tuple) -> tuple[str, ApiToken]:
+    digest, id_, user_id, name, rooms, rights, expires_at, created_at = row
+    scope = None if rooms is None else frozenset(json.loads(rooms))
+    token = ApiToken(
+        id_, user_id, name, scope, frozenset(json.loads(rights)), expires_at, created_at
+    )
+    return digest, token
+
+
 @dataclass(frozen=True)
 class Principal:
-    """Who a request acts as."""
+    """Who a request acts as: "root" (SSE_TOKEN), "session" (a user's access JWT) or
+    "token" (an API token, held to its rooms and rights)."""
 
+    kind: str
     name: str
+    role: str
+    user_id: str | None = None
+    session_id: str | None = None
+    token: ApiToken | None = None
+
+    def may(self, room: Room | None, right: str) -> bool:
+        """Rights: "publish" and "subscribe" on a room (anyone may subscribe to a public
+        one); "manage" a room (settings, delete); "account" (a logged-in user's own tokens
+        and password); "admin" (users, every room). With room None (no particular room)
+        any credential will do, but "manage" (creating rooms) is not for API tokens."""
+        if right == "admin":
+            return self.role == "admin" and self.kind != "token"
+        if right == "account":
+            return self.kind == "session"
+        if room is None:
+            return right != "manage" or self.token is None
+        if right == "subscribe" and not room.record.private:
+            return True
+        owner = room.record.owner
+        uses_room = self.role == "admin" or (owner is not None and owner == self.user_id)
+        if self.token is None:
+            return uses_room
+        in_scope = self.token.rooms is None or room.id in self.token.rooms
+        return uses_room and in_scope and right in self.token.rights
+
+    def public(self) -> dict[str, Any]:
+        token = self.token.public() if self.token is not None else None
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "role": self.role,
+            "user_id": self.user_id,
+            "token": token,
+        }
 
 
-ROOT_PRINCIPAL = Principal("root")
+ROOT_PRINCIPAL = Principal("root", "root", "admin")
 
 
-def authorize(token: str | None, room: Room | None, right: str) -> Principal:
-    """The principal a token stands for, if it has `right` ("publish", "subscribe",
-    "admin") on `room` (None: no particular room). Raises 401 (no or bad credentials)."""
+def authenticate(token: str | None) -> Principal:
+    """The principal a credential stands for. Raises 401 when it is missing or not valid."""
     if not token:
         raise ApiError(401, "Missing token: send Authorization: Bearer <token> or a token field")
     if is_root_token(token):
         return ROOT_PRINCIPAL
-    raise ApiError(401, "Invalid token")
+    if token.startswith(API_TOKEN_PREFIX):
+        return accounts.api_token_principal(token)
+    return accounts.session_principal(token)
+
+
+def authorize(token: str | None, room: Room | None, right: str) -> Principal:
+    """The principal a token stands for, if it has `right` on `room` (see Principal.may;
+    room None: no particular room). Raises 401 (no or bad credentials) or 403 (valid
+    credentials without that right)."""
+    principal = authenticate(token)
+    if principal.may(room, right):
+        return principal
+    if right == "admin":
+        raise ApiError(403, "Admin rights required")
+    if right == "account":
+        raise ApiError(403, "Log in as a user: API tokens and the root token cannot do this")
+    if room is None:
+        raise ApiError(403, "API tokens cannot create rooms")
+    raise ApiError(403, f"No {right} right on room {room.id}", room=room.id)
+
+
+def load_secret_key() -> str:
+    """SECRET_KEY, else the key generated on the first start and kept in DATA_DIR (0600)."""
+    key = settings.secret_key
+    if not key:
+        path = settings.data_dir / "secret_key"
+        try:
+            with open(path, "x", opener=lambda name, flags: os.open(name, flags, 0o600)) as file:
+                key = secrets.token_urlsafe(64)
+                file.write(key)
+        except FileExistsError:
+            key = path.read_text().strip()
+    if len(key) < 32:
+        raise RuntimeError("SECRET_KEY must be at least 32 characters")
+    return key
+
+
+class LoginLimiter:
+    """Login attempts per key (a username, a client address) in a sliding window of
+    LOGIN_WINDOW_S. An attempt counts when it starts (so parallel guesses count too) and
+    is taken back when it succeeds; past a key's limit, logins answer 429."""
+
+    def __init__(self) -> None:
+        self.attempts: dict[str, deque[float]] = {}
+
+    def begin(self, limits: dict[str, int]) -> float:
+        """Count an attempt, or raise 429 with Retry-After. Returns the attempt's stamp."""
+        now = time.monotonic()
+        wait = 0.0
+        for key, limit in limits.items():
+            window = self.attempts.setdefault(key, deque())
+            while window and window[0] <= now - settings.login_window_s:
+                window.popleft()
+            if len(window) >= limit:
+                wait = max(wait, window[0] + settings.login_window_s - now)
+        if wait > 0:
+            retry = math.ceil(wait)
+            raise ApiError(
+                429,
+                f"Too many failed logins: try again in {retry} s",
+                retry_after=retry,
+            )
+        for key in limits:
+            self.attempts[key].append(now)
+        if len(self.attempts) > 10_000:  # forget keys without recent attempts
+            recent = now - settings.login_window_s
+            self.attempts = {k: w for k, w in self.attempts.items() if w and w[-1] > recent}
+        return now
+
+    def succeeded(self, limits: dict[str, int], stamp: float) -> None:
+        for key in limits:
+            window = self.attempts.get(key)
+            if window is not None and stamp in window:
+                window.remove(stamp)
+
+
+class Accounts:
+    """Users, login sessions and API tokens."""
+
+    def __init__(self) -> None:
+        self.storage: Storage
+        self.secret_key = ""
+        self.hasher = PasswordHasher()  # argon2id
+        self.dummy_hash = ""  # verified for unknown usernames: they cost what known ones do
+        self.hashing = asyncio.Semaphore(os.cpu_count() or 1)  # each hash takes 64 MiB
+        self.users: dict[str, User] = {}
+        self.sessions: dict[str, tuple[str, int]] = {}  # live: id -> (user id, expiry ms)
+        self.api_tokens: dict[str, ApiToken] = {}  # by SHA-256 of the secret
+        self.logins = LoginLimiter()
+
+    async def start(self, storage: Storage) -> None:
+        self.storage = storage
+        self.secret_key = load_secret_key()
+        self.dummy_hash = await self.hash_password(secrets.token_urlsafe(16))
+        read = storage.read
+        async with read.execute(f"SELECT {USER_COLUMNS} FROM users") as cursor:
+            self.users = {row[0]: _user_from_row(row) async for row in cursor}
+        async with read.execute(
+            "SELECT s.id, s.user_id, MAX(r.expires_at) FROM sessions s"
+            " JOIN refresh_tokens r ON r.session_id = s.id WHERE s.revoked_at IS NULL"
+            " GROUP BY s.id HAVING MAX(r.expires_at) > ?",
+            (now_ms(),),
+        ) as cursor:
+            self.sessions = {id_: (user_id, expiry) async for id_, user_id, expiry in cursor}
+        async with read.execute(f"SELECT {API_TOKEN_COLUMNS} FROM api_tokens") as cursor:
+            self.api_tokens = dict([_api_token_from_row(row) async for row in cursor])
+        await self.create_first_admin()
+
+    async def create_first_admin(self) -> None:
+        """ADMIN_USERNAME/ADMIN_PASSWORD create an admin if that user does not exist yet."""
+        name, password = settings.admin_username, settings.admin_password
+        if password and not name:
+            raise RuntimeError("ADMIN_PASSWORD is set without ADMIN_USERNAME")
+        if name and not any(user.username.lower() == name.lower() for user in self.users.values()):
+            if not password:
+                raise RuntimeError(f"Set ADMIN_PASSWORD to create {name}: no default password")
+            await self.create_user(name, password, "admin")
+            log.info("created admin user %s", name)
+        if not any(user.role == "admin" for user in self.users.values()):
+            log.warning(
+                "no admin user: set ADMIN_USERNAME and ADMIN_PASSWORD, "
+                "or run python app.py create-user NAME --admin"
+            )
+
+    # Passwords: argon2 runs in a thread (it would stall every stream), a few at a time.
+
+    async def hash_password(self, password: str) -> str:
+        async with self.hashing:
+            return await asyncio.to_thread(self.hasher.hash, password)
+
+    async def verify_password(self, password_hash: str, password: str) -> bool:
+        async with self.hashing:
+            try:
+                return await asyncio.to_thread(self.hasher.verify, password_hash, password)
+            except (VerificationError, InvalidHashError):
+                return False
+
+    async def verify_login(self, username: str, password: str, address: str) -> User | None:
+        """The enabled user with this username and password, else None. Attempts are limited
+        per username and per client address (429); an unknown username costs the same
+        argon2 verification as a wrong password."""
+        limits = {
+            f"user:{username.lower()}": settings.login_max_failures,
+            f"address:{address}": settings.login_max_failures_per_address,
+        }
+        stamp = self.logins.begin(limits)
+        async with self.storage.read.execute(
+            f"SELECT {USER_COLUMNS}, password_hash FROM users WHERE username = ?", (username,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        valid = await self.verify_password(row[-1] if row else self.dummy_hash, password)
+        user = _user_from_row(row[:-1]) if row else None
+        if user is None or not valid or user.disabled:
+            log.warning(
+                "failed login for %s from %s", user.username if user else "an unknown user", address
+            )
+            return None
+        self.logins.succeeded(limits, stamp)
+        self.users[user.id] = user  # a user made by the CLI while the server runs
+        return user
+
+    # Users
+
+    async def create_user(self, username: str, password: str, role: str) -> User:
+        user = User(secrets.token_hex(8), check_username(username), role, False, now_ms())
+        password_hash = await self.hash_password(check_password(password))
+        try:
+            async with self.storage.transaction() as db:
+                await db.execute(
+                    f"INSERT INTO users ({USER_COLUMNS}, password_hash) VALUES (?, ?, ?, ?, ?, ?)",
+                    (user.id, user.username, user.role, 0, user.created_at, password_hash),
+                )
+        except sqlite3.IntegrityError:
+            raise ApiError(409, f"Username already taken: {username}") from None
+        self.users[user.id] = user
+        return user
+
+    async def list_users(self) -> list[User]:
+        async with self.storage.read.execute(
+            f"SELECT {USER_COLUMNS} FROM users ORDER BY created_at"
+        ) as cursor:
+            return [_user_from_row(row) async for row in cursor]
+
+    async def find_user(self, user_id: str) -> User:
+        async with self.storage.read.execute(
+            f"SELECT {USER_COLUMNS} FROM users WHERE id = ?", (user_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            raise ApiError(404, f"Unknown user: {user_id}")
+        return _user_from_row(row)
+
+    async def update_user(self, user_id: str, changes: dict[str, Any]) -> User:
+        """Apply validated changes (disabled, role, password). A new password or disabling
+        ends every session of the user."""
+        user = await self.find_user(user_id)
+        password = changes.get("password")
+        password_hash = await self.hash_password(password) if password is not None else None
+        updated = replace(user, **{k: v for k, v in changes.items() if k != "password"})
+        async with self.storage.transaction() as db:
+            await db.execute(
+                "UPDATE users SET role = ?, disabled = ?,"
+                " password_hash = COALESCE(?, password_hash) WHERE id = ?",
+                (updated.role, int(updated.disabled), password_hash, user_id),
+            )
+            if password_hash is not None or updated.disabled:
+                await self.revoke_sessions(db, user_id=user_id)
+        self.users[user_id] = updated
+        return updated
+
+    async def delete_user(self, user_id: str) -> None:
+        """Delete a user with their sessions and API tokens; their rooms stay, without an
+        owner (admins manage them)."""
+        await self.find_user(user_id)
+        async with self.storage.transaction() as db:
+            await db.execute("UPDATE rooms SET owner = NULL WHERE owner = ?", (user_id,))
+            await db.execute("DELETE FROM users WHERE id = ?", (user_id,))  # cascades
+        self.users.pop(user_id, None)
+        self.sessions = {id_: s for id_, s in self.sessions.items() if s[0] != user_id}
+        self.api_tokens = {h: t for h, t in self.api_tokens.items() if t.user_id != user_id}
+        for room in hub.rooms.values():
+            if room.record.owner == user_id:
+                room.record.owner = None
+
+    # Sessions: an access JWT (short) and a refresh token (long, rotated on every use).
+
+    def access_token(self, user: User, session_id: str) -> str:
+        now = int(time.time())
+        claims = {
+            "iss": JWT_ISSUER,
+            "aud": JWT_AUDIENCE,
+            "sub": user.id,
+            "role": user.role,
+            "sid": session_id,
+            "iat": now,
+            "exp": now + int(settings.access_token_ttl_s),
+            "jti": secrets.token_hex(16),
+        }
+        return jwt.encode(claims, self.secret_key, algorithm="HS256")
+
+    async def start_session(self, user: User) -> tuple[str, str]:
+        """A new login session: (access token, refresh token)."""
+        session_id, refresh = secrets.token_hex(16), secrets.token_urlsafe(32)
+        now = now_ms()
+        expiry = now + int(settings.refresh_token_ttl_s * 1000)
+        async with self.storage.transaction() as db:
+            # forget what can no longer be used: expired refresh tokens, then their sessions
+            await db.execute("DELETE FROM refresh_tokens WHERE expires_at <= ?", (now,))
+            await db.execute(
+                "DELETE FROM sessions WHERE id NOT IN (SELECT session_id FROM refresh_tokens)"
+            )
+            await db.execute(
+                "INSERT INTO sessions (id, user_id, created_at) VALUES (?, ?, ?)",
+                (session_id, user.id, now),
+            )
+            await db.execute(
+                "INSERT INTO refresh_tokens (hash, session_id, expires_at) VALUES (?, ?, ?)",
+                (sha256_hex(refresh), session_id, expiry),
+            )
+        self.sessions = {id_: s for id_, s in self.sessions.items() if s[1] > now}
+        self.sessions[session_id] = (user.id, expiry)
+        return self.access_token(user, session_id), refresh
+
+    async def refresh_session(self, refresh_token: str) -> tuple[User, str, str]:
+        """New tokens for a refresh token, which is used up. Presenting a used one again
+        means someone else has it too: the whole session is revoked."""
+        now = now_ms()
+        refresh = secrets.token_urlsafe(32)
+        expiry = now + int(settings.refresh_token_ttl_s * 1000)
+        async with self.storage.transaction() as db:
+            async with db.execute(
+                "SELECT r.session_id, r.expires_at, r.rotated_at, s.user_id, s.revoked_at"
+                " FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id WHERE r.hash = ?",
+                (sha256_hex(refresh_token),),
+            ) as cursor:
+                row = await cursor.fetchone()
+            if row is None or row[1] <= now:
+                failure = "Invalid or expired refresh token"
+            elif row[4] is not None:
+                failure = "Session ended: log in again"
+            elif row[2] is not None:
+                await self.revoke_sessions(db, session_id=row[0])
+                failure = "Refresh token reused: the session is revoked, log in again"
+            else:
+                failure = None
+                await db.execute(
+                    "UPDATE refresh_tokens SET rotated_at = ? WHERE hash = ?",
+                    (now, sha256_hex(refresh_token)),
+                )
+                await db.execute(
+                    "INSERT INTO refresh_tokens (hash, session_id, expires_at) VALUES (?, ?, ?)",
+                    (sha256_hex(refresh), row[0], expiry),
+                )
+        if failure is not None:  # raised after the commit: a revocation must stick
+            if row is not None and row[2] is not None and row[4] is None:
+                log.warning("refresh token reused: revoked a session of %s", row[3])
+            raise ApiError(401, failure)
+        session_id, user = row[0], self.users[row[3]]
+        self.sessions[session_id] = (user.id, expiry)
+        return user, self.access_token(user, session_id), refresh
+
+    async def end_session(
+        self, *, session_id: str | None = None, refresh_token: str | None = None
+    ) -> None:
+        """Logout: revoke a session, given by its id or one of its refresh tokens."""
+        async with self.storage.transaction() as db:
+            if refresh_token is not None:
+                async with db.execute(
+                    "SELECT session_id FROM refresh_tokens WHERE hash = ?",
+                    (sha256_hex(refresh_token),),
+                ) as cursor:
+                    row = await cursor.fetchone()
+                session_id = row[0] if row is not None else None
+            if session_id is not None:
+                await self.revoke_sessions(db, session_id=session_id)
+
+    async def revoke_sessions(
+        self, db: aiosqlite.Connection, *, session_id: str | None = None, user_id: str | None = None
+    ) -> None:
+        """Within a transaction: revoke one session, or every session of a user."""
+        await db.execute(
+            "UPDATE sessions SET revoked_at = ?"
+            " WHERE revoked_at IS NULL AND (id = ? OR user_id = ?)",
+            (now_ms(), session_id, user_id),
+        )
+        self.sessions = {
+            id_: s for id_, s in self.sessions.items() if id_ != session_id and s[0] != user_id
+        }
+
+    def session_principal(self, token: str) -> Principal:
+        try:
+            claims = jwt.decode(
+                token,
+                self.secret_key,
+                algorithms=["HS256"],
+                audience=JWT_AUDIENCE,
+                issuer=JWT_ISSUER,
+                options={"require": ["iss", "aud", "sub", "sid", "iat", "exp", "jti"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise ApiError(401, "Token expired") from None
+        except jwt.InvalidTokenError:
+            raise ApiError(401, "Invalid token") from None
+        user = self.users.get(claims["sub"])
+        session = self.sessions.get(claims["sid"])
+        if user is None or session is None or session[0] != user.id:
+            raise ApiError(401, "Session ended: log in again")
+        if user.disabled:
+            raise ApiError(401, "Account disabled")
+        return Principal("session", user.username, user.role, user.id, session_id=claims["sid"])
+
+    # API tokens
+
+    def api_token_principal(self, token: str) -> Principal:
+        record = self.api_tokens.get(sha256_hex(token))
+        if record is None:
+            raise ApiError(401, "Invalid token")
+        if record.expires_at is not None and record.expires_at <= now_ms():
+            raise ApiError(401, "Token expired")
+        user = self.users[record.user_id]
+        if user.disabled:
+            raise ApiError(401, "Account disabled")
+        return Principal("token", user.username, user.role, user.id, token=record)
+
+    async def create_api_token(
+        self,
+        user_id: str,
+        name: str,
+        rooms: frozenset[str] | None,
+        rights: frozenset[str],
+        expires_at: int | None,
+    ) -> tuple[str, ApiToken]:
+        """A new token: (the secret, shown this once; the record)."""
+        secret = API_TOKEN_PREFIX + secrets.token_urlsafe(32)
+        token = ApiToken(secrets.token_hex(8), user_id, name, rooms, rights, expires_at, now_ms())
+        scope = None if rooms is None else compact_json(sorted(rooms))
+        async with self.storage.transaction() as db:
+            await db.execute(
+                f"INSERT INTO api_tokens ({API_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    sha256_hex(secret),
+                    token.id,
+                    user_id,
+                    name,
+                    scope,
+                    compact_json(sorted(rights)),
+                    expires_at,
+                    token.created_at,
+                ),
+            )
+        self.api_tokens[sha256_hex(secret)] = token
+        return secret, token
+
+    def user_api_tokens(self, user_id: str) -> list[ApiToken]:
+        tokens = [token for token in self.api_tokens.values() if token.user_id == user_id]
+        return sorted(tokens, key=lambda token: token.created_at)
+
+    async def revoke_api_token(self, principal: Principal, token_id: str) -> None:
+        """Delete an API token of the principal's user (an admin: anyone's)."""
+        found = [
+            digest
+            for digest, token in self.api_tokens.items()
+            if token.id == token_id
+            and (principal.role == "admin" or token.user_id == principal.user_id)
+        ]
+        if not found:
+            raise ApiError(404, f"Unknown API token: {token_id}")
+        async with self.storage.transaction() as db:
+            await db.execute("DELETE FROM api_tokens WHERE id = ?", (token_id,))
+        del self.api_tokens[found[0]]
+
+
+accounts = Accounts()
 
 
 # ---------------------------------------------------------------------------------------
@@ -1008,8 +1640,9 @@ async def stream_events(scope, receive, send, room_id: str | None, headers) -> N
             send, receive, headers, hub.fallback, "player", reason=reason, requested=room_id
         )
     role = "controller" if params.get("role") == "controller" else "player"
-    if role == "controller":  # a controller may publish here
-        authorize(bearer_token(headers) or params.get("token"), room, "publish")
+    if role == "controller" or room.record.private:  # a controller may publish here
+        token = bearer_token(headers) or params.get("token") or session_cookie(headers)
+        authorize(token, room, "publish" if role == "controller" else "subscribe")
     last_id = parse_last_event_id(headers, params)
     await serve_stream(send, receive, headers, room, role, last_id)
 
@@ -1156,6 +1789,11 @@ app.asgi_app = HotPath(app.asgi_app)
 @app.before_serving
 async def startup() -> None:
     await hub.start()
+    try:
+        await accounts.start(hub.storage)
+    except BaseException:  # e.g. a bad SECRET_KEY: stop, or the database's threads linger
+        await shutdown()
+        raise
 
 
 @app.after_serving
@@ -1184,11 +1822,32 @@ async def add_cors(response):
     return response
 
 
-async def json_body() -> dict[str, Any]:
-    body = request_json(await request.get_data())
+async def json_body(optional: bool = False) -> dict[str, Any]:
+    """The request's JSON object, else 400; with `optional`, an empty body is {}."""
+    data = await request.get_data()
+    if optional and not data:
+        return {}
+    body = request_json(data)
     if not isinstance(body, dict):
         raise ApiError(400, "Body must be a JSON object")
     return body
+
+
+def reject_unknown_fields(body: dict[str, Any], known: set[str]) -> None:
+    if unknown := sorted(set(body) - known - {"token"}):
+        raise ApiError(400, f"Unknown field: {', '.join(unknown)}")
+
+
+def ok(msg: str = "OK", code: int = 200, **fields: Any) -> tuple[dict[str, Any], int]:
+    return {"success": True, "code": code, "msg": msg, **fields}, code
+
+
+def request_token(body: dict[str, Any] | None = None) -> str | None:
+    """A Quart request's token: Bearer header, then body `token`, then `?token=`."""
+    token = bearer_token(dict(request.scope["headers"]))
+    if token is None and body is not None and isinstance(body.get("token"), str):
+        token = body["token"]
+    return token or request.args.get("token")
 
 
 @app.get("/healthz")
@@ -1200,51 +1859,332 @@ async def healthz():
         "fallback_subscribers": len(hub.fallback.subscribers),
         **hub.metrics,
     }
-    return {"success": True, "code": 200, "msg": "OK", **stats}
+    return ok(**stats)
 
 
-@app.get("/api/v1/rooms")
-async def list_rooms():
-    rooms = [room_summary(room) for room in hub.rooms.values()]
-    return {"success": True, "code": 200, "msg": "OK", "rooms": rooms}
+# Auth: login answers an access JWT and a refresh token in JSON and as HttpOnly cookies:
+# the refresh token for /api/v1/auth (refresh, logout), the access JWT for /api/v1/events
+# (EventSource cannot send a header; the admin page sends it as Bearer everywhere else).
 
 
-@app.post("/api/v1/rooms")
-async def create_room():
+async def session_response(user: User, access: str, refresh: str, msg: str):
+    reply = ok(
+        msg,
+        access_token=access,
+        refresh_token=refresh,
+        token_type="Bearer",
+        expires_in=int(settings.access_token_ttl_s),
+        refresh_expires_in=int(settings.refresh_token_ttl_s),
+        user=user.public(),
+    )
+    response = await make_response(reply)
+    set_session_cookies(response, (refresh, access))
+    return response
+
+
+def set_session_cookies(response, values: tuple[str, str] | None) -> None:
+    """Set (refresh token, access token) as cookies, or clear them (None)."""
+    secure = (
+        settings.cookie_secure
+        or request.scheme == "https"
+        or request.headers.get("X-Forwarded-Proto") == "https"
+    )
+    cookies = [
+        (REFRESH_COOKIE, "/api/v1/auth", settings.refresh_token_ttl_s),
+        (SESSION_COOKIE, "/api/v1/events", settings.access_token_ttl_s),
+    ]
+    for index, (name, path, ttl) in enumerate(cookies):
+        response.set_cookie(
+            name,
+            values[index] if values else "",
+            max_age=int(ttl) if values else 0,
+            path=path,
+            secure=secure,
+            httponly=True,
+            samesite="Strict",
+        )
+    response.headers["Cache-Control"] = "no-store"
+
+
+@app.post("/api/v1/auth/login")
+async def login():
     body = await json_body()
-    authorize(request_token(body), None, "admin")
-    room_id = body.get("id")
-    canonical = normalize_room(room_id) if isinstance(room_id, str) else None
-    if canonical is None:
-        raise ApiError(400, "Invalid room id: use 1-64 letters or digits")
-    if canonical in hub.rooms:
-        raise ApiError(409, f"Room already exists: {canonical}", room=canonical)
-    record = await hub.create_room(canonical, None)
-    return {"success": True, "code": 201, "msg": "Room Created", "room": record.public()}, 201
+    username, password = body.get("username"), body.get("password")
+    if not isinstance(username, str) or not isinstance(password, str):
+        raise ApiError(400, "username and password must be strings")
+    user = await accounts.verify_login(username, password, request.remote_addr or "")
+    if user is None:
+        raise ApiError(401, "Invalid username or password")
+    return await session_response(user, *await accounts.start_session(user), "Logged In")
 
 
-@app.get("/api/v1/rooms/<room_id>")
-async def get_room(room_id: str):
-    room = find_room(room_id)
-    return {"success": True, "code": 200, "msg": "OK", "room": room_summary(room)}
+@app.post("/api/v1/auth/refresh")
+async def refresh():
+    body = await json_body(optional=True)
+    token = body.get("refresh_token") or request.cookies.get(REFRESH_COOKIE)
+    if not isinstance(token, str) or not token:
+        raise ApiError(401, "Missing refresh token: send refresh_token or the cookie")
+    user, access, refresh_token = await accounts.refresh_session(token)
+    return await session_response(user, access, refresh_token, "Token Refreshed")
 
 
-@app.get("/api/v1/rooms/<room_id>/presence")
-async def get_presence(room_id: str):
-    room = find_room(room_id)
-    return {"success": True, "code": 200, "msg": "OK", "room": room.id, **room.presence()}
+@app.post("/api/v1/auth/logout")
+async def logout():
+    """Revokes the session of the refresh token (body or cookie), else of the Bearer access
+    token, and clears the cookies."""
+    body = await json_body(optional=True)
+    token = body.get("refresh_token") or request.cookies.get(REFRESH_COOKIE)
+    if isinstance(token, str) and token:
+        await accounts.end_session(refresh_token=token)
+    else:
+        await accounts.end_session(session_id=authenticate(request_token()).session_id)
+    response = await make_response(ok("Logged Out"))
+    set_session_cookies(response, None)
+    return response
+
+
+@app.get("/api/v1/auth/me")
+async def me():
+    return ok(principal=authenticate(request_token()).public())
+
+
+@app.post("/api/v1/auth/password")
+async def change_password():
+    body = await json_body()
+    principal = authorize(request_token(), None, "account")
+    current, new = body.get("current_password"), body.get("new_password")
+    check_password(new, "new_password")
+    if not isinstance(current, str):
+        raise ApiError(400, "current_password must be a string")
+    if await accounts.verify_login(principal.name, current, request.remote_addr or "") is None:
+        raise ApiError(401, "current_password is wrong")
+    user = await accounts.update_user(principal.user_id, {"password": new})  # ends sessions
+    return await session_response(user, *await accounts.start_session(user), "Password Changed")
+
+
+# Rooms
+
+
+ROOM_FIELDS = {"title", "private", "history_size", "settings"}
+ROOM_SETTINGS = {  # name: (valid?, what it must be)
+    "typewriter_speed": (
+        lambda value: type(value) in (int, float) and 1 <= value <= 1000,
+        "a number of characters per second, 1-1000",
+    ),
+    "theme": (lambda value: isinstance(value, str) and 1 <= len(value) <= 64, "1-64 characters"),
+}
+
+
+def room_fields(body: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """The room fields of a request body, validated; settings are merged into `current`
+    (a null setting removes it)."""
+    fields = {name: body[name] for name in ROOM_FIELDS if name in body}
+    title = fields.get("title", "")
+    if not isinstance(title, str) or len(title) > 200:
+        raise ApiError(400, "title must be a string of at most 200 characters")
+    if not isinstance(fields.get("private", False), bool):
+        raise ApiError(400, "private must be true or false")
+    size = fields.get("history_size")
+    if size is not None and (type(size) is not int or not 1 <= size <= 1_000_000):
+        raise ApiError(400, "history_size must be an integer from 1 to 1000000, or null")
+    if "settings" in fields:
+        changes = fields["settings"]
+        if not isinstance(changes, dict):
+            raise ApiError(400, "settings must be a JSON object")
+        for name, value in changes.items():
+            if name not in ROOM_SETTINGS:
+                raise ApiError(400, f"Unknown setting: {name}", known=sorted(ROOM_SETTINGS))
+            valid, expected = ROOM_SETTINGS[name]
+            if value is not None and not valid(value):
+                raise ApiError(400, f"settings.{name} must be {expected}, or null")
+        merged = {**current, **changes}
+        fields["settings"] = {name: value for name, value in merged.items() if value is not None}
+    return fields
 
 
 def room_summary(room: Room) -> dict[str, Any]:
     return {**room.record.public(), "subscribers": room.presence()}
 
 
-def request_token(body: dict[str, Any] | None = None) -> str | None:
-    """A Quart request's token: Bearer header, then body `token`, then `?token=`."""
-    token = bearer_token(dict(request.scope["headers"]))
-    if token is None and body is not None and isinstance(body.get("token"), str):
-        token = body["token"]
-    return token or request.args.get("token")
+@app.get("/api/v1/rooms")
+async def list_rooms():
+    """Public rooms, and the private ones the caller may subscribe to."""
+    token = request_token()
+    principal = authenticate(token) if token else None
+    rooms = [
+        room_summary(room)
+        for room in hub.rooms.values()
+        if not room.record.private or (principal and principal.may(room, "subscribe"))
+    ]
+    return ok(rooms=rooms)
+
+
+@app.post("/api/v1/rooms")
+async def create_room():
+    body = await json_body()
+    principal = authorize(request_token(body), None, "manage")
+    reject_unknown_fields(body, ROOM_FIELDS | {"id"})
+    room_id = body.get("id")
+    canonical = normalize_room(room_id) if isinstance(room_id, str) else None
+    if canonical is None:
+        raise ApiError(400, "Invalid room id: use 1-64 letters or digits")
+    fields = room_fields(body, {})
+    conflict = ApiError(409, f"Room already exists: {canonical}", room=canonical)
+    if canonical in hub.rooms:
+        raise conflict
+    try:
+        record = await hub.create_room(canonical, principal.user_id, **fields)
+    except sqlite3.IntegrityError:
+        raise conflict from None
+    return ok("Room Created", 201, room=record.public())
+
+
+def readable_room(room_id: str) -> Room:
+    """A room the request may read: public, or private with a subscribe right."""
+    room = find_room(room_id)
+    if room.record.private:
+        authorize(request_token(), room, "subscribe")
+    return room
+
+
+@app.get("/api/v1/rooms/<room_id>")
+async def get_room(room_id: str):
+    return ok(room=room_summary(readable_room(room_id)))
+
+
+@app.get("/api/v1/rooms/<room_id>/presence")
+async def get_presence(room_id: str):
+    room = readable_room(room_id)
+    return ok(room=room.id, **room.presence())
+
+
+@app.patch("/api/v1/rooms/<room_id>")
+async def update_room(room_id: str):
+    """Settings: title, private, history_size, settings.typewriter_speed, settings.theme."""
+    body = await json_body()
+    room = find_room(room_id)
+    authorize(request_token(body), room, "manage")
+    reject_unknown_fields(body, ROOM_FIELDS)
+    await hub.update_room(room, room_fields(body, room.record.settings))
+    return ok("Room Updated", room=room_summary(room))
+
+
+@app.delete("/api/v1/rooms/<room_id>")
+async def delete_room(room_id: str):
+    """Ends the room's streams with `event: deleted` and deletes its history."""
+    room = find_room(room_id)
+    authorize(request_token(), room, "manage")
+    if room.id == settings.default_room:
+        raise ApiError(409, "The default room cannot be deleted", room=room.id)
+    await hub.delete_room(room)
+    return ok("Room Deleted", room=room.id)
+
+
+# API tokens: a user's tokens for scripts, bots and OBS.
+
+
+@app.get("/api/v1/tokens")
+async def list_api_tokens():
+    principal = authorize(request_token(), None, "account")
+    tokens = [token.public() for token in accounts.user_api_tokens(principal.user_id)]
+    return ok(tokens=tokens)
+
+
+@app.post("/api/v1/tokens")
+async def create_api_token():
+    """{name, rooms: [ids] or "*" (every room of the user), rights: ["publish",
+    "subscribe"], expires_in?: seconds}. The secret is in this reply only."""
+    body = await json_body()
+    principal = authorize(request_token(), None, "account")
+    reject_unknown_fields(body, {"name", "rooms", "rights", "expires_in"})
+    name, scope, rights = body.get("name"), body.get("rooms"), body.get("rights")
+    expires_in = body.get("expires_in")
+    if not isinstance(name, str) or not 1 <= len(name) <= 100:
+        raise ApiError(400, "name must be a string of 1-100 characters")
+    if scope == "*":
+        rooms = None
+    elif isinstance(scope, list) and scope and all(isinstance(room, str) for room in scope):
+        rooms = frozenset(authorize_room(principal, room_id) for room_id in scope)
+    else:
+        raise ApiError(400, 'rooms must be a non-empty list of room ids, or "*"')
+    if not isinstance(rights, list) or not rights or not set(rights) <= set(TOKEN_RIGHTS):
+        raise ApiError(400, f"rights must be a non-empty list of {', '.join(TOKEN_RIGHTS)}")
+    if expires_in is not None and (type(expires_in) not in (int, float) or expires_in <= 0):
+        raise ApiError(400, "expires_in must be a positive number of seconds, or null")
+    expires_at = None if expires_in is None else now_ms() + int(expires_in * 1000)
+    secret, token = await accounts.create_api_token(
+        principal.user_id, name, rooms, frozenset(rights), expires_at
+    )
+    return ok("Token Created", 201, token=secret, api_token=token.public())
+
+
+def authorize_room(principal: Principal, room_id: str) -> str:
+    """A room a user may put in a token's scope: one they may publish to."""
+    room = find_room(room_id)
+    if not principal.may(room, "publish"):
+        raise ApiError(403, f"Not your room: {room.id}", room=room.id)
+    return room.id
+
+
+@app.delete("/api/v1/tokens/<token_id>")
+async def revoke_api_token(token_id: str):
+    principal = authorize(request_token(), None, "account")
+    await accounts.revoke_api_token(principal, token_id)
+    return ok("Token Revoked", id=token_id)
+
+
+# Users (admins)
+
+
+def user_changes(body: dict[str, Any]) -> dict[str, Any]:
+    changes = {name: body[name] for name in ("disabled", "role", "password") if name in body}
+    if not isinstance(changes.get("disabled", False), bool):
+        raise ApiError(400, "disabled must be true or false")
+    if changes.get("role", "user") not in ROLES:
+        raise ApiError(400, f"role must be one of {', '.join(ROLES)}")
+    if "password" in changes:
+        check_password(changes["password"])
+    return changes
+
+
+@app.get("/api/v1/users")
+async def list_users():
+    authorize(request_token(), None, "admin")
+    return ok(users=[user.public() for user in await accounts.list_users()])
+
+
+@app.post("/api/v1/users")
+async def create_user():
+    """{username, password, role?: "admin" | "user" (default)}."""
+    body = await json_body()
+    authorize(request_token(body), None, "admin")
+    reject_unknown_fields(body, {"username", "password", "role"})
+    role = user_changes({"role": body.get("role", "user")})["role"]
+    user = await accounts.create_user(body.get("username"), body.get("password"), role)
+    return ok("User Created", 201, user=user.public())
+
+
+@app.patch("/api/v1/users/<user_id>")
+async def update_user(user_id: str):
+    """{disabled?, role?, password?}: disable or enable, change the role, reset the
+    password. Disabling or a new password ends the user's sessions."""
+    body = await json_body()
+    principal = authorize(request_token(body), None, "admin")
+    reject_unknown_fields(body, {"disabled", "role", "password"})
+    changes = user_changes(body)
+    if user_id == principal.user_id and (changes.get("disabled") or changes.get("role") == "user"):
+        raise ApiError(400, "You cannot disable or demote your own account")
+    user = await accounts.update_user(user_id, changes)
+    return ok("User Updated", user=user.public())
+
+
+@app.delete("/api/v1/users/<user_id>")
+async def delete_user(user_id: str):
+    principal = authorize(request_token(), None, "admin")
+    if user_id == principal.user_id:
+        raise ApiError(400, "You cannot delete your own account")
+    await accounts.delete_user(user_id)
+    return ok("User Deleted", id=user_id)
 
 
 @app.get("/static/js/sse-client.js")
@@ -1730,14 +2670,47 @@ async def serve() -> None:
     await hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger)
 
 
+def create_user_command(username: str, admin: bool) -> None:
+    """`create-user`: the password comes from a prompt (a terminal) or the first line of
+    stdin; nothing secret is printed. Safe while the server runs (SQLite WAL)."""
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Repeat: ") != password:
+            sys.exit("create-user: the passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+
+    async def create() -> User:
+        accounts.storage = Storage(DATABASE)
+        await accounts.storage.open()
+        try:
+            return await accounts.create_user(username, password, "admin" if admin else "user")
+        finally:
+            await accounts.storage.close()
+
+    try:
+        user = asyncio.run(create())
+    except ApiError as error:
+        sys.exit(f"create-user: {error.msg}")
+    print(f"created {user.role} {user.username}")
+
+
 def main(argv: list[str]) -> None:
     logging.basicConfig(
         level=os.environ.get("LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    if argv:
-        sys.exit(f"unknown command: {' '.join(argv)}")
-    asyncio.run(serve())
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)  # its debug lines show SQL values
+    parser = argparse.ArgumentParser(prog="app.py", description="Run the hub, or a command.")
+    commands = parser.add_subparsers(dest="command")
+    user_command = commands.add_parser("create-user", help="create a user (asks the password)")
+    user_command.add_argument("username")
+    user_command.add_argument("--admin", action="store_true", help="with the admin role")
+    args = parser.parse_args(argv)
+    if args.command == "create-user":
+        create_user_command(args.username, args.admin)
+    else:
+        asyncio.run(serve())
 
 
 if __name__ == "__main__":

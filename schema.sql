@@ -1,4 +1,4 @@
--- streaming-message schema. Applied at start-up (idempotent); see init_db in app.py.
+-- streaming-message schema. Applied at start-up (idempotent); see Storage.open in app.py.
 
 CREATE TABLE IF NOT EXISTS rooms (
     id           TEXT PRIMARY KEY,            -- canonical (lower case) room id
@@ -19,3 +19,46 @@ CREATE TABLE IF NOT EXISTS messages (
     payload TEXT NOT NULL,
     PRIMARY KEY (room, id)
 ) WITHOUT ROWID;
+
+-- Accounts (see "Auth" in app.py). Usernames are ASCII, so NOCASE makes them unique
+-- ignoring case. No secret is stored in plain text: passwords as argon2id hashes, tokens
+-- (random, high-entropy) as SHA-256 hashes.
+CREATE TABLE IF NOT EXISTS users (
+    id            TEXT PRIMARY KEY,            -- random; rooms.owner and the JWT's sub
+    username      TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    password_hash TEXT NOT NULL,               -- argon2id, PHC string
+    role          TEXT NOT NULL CHECK (role IN ('admin', 'user')),
+    disabled      INTEGER NOT NULL DEFAULT 0,
+    created_at    INTEGER NOT NULL             -- epoch ms
+);
+
+-- A login. Its refresh tokens rotate within it; its access JWTs carry its id (claim sid)
+-- and stop working when it is revoked (logout, refresh-token reuse, new password, disable).
+CREATE TABLE IF NOT EXISTS sessions (
+    id         TEXT PRIMARY KEY,
+    user_id    TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS sessions_user ON sessions (user_id);
+
+CREATE TABLE IF NOT EXISTS refresh_tokens (
+    hash       TEXT PRIMARY KEY,               -- SHA-256 of the token
+    session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+    expires_at INTEGER NOT NULL,               -- epoch ms
+    rotated_at INTEGER                         -- exchanged; presenting it again revokes the session
+);
+CREATE INDEX IF NOT EXISTS refresh_tokens_session ON refresh_tokens (session_id);
+
+-- Tokens for scripts, bots and OBS.
+CREATE TABLE IF NOT EXISTS api_tokens (
+    id         TEXT PRIMARY KEY,               -- public, for listing and revoking
+    hash       TEXT NOT NULL UNIQUE,           -- SHA-256 of the secret
+    user_id    TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    name       TEXT NOT NULL,
+    rooms      TEXT,                           -- JSON array of room ids; NULL: all the user's rooms
+    rights     TEXT NOT NULL,                  -- JSON array of "publish", "subscribe"
+    expires_at INTEGER,                        -- epoch ms; NULL: never
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS api_tokens_user ON api_tokens (user_id);

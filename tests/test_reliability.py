@@ -265,12 +265,12 @@ async def test_kill_9_mid_burst_keeps_every_acknowledged_message(make_server, tm
 MIB = 2**20
 
 
-def rss_mib(pid: int, field: str = "VmRSS") -> float:
-    """Resident memory of a process (VmHWM: its peak so far), in MiB."""
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process, in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
+        if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024 / MIB
-    raise AssertionError(f"no {field} for {pid}")
+    raise AssertionError(f"no VmRSS for {pid}")
 
 
 async def until_health(server: Server, **expected: int) -> dict:
@@ -313,18 +313,25 @@ async def test_stalled_subscriber_is_bounded_dropped_and_resumes(make_server, re
             reply = await publisher.post("/api/v1/send", json=body)
             assert reply.status_code == 202, reply.text
 
+    async def sample_rss() -> None:
+        while True:
+            samples.append(rss_mib(pid))
+            await asyncio.sleep(0.01)
+
     reading = [asyncio.create_task(read_all(stream, warmup + count)) for stream in readers]
     await publish(0, warmup)  # the allocator settles at this message size
     await asyncio.sleep(0.5)
-    baseline = rss_mib(pid)
+    samples = [rss_mib(pid)]
+    sampling = asyncio.create_task(sample_rss())
     stalled = await RawStream.open(server.port, "/api/v1/events", rcvbuf=4096)  # never read
     await until_health(server, subscribers=4)
     await publish(warmup, count)
     await until_health(server, subscribers=3, slow_consumer_disconnects=1)
     for ids in await asyncio.gather(*reading):
         assert ids == list(range(1, warmup + count + 1))  # every message, in order, once
-    peak = rss_mib(pid, "VmHWM")
+    sampling.cancel()
     await publisher.aclose()
+    baseline, peak = samples[0], max(samples)
 
     growth = peak - baseline
     bound = 6 * queue * pad / MIB + 8  # ring + its joined copy + one stalled write, + slack
