@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import Server
+from conftest import Server, collect, subscribe
 from fake_llm import KEY, WORDS, FakeLLM
 from test_fallback import BUNDLED, Hitokoto
 
@@ -53,6 +53,7 @@ class RawStream:
         self.reader, self.writer = reader, writer
         self.buffer = b""
         self.ended = self.complete = False
+        self.comments = 0  # comment blocks (keepalives) skipped
         self.hello: dict = {}
 
     @classmethod
@@ -95,13 +96,15 @@ class RawStream:
                     data.append(value)
                 elif name:
                     fields[name] = value
-            if fields or data:
-                event_id = fields.get(b"id")
-                return Event(
-                    fields.get(b"event", b"message").decode(),
-                    None if event_id is None else event_id.decode(),
-                    b"\n".join(data).decode(),
-                )
+            if not (fields or data):
+                self.comments += 1
+                continue
+            event_id = fields.get(b"id")
+            return Event(
+                fields.get(b"event", b"message").decode(),
+                None if event_id is None else event_id.decode(),
+                b"\n".join(data).decode(),
+            )
 
     async def _read_chunk(self) -> None:
         try:
@@ -356,6 +359,22 @@ async def test_stalled_subscriber_is_bounded_dropped_and_resumes(make_server, re
     for stream in [*readers, resumed]:
         await stream.close()
     clean_log(server)
+
+
+async def test_keepalive_comments_on_an_idle_stream_are_no_events(make_server):
+    """An idle stream carries `:` comments (proxies keep it open); a client dispatches no
+    event for them. (httpx-sse did, once an id had been seen: conftest filters that.)"""
+    server: Server = make_server(KEEPALIVE_S="0.05")
+    raw = await RawStream.open(server.port, "/api/v1/events")
+    async with subscribe(f"{server.url}/api/v1/events") as events:
+        server.publish(data={"n": 1})
+        await asyncio.sleep(0.5)  # ten keepalive intervals
+        server.publish(data={"n": 2})
+        received = await collect(events, 2)
+    assert [json.loads(event.data)["data"] for event in received] == [{"n": 1}, {"n": 2}]
+    await raw.messages_until(2)
+    assert raw.comments >= 3  # they were sent
+    await raw.close()
 
 
 # ---------------------------------------------------------------------------------------
