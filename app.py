@@ -436,8 +436,9 @@ class Subscriber:
         self.live = False  # frames are flushed to it only after its hello (and replay)
 
     def end(self, final_frame: bytes) -> None:
-        """The server ends the stream: with a final frame (shutdown) after the frames still
-        due to it (see serve_stream); with none (it fell too far behind) at once."""
+        """The server ends the stream: with a final event (shutdown, room deleted or made
+        private) after the frames still due to it (see serve_stream); without one (it fell
+        too far behind) at once."""
         self.ending = final_frame
         if not final_frame:
             self.live = False
@@ -1687,7 +1688,7 @@ async def serve_stream(
         if subscriber.ending is None:
             raise
         asyncio.current_task().uncancel()
-        if subscriber.ending:  # shutdown: the frames still due to it, then the final event
+        if subscriber.ending:  # the frames still due to it, then the final event
             live, subscriber.live = subscriber.live, False
             if subscriber.flushing is not None:
                 await subscriber.flushing
