@@ -16,10 +16,11 @@ $(VENV)/.dev: $(VENV)/.run requirements-dev.txt
 run: $(VENV)/.run
 	$(VENV)/bin/python app.py
 
-# Browser tests need Debian's Chromium; install it where we can (root + apt), skip with a reason elsewhere.
+# Browser tests need Debian's Chromium (and a CJK font for readable screenshots); install it where
+# we can (root + apt), skip with a reason elsewhere.
 test: $(VENV)/.dev
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-		(apt-get update -qq && apt-get install -y -qq chromium >/dev/null) ; } || echo "chromium unavailable: browser tests will skip"
+		(apt-get update -qq && apt-get install -y -qq chromium fonts-wqy-microhei >/dev/null) ; } || echo "chromium unavailable: browser tests will skip"
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import getpass
 import hashlib
 import hmac
@@ -29,9 +30,10 @@ import sqlite3
 import sys
 import textwrap
 import time
+import types
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from http.cookies import CookieError, SimpleCookie
@@ -125,6 +127,7 @@ class Settings:
     login_max_failures: int
     login_max_failures_per_address: int
     login_window_s: float
+    frame_ancestors: str
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -180,6 +183,7 @@ class Settings:
             login_max_failures=int(_env("LOGIN_MAX_FAILURES", "10")),
             login_max_failures_per_address=int(_env("LOGIN_MAX_FAILURES_PER_ADDRESS", "30")),
             login_window_s=float(_env("LOGIN_WINDOW_S", "900")),
+            frame_ancestors=_env("FRAME_ANCESTORS", "*"),
         )
 
 
@@ -413,6 +417,23 @@ KEEPALIVE_FRAME = b":\n\n"
 ASGISend = Callable[[dict[str, Any]], Awaitable[None]]
 
 
+@types.coroutine
+def resume(coroutine: Coroutine, waiting_on: Any) -> Generator[Any, Any, Any]:
+    """Go on, inside the running task, with a coroutine that was stepped by hand and is
+    suspended on `waiting_on` (what it yielded): the loop an asyncio Task runs."""
+    while True:
+        try:
+            sent = yield waiting_on
+        except BaseException as error:  # the task was cancelled: the coroutine gets it
+            step = functools.partial(coroutine.throw, error)
+        else:
+            step = functools.partial(coroutine.send, sent)
+        try:
+            waiting_on = step()
+        except StopIteration as finished:
+            return finished.value
+
+
 class Subscriber:
     __slots__ = (
         "send",
@@ -538,14 +559,8 @@ class Room:
     def append(self, frame: bytes, message_id: int = 0) -> None:
         self.frames.append(frame)
         self.frame_ids.append(message_id)
-        capacity = settings.subscriber_queue
-        if len(self.frames) >= 2 * capacity:  # compact: keep the newest `capacity` frames
-            del self.frames[:capacity], self.frame_ids[:capacity]
-            self.base += capacity
-            for subscriber in [s for s in self.subscribers if s.cursor < self.base]:
-                log.info("slow consumer dropped room=%s role=%s", self.id, subscriber.role)
-                hub.metrics["slow_consumer_disconnects"] += 1
-                subscriber.end(b"")
+        if len(self.frames) >= 2 * settings.subscriber_queue:
+            self._trim()
         if not self._wake_armed and self.subscribers:
             self._wake_armed = True
             delay = settings.coalesce_ms / 1000
@@ -555,12 +570,45 @@ class Room:
             else:
                 loop.call_soon(self._wake)
 
+    def _trim(self) -> None:
+        """Forget old frames, keeping the newest SUBSCRIBER_QUEUE. A subscriber still
+        blocked on an earlier write that would miss some is a slow consumer: it is dropped
+        (it resumes by Last-Event-ID). One that was not woken yet (one commit can append
+        more than the queue) keeps its frames until its next write."""
+        cut = self.end - settings.subscriber_queue
+        for subscriber in self.subscribers:
+            if subscriber.cursor >= cut or subscriber.ending is not None:
+                continue
+            if subscriber.flushing is None:
+                cut = subscriber.cursor
+            else:
+                log.info("slow consumer dropped room=%s role=%s", self.id, subscriber.role)
+                hub.metrics["slow_consumer_disconnects"] += 1
+                subscriber.end(b"")
+        del self.frames[: cut - self.base], self.frame_ids[: cut - self.base]
+        self.base = cut
+
     def _wake(self) -> None:
         self._wake_armed = False
         end = self.end
         for subscriber in self.subscribers:
             if subscriber.live and subscriber.cursor < end and subscriber.flushing is None:
-                subscriber.flushing = asyncio.create_task(self._flush(subscriber))
+                self._write(subscriber, self.pending(subscriber))
+
+    def _write(self, subscriber: Subscriber, chunk: bytes) -> None:
+        """Hand a chunk to the subscriber's connection. Hypercorn's send completes at once
+        unless the socket's buffer is full, so it is stepped here by hand: no task per
+        subscriber per wake-up (that was most of the fan-out's cost). Only a send that must
+        wait goes on in a task, which then also writes whatever arrives meanwhile."""
+        if not chunk:
+            return
+        hub.metrics["deliveries"] += 1
+        sending = subscriber.send({"type": "http.response.body", "body": chunk, "more_body": True})
+        try:
+            waiting_on = sending.send(None)
+        except StopIteration:
+            return
+        subscriber.flushing = asyncio.create_task(self._flush(subscriber, sending, waiting_on))
 
     def pending(self, subscriber: Subscriber) -> bytes:
         """Every frame from the subscriber's cursor to the end, joined; advances the cursor.
@@ -576,8 +624,9 @@ class Room:
             self._joined = (start, end, b"".join(self.frames[offset:]))
         return self._joined[2]
 
-    async def _flush(self, subscriber: Subscriber) -> None:
+    async def _flush(self, subscriber: Subscriber, sending: Coroutine, waiting_on: Any) -> None:
         try:
+            await resume(sending, waiting_on)
             while subscriber.cursor < self.end:
                 chunk = self.pending(subscriber)
                 if chunk:
@@ -1669,16 +1718,7 @@ async def serve_stream(
     subscriber = Subscriber(send, role, room.end)
     room.join(subscriber)
     try:
-        hello = {**room.hello(), **hello_extra}
-        replay: list[bytes] = []
-        if last_id is not None:
-            rows = await hub.storage.history(room.id, last_id, room.record.last_id + 1)
-            oldest = rows[0][0] if rows else await hub.storage.oldest_id(room.id)
-            hello["gap"] = oldest is not None and oldest > last_id + 1
-            replay = [message_frame(message_id, payload) for message_id, payload in rows]
-            subscriber.replayed_through = rows[-1][0] if rows else 0
-        first = b"retry: %d\n" % settings.retry_ms + event_frame("meta", hello) + b"".join(replay)
-        await send({"type": "http.response.body", "body": first, "more_body": True})
+        await send_hello_and_replay(subscriber, room, last_id, hello_extra)
         subscriber.live = subscriber.ending is None
         if subscriber.live and subscriber.cursor < room.end:
             room._wake()
@@ -1698,6 +1738,23 @@ async def serve_stream(
         room.leave(subscriber)
         if subscriber.flushing is not None:
             subscriber.flushing.cancel()
+
+
+async def send_hello_and_replay(
+    subscriber: Subscriber, room: Room, last_id: int | None, hello_extra: dict[str, Any]
+) -> None:
+    """A stream's first write: `retry:`, the hello and the messages after last_id. (A
+    function of its own so the replay is not kept alive for the life of the stream.)"""
+    hello = {**room.hello(), **hello_extra}
+    replay: list[bytes] = []
+    if last_id is not None:
+        rows = await hub.storage.history(room.id, last_id, room.record.last_id + 1)
+        oldest = rows[0][0] if rows else await hub.storage.oldest_id(room.id)
+        hello["gap"] = oldest is not None and oldest > last_id + 1
+        replay = [message_frame(message_id, payload) for message_id, payload in rows]
+        subscriber.replayed_through = rows[-1][0] if rows else 0
+    first = b"retry: %d\n" % settings.retry_ms + event_frame("meta", hello) + b"".join(replay)
+    await subscriber.send({"type": "http.response.body", "body": first, "more_body": True})
 
 
 class HotPath:
@@ -2188,7 +2245,28 @@ async def delete_user(user_id: str):
     return ok("User Deleted", id=user_id)
 
 
-@app.get("/static/js/sse-client.js")
+# The pages: prebuilt files of frontend/dist (see frontend/README.md), under a strict CSP.
+# They load sse-client.js and assets/ relatively, so dist/ also works as a static site.
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'"
+)
+
+
+@app.after_request
+async def add_content_security_policy(response):
+    """No inline script or style, nothing from another origin; only the player may be
+    framed by other sites (OBS, a stream page: FRAME_ANCESTORS)."""
+    if response.mimetype == "text/html":
+        ancestors = settings.frame_ancestors if request.endpoint == "player_page" else "'self'"
+        policy = f"{CONTENT_SECURITY_POLICY}; frame-ancestors {ancestors}"
+        response.headers["Content-Security-Policy"] = policy
+    return response
+
+
+@app.get("/static/js/sse-client.js")  # the Bun project's path
+@app.get("/sse-client.js")  # the pages' (relative) path
 async def sse_client_js():
     return await send_from_directory(DIST, "sse-client.js", mimetype="text/javascript")
 
@@ -2199,8 +2277,10 @@ async def assets(name: str):
 
 
 @app.get("/admin")
-async def admin_page():
-    return await send_from_directory(DIST, "admin.html")
+@app.get("/chat")
+async def app_page():
+    """dist/admin.html or dist/chat.html."""
+    return await send_from_directory(DIST, f"{request.path[1:]}.html")
 
 
 @app.get("/")

@@ -89,19 +89,25 @@ class PublishResult:
         return sum(n for status, n in self.statuses.items() if not 200 <= status < 300)
 
 
-async def publish(hub, host: str, port: int, jobs: list[tuple[str, int]], publishers: int):
-    """Send every job, a (room, messages per request) pair, from `publishers` concurrent clients.
+async def publish(
+    hub, host: str, port: int, jobs: list[tuple[str, int]], publishers: int, within_s: float
+) -> PublishResult:
+    """Send the jobs, (room, messages per request) pairs, from `publishers` concurrent clients.
 
     Each client sends its next request as soon as the previous one is answered (closed loop).
-    Every message carries a sequence number and the send time in µs as `bench_t`.
+    Every message carries a sequence number and the send time in µs as `bench_t`. No request
+    starts after `within_s` seconds: a slow hub is measured on the jobs it got through.
     """
     result = PublishResult()
     queue = iter(enumerate(jobs))
+    deadline = time.monotonic() + within_s
 
     async def client() -> None:
         connection = HttpConnection(host, port)
         try:
             for sequence, (room, count) in queue:
+                if time.monotonic() > deadline:
+                    break
                 path, body = hub.publish_request(room, sequence, count, time.monotonic_ns() // 1000)
                 status = await connection.request("POST", path, body, hub.publish_headers)
                 result.statuses[status] += 1

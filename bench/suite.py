@@ -12,6 +12,7 @@ import json
 import multiprocessing
 import os
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from publish import publish
 SERVER_CPU, LOAD_CPU = 0, 1
 SATURATED = 0.9  # load generator CPU share above which a figure measures the generator
 HOST_BUSY = 0.15  # CPU share taken from the server's or generator's CPU by anything else
+PUBLISH_WITHIN_S = 30  # a hub too slow to take a workload's messages in this is cut short
 HANDSHAKES_IN_FLIGHT = 64  # below every hub's listen backlog, so no SYN is ever dropped
 
 
@@ -115,6 +117,7 @@ async def measure(hub: Hub, workload: Workload, workdir: Path, profile_to: Path 
     rooms = [f"bench{i}" for i in range(workload.rooms)]
     hub.start(workdir)
     readers = SubscriberProcess()
+    profiler = None
     try:
         await hub.wait_ready()
         await hub.create_rooms(rooms)
@@ -136,8 +139,9 @@ async def measure(hub: Hub, workload: Workload, workdir: Path, profile_to: Path 
             )
 
         # Barrier: one probe per room, awaited by every subscriber, proves all are subscribed.
+        probes = [(room, 1) for room in rooms]
         probe = await asyncio.wait_for(
-            publish(hub, HOST, hub.port, [(room, 1) for room in rooms], workload.publishers), 20
+            publish(hub, HOST, hub.port, probes, workload.publishers, within_s=15), 20
         )
         if probe.accepted != len(rooms):
             raise RunError(f"probe publishes answered {dict(probe.statuses)} {probe.errors[:3]}")
@@ -160,7 +164,7 @@ async def measure(hub: Hub, workload: Workload, workdir: Path, profile_to: Path 
         cpu_before = cpu_seconds(server), cpu_seconds(load_generator), time.monotonic()
         busy_before = cpu_busy_seconds(SERVER_CPU), cpu_busy_seconds(LOAD_CPU)
         published = await asyncio.wait_for(
-            publish(hub, HOST, hub.port, jobs, workload.publishers), 40
+            publish(hub, HOST, hub.port, jobs, workload.publishers, within_s=PUBLISH_WITHIN_S), 40
         )
         delivered = await readers.ask(
             "await", 15, expected_per_room=published.accepted_per_room, timeout=10
@@ -168,10 +172,10 @@ async def measure(hub: Hub, workload: Workload, workdir: Path, profile_to: Path 
         cpu_after = cpu_seconds(server), cpu_seconds(load_generator), time.monotonic()
         busy_after = cpu_busy_seconds(SERVER_CPU), cpu_busy_seconds(LOAD_CPU)
         threads_after = cpu_seconds_by_thread_kind(server)
-        if profiler:
-            stop_profiler(profiler)
         rss_after = rss_kb(server)
     finally:
+        if profiler:
+            stop_profiler(profiler)
         await readers.close()
         hub.stop()
 
@@ -187,6 +191,7 @@ async def measure(hub: Hub, workload: Workload, workdir: Path, profile_to: Path 
         "rss_kb_per_subscriber": (rss_connected - rss_before) / workload.subscribers,
         "rss_kb": rss_after,
         "publish_requests": published.requests,
+        "cut_short": published.requests < len(jobs),
         "published": published.accepted,
         "publishes_per_s": per_second(
             published.requests, published.first_send_us, published.last_answer_us
@@ -209,7 +214,7 @@ async def measure(hub: Hub, workload: Workload, workdir: Path, profile_to: Path 
         },
         "load_cpu_share": load_cpu / elapsed,
         "load_saturated": load_cpu / elapsed >= SATURATED,
-        "others_cpu_share": max(others_on_server_cpu, others_on_load_cpu),
+        "others_cpu_share": max(0, others_on_server_cpu, others_on_load_cpu),
         "host_busy": max(others_on_server_cpu, others_on_load_cpu) >= HOST_BUSY,
         "expected": delivered["expected"],
         "received": delivered["received"],
@@ -234,7 +239,7 @@ def start_profiler(hub: Hub, output: Path) -> subprocess.Popen:
 
 
 def stop_profiler(profiler: subprocess.Popen) -> None:
-    profiler.send_signal(subprocess.signal.SIGINT)  # py-spy writes its output on SIGINT
+    profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
     profiler.wait(20)
 
 
@@ -334,6 +339,7 @@ def summarise_cell(runs: list[dict]) -> dict:
         "skipped": next((run["skipped"] for run in runs if "skipped" in run), None),
         "load_saturated_runs": sum(run["load_saturated"] for run in measured),
         "host_busy_runs": sum(run["host_busy"] for run in measured),
+        "cut_short_runs": sum(run["cut_short"] for run in measured),
     }
     for key in LABELS:
         values = [run[key] for run in measured if run.get(key) is not None]
@@ -366,9 +372,8 @@ def table(summary: dict, workloads: list[Workload], hub_names: list[str]) -> str
                 continue
             for key in keys:
                 value = cell[key]
-                row.append(
-                    f"{(f'{value:.0%}' if key in SHARES and value is not None else fmt(value)):>13}"
-                )
+                shown = f"{value:.0%}" if key in SHARES and value is not None else fmt(value)
+                row.append(f"{shown:>13}")
             row += [
                 f"{cell['lost']:>6}",
                 f"{cell['dropped']:>8}",
@@ -379,6 +384,8 @@ def table(summary: dict, workloads: list[Workload], hub_names: list[str]) -> str
                 flags.append(f"GEN-SATURATED {cell['load_saturated_runs']}/{cell['measured']}")
             if cell["host_busy_runs"]:
                 flags.append(f"HOST-BUSY {cell['host_busy_runs']}/{cell['measured']}")
+            if cell["cut_short_runs"]:
+                flags.append(f"CUT-SHORT {cell['cut_short_runs']}/{cell['measured']}")
             if cell["errors"]:
                 flags.append(f"FAILED {len(cell['errors'])}: {cell['errors'][0]}")
             lines.append("".join(row) + "  " + " ".join(flags))
@@ -395,9 +402,10 @@ def table(summary: dict, workloads: list[Workload], hub_names: list[str]) -> str
     return "\n".join(lines)
 
 
-# The issue's targets: (what, value of this, value it is compared with, test).
 @dataclass(frozen=True)
 class Target:
+    """One target of issue 8: this project's figure, the one it is compared with, verdict."""
+
     name: str
     this: float | None
     compared: float | None
@@ -486,11 +494,13 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="one rep, smaller workloads")
     parser.add_argument("--reps", type=int, help="repetitions (default 3, quick 1)")
     parser.add_argument("--hubs", default="this,peer,nchan", help="comma-separated subset")
-    parser.add_argument("--workloads", default="W1,W2,W3,W4,W4b", help="comma-separated subset")
+    parser.add_argument(
+        "--workloads", help="comma-separated subset (default all; with --profile, W1,W4)"
+    )
     parser.add_argument("--app-dir", type=Path, default=BENCH_DIR.parent, help="where app.py is")
     parser.add_argument(
         "--profile", action="store_true",
-        help="py-spy the app under W1 and W4 and summarise where its time goes",
+        help="py-spy the app (only) under each workload and summarise where its time goes",
     )  # fmt: skip
     return parser.parse_args()
 
@@ -508,7 +518,8 @@ def main() -> None:
     }
     hub_names = ["this"] if arguments.profile else arguments.hubs.split(",")
     hubs = [all_hubs[name] for name in hub_names]
-    names = ["W1", "W4"] if arguments.profile else arguments.workloads.split(",")
+    default_workloads = "W1,W4" if arguments.profile else "W1,W2,W3,W4,W4b"
+    names = (arguments.workloads or default_workloads).split(",")
     workloads = [w for w in WORKLOADS if w.name in names]
     if arguments.quick:
         workloads = [replace(w, **QUICK_SIZES[w.name]) for w in workloads]
@@ -522,7 +533,9 @@ def main() -> None:
 
     summary = summarise_runs(runs)
     command = "bench/run " + " ".join(sys.argv[1:])
-    print(f"\n{command}  ({started:%Y-%m-%d %H:%M} UTC, {reps} rep(s), medians)")
+    revision = app_revision(arguments.app_dir)
+    print(f"\n{command}  ({started:%Y-%m-%d %H:%M} UTC, app.py at {revision})")
+    print(f"medians of {reps} repetition(s)")
     print(table(summary, workloads, hub_names))
     print(targets_table(summary))
     if arguments.profile:
@@ -534,7 +547,7 @@ def main() -> None:
             {
                 "command": command,
                 "started": started.isoformat(),
-                "git": git_revision(arguments.app_dir),
+                "app_revision": revision,
                 "workloads": [w.__dict__ for w in workloads],
                 "runs": runs,
                 "summary": summary,
@@ -545,12 +558,16 @@ def main() -> None:
     print(f"\nresults: {output}")
 
 
-def git_revision(directory: Path) -> str | None:
-    answer = subprocess.run(
-        ["git", "-C", str(directory), "describe", "--always", "--dirty"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    return answer.stdout.strip() or None
+def app_revision(app_dir: Path) -> str:
+    """The last commit of app.py, and whether the measured file differs from it."""
+
+    def git(*arguments: str) -> subprocess.CompletedProcess:
+        command = ["git", "-C", str(app_dir), *arguments]
+        return subprocess.run(command, capture_output=True, text=True, check=False)
+
+    commit = git("log", "-1", "--format=%h", "--", "app.py").stdout.strip() or "unknown"
+    modified = git("diff", "--quiet", "HEAD", "--", "app.py").returncode != 0
+    return commit + (" + uncommitted changes" if modified else "")
 
 
 if __name__ == "__main__":

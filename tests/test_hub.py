@@ -499,3 +499,21 @@ def test_pages_and_client_library_are_served(server: Server):
     assert script.status_code == 200
     assert "javascript" in script.headers["content-type"]
     assert httpx.get(f"{server.url}/not-a-room!").status_code == 404
+
+
+async def test_a_commit_larger_than_the_queue_does_not_drop_a_keeping_up_subscriber(make_server):
+    """One group commit may append more frames than SUBSCRIBER_QUEUE before a subscriber
+    had any chance to read them: that subscriber is not slow and must get them all."""
+    server: Server = make_server(SUBSCRIBER_QUEUE="8")
+    batch = [{"speaker": "s", "data": {"i": i}} for i in range(50)]
+    async with subscribe(f"{server.url}/api/v1/events") as events:
+        for _ in range(3):
+            reply = httpx.post(
+                f"{server.url}/api/v1/send",
+                json=batch,
+                headers={"Authorization": f"Bearer {server.token}"},
+            )
+            assert reply.status_code == 202
+        received = await collect(events, 150)
+    assert [int(event.id) for event in received] == list(range(1, 151))
+    assert server.health()["slow_consumer_disconnects"] == 0

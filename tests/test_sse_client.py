@@ -908,22 +908,27 @@ def run_in(directory: Path, *command: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def fresh_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """frontend/ without node_modules and dist, after `npm ci` and `npm run build:sse-client`."""
+    """frontend/ without node_modules and dist, after `npm ci` and `npm run build` (the client
+    library and the pages)."""
     require_node()
     work = tmp_path_factory.mktemp("frontend")
     shutil.copytree(
         FRONTEND, work, dirs_exist_ok=True, ignore=shutil.ignore_patterns("node_modules", "dist")
     )
-    for command in [("npm", "ci", "--no-audit", "--no-fund"), ("npm", "run", "build:sse-client")]:
+    for command in [("npm", "ci", "--no-audit", "--no-fund"), ("npm", "run", "build")]:
         done = run_in(work, *command)
         assert done.returncode == 0, done.stdout + done.stderr
     return work
 
 
 def test_dist_is_a_fresh_build(fresh_build: Path) -> None:
-    for name in DIST_FILES:
-        committed = (FRONTEND / "dist" / name).read_bytes()
-        assert (fresh_build / "dist" / name).read_bytes() == committed, (
+    def files(dist: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(dist)): p.read_bytes() for p in dist.rglob("*") if p.is_file()}
+
+    committed, built = files(FRONTEND / "dist"), files(fresh_build / "dist")
+    assert sorted(committed) == sorted(built), "frontend/dist holds other files than the build"
+    for name, content in built.items():
+        assert committed[name] == content, (
             f"frontend/dist/{name} is not what the sources build: run `npm run build` in frontend/"
         )
 

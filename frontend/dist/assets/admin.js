@@ -1,22 +1,433 @@
-// Plain admin: publishes with POST /api/v1/send and shows the server's reply.
-(function () {
-  var form = document.getElementById("send");
-  var result = document.getElementById("result");
-  form.addEventListener("submit", function (event) {
-    event.preventDefault();
-    var body = {
-      speaker: form.speaker.value,
-      data: { message: form.message.value },
-      meta: "message"
-    };
-    if (form.room.value) body.room = form.room.value;
-    fetch("/api/v1/send", {
-      method: "POST",
-      headers: { "Content-Type": "application/json", Authorization: "Bearer " + form.token.value },
-      body: JSON.stringify(body)
-    })
-      .then(function (response) { return response.json(); })
-      .then(function (reply) { result.textContent = reply.msg + (reply.id ? " (id " + reply.id + ")" : ""); })
-      .catch(function (error) { result.textContent = String(error); });
+(() => {
+  var __defProp = Object.defineProperty;
+  var __defNormalProp = (obj, key, value) => key in obj ? __defProp(obj, key, { enumerable: true, configurable: true, writable: true, value }) : obj[key] = value;
+  var __publicField = (obj, key, value) => __defNormalProp(obj, typeof key !== "symbol" ? key + "" : key, value);
+
+  // src/common.ts
+  function el(tag, props = {}, ...children) {
+    const node = document.createElement(tag);
+    for (const [name, value] of Object.entries(props)) {
+      if (value === void 0 || value === null || value === false) continue;
+      if (name.startsWith("on") && typeof value === "function") {
+        node.addEventListener(name.slice(2), value);
+      } else if (name === "class" || name.includes("-")) {
+        node.setAttribute(name, value === true ? "" : String(value));
+      } else {
+        node[name] = value;
+      }
+    }
+    append(node, children);
+    return node;
+  }
+  function append(parent, children) {
+    for (const child of children) {
+      if (child instanceof Node) parent.append(child);
+      else if (child !== null && child !== void 0 && child !== false) parent.append(String(child));
+    }
+  }
+  function fill(parent, ...children) {
+    parent.replaceChildren();
+    append(parent, children);
+  }
+  function byId(id) {
+    const node = document.getElementById(id);
+    if (!node) throw new Error(`#${id} is missing from the page`);
+    return node;
+  }
+  var ApiError = class extends Error {
+    constructor(status, message) {
+      super(message);
+      __publicField(this, "status", status);
+    }
+  };
+  async function api(url, options = {}) {
+    const headers = {};
+    if (options.body !== void 0) headers["Content-Type"] = "application/json";
+    if (options.token) headers.Authorization = `Bearer ${options.token}`;
+    let response;
+    try {
+      response = await fetch(url, {
+        method: options.method || "GET",
+        headers,
+        body: options.body === void 0 ? void 0 : JSON.stringify(options.body),
+        credentials: "same-origin"
+      });
+    } catch {
+      throw new ApiError(0, "Cannot reach the server: check the connection and try again");
+    }
+    const reply = await response.json().catch(() => null);
+    if (!response.ok || !reply || reply.success === false) {
+      const message = reply && typeof reply.msg === "string" ? reply.msg : `${response.status} ${response.statusText}`;
+      throw new ApiError(response.status, message);
+    }
+    return reply;
+  }
+  function messageOf(error) {
+    return error instanceof Error ? error.message : String(error);
+  }
+
+  // src/admin.ts
+  var SIGNED_IN = "streaming-message.signed-in";
+  var HISTORY = 50;
+  function inputsOf(form) {
+    return form.elements;
+  }
+  function onSubmit(id, handler) {
+    const form = byId(id);
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      handler(inputsOf(form), form);
+    });
+  }
+  var accessToken = "";
+  var me = null;
+  var renewal;
+  var rooms = [];
+  var selected = location.hash.slice(1) || null;
+  var controller = null;
+  var following = null;
+  function notify(message, kind = "error") {
+    const toast = el("div", { class: `alert ${kind === "error" ? "alert-error" : "alert-success"}`, role: "alert" }, message);
+    byId("toasts").append(toast);
+    window.setTimeout(() => toast.remove(), kind === "error" ? 8e3 : 3e3);
+  }
+  async function attempt(action, done) {
+    try {
+      await action();
+      if (done) notify(done, "success");
+    } catch (error) {
+      notify(messageOf(error));
+    }
+  }
+  function begin(session) {
+    accessToken = session.access_token;
+    me = session.user;
+    localStorage.setItem(SIGNED_IN, "1");
+    window.clearTimeout(renewal);
+    renewal = window.setTimeout(renew, session.expires_in * 800);
+  }
+  async function renew() {
+    const refresh = () => api("/api/v1/auth/refresh", { method: "POST" });
+    try {
+      begin(navigator.locks ? await navigator.locks.request("streaming-message.refresh", refresh) : await refresh());
+      if (controller?.readyState === SSEClient.CLOSED) follow();
+      return true;
+    } catch (error) {
+      if (error instanceof ApiError && (error.status === 401 || error.status === 403)) {
+        signOut("Your session has ended: please log in again.");
+      } else {
+        renewal = window.setTimeout(renew, 1e4);
+        notify(`Could not renew the session: ${messageOf(error)}`);
+      }
+      return false;
+    }
+  }
+  async function call(url, options = {}) {
+    try {
+      return await api(url, { ...options, token: accessToken });
+    } catch (error) {
+      if (!(error instanceof ApiError && error.status === 401) || !await renew()) throw error;
+      return api(url, { ...options, token: accessToken });
+    }
+  }
+  function signOut(reason) {
+    controller?.close();
+    controller = null;
+    following = null;
+    accessToken = "";
+    me = null;
+    localStorage.removeItem(SIGNED_IN);
+    window.clearTimeout(renewal);
+    byId("app-view").hidden = true;
+    byId("login-view").hidden = false;
+    const error = byId("login-error");
+    error.textContent = reason || "";
+    error.hidden = !reason;
+  }
+  function showApp() {
+    if (!me) return;
+    byId("login-view").hidden = true;
+    byId("app-view").hidden = false;
+    byId("who").textContent = `${me.username} · ${me.role}`;
+    byId("users-panel").hidden = me.role !== "admin";
+    attempt(loadRooms);
+    attempt(loadTokens);
+    if (me.role === "admin") attempt(loadUsers);
+  }
+  onSubmit("login", async ({ username, password }, form) => {
+    try {
+      begin(await api("/api/v1/auth/login", { method: "POST", body: { username: username.value, password: password.value } }));
+      form.reset();
+      showApp();
+    } catch (error) {
+      signOut(messageOf(error));
+    }
   });
+  byId("logout").addEventListener("click", async () => {
+    await api("/api/v1/auth/logout", { method: "POST", token: accessToken }).catch(() => void 0);
+    signOut();
+  });
+  async function loadRooms() {
+    const all = (await call("/api/v1/rooms")).rooms;
+    rooms = all.filter((room) => me?.role === "admin" || room.owner === me?.id);
+    if (!rooms.some((room) => room.id === selected)) selected = rooms[0]?.id ?? null;
+    renderRooms();
+    select(selected);
+  }
+  function renderRooms() {
+    fill(
+      byId("rooms"),
+      ...rooms.map(
+        (room) => el(
+          "li",
+          {},
+          el(
+            "button",
+            { type: "button", class: room.id === selected ? "menu-active" : "", "data-room": room.id, onclick: () => select(room.id) },
+            el("span", { class: "font-mono" }, room.id),
+            room.title && el("span", { class: "truncate opacity-70" }, room.title),
+            room.private && el("span", { class: "badge badge-sm badge-outline" }, "private")
+          )
+        )
+      )
+    );
+    fill(
+      byId("token-rooms"),
+      el("option", { value: "*" }, "all my rooms"),
+      ...rooms.map((room) => el("option", { value: room.id, selected: room.id === selected }, room.id))
+    );
+  }
+  function select(roomId) {
+    selected = roomId;
+    const room = rooms.find((candidate) => candidate.id === roomId);
+    byId("room-panel").hidden = !room;
+    if (!room) return follow();
+    window.history.replaceState(null, "", `#${room.id}`);
+    for (const item of byId("rooms").querySelectorAll("button")) {
+      item.classList.toggle("menu-active", item.dataset.room === room.id);
+    }
+    byId("room-title").textContent = room.title ? `${room.id} · ${room.title}` : room.id;
+    byId("player-link").href = `/${room.id}`;
+    const settings = inputsOf(byId("settings"));
+    settings.title.value = room.title;
+    settings.private.checked = room.private;
+    settings.history_size.value = room.history_size === null ? "" : String(room.history_size);
+    settings.typewriter_speed.value = room.settings.typewriter_speed ? String(room.settings.typewriter_speed) : "";
+    settings.theme.value = room.settings.theme || "";
+    if (room.subscribers) showPresence(room.subscribers);
+    if (following !== room.id) {
+      byId("preview").src = `/${room.id}`;
+      follow();
+    }
+  }
+  onSubmit("create-room", ({ id, title, private: hidden }, form) => {
+    attempt(async () => {
+      const { room } = await call("/api/v1/rooms", {
+        method: "POST",
+        body: { id: id.value, title: title.value, private: hidden.checked }
+      });
+      form.reset();
+      selected = room.id;
+      await loadRooms();
+      notify(`Room ${room.id} created`, "success");
+    });
+  });
+  onSubmit("settings", ({ title, private: hidden, history_size, typewriter_speed, theme }) => {
+    const number = (input) => input.value ? Number(input.value) : null;
+    attempt(async () => {
+      await call(`/api/v1/rooms/${selected}`, {
+        method: "PATCH",
+        body: {
+          title: title.value,
+          private: hidden.checked,
+          history_size: number(history_size),
+          settings: { typewriter_speed: number(typewriter_speed), theme: theme.value || null }
+        }
+      });
+      await loadRooms();
+    }, "Settings saved");
+  });
+  byId("delete-room").addEventListener("click", () => {
+    const roomId = selected;
+    if (!roomId || !window.confirm(`Delete room ${roomId} and its history? Its players will be disconnected.`)) return;
+    attempt(async () => {
+      await call(`/api/v1/rooms/${roomId}`, { method: "DELETE" });
+      await loadRooms();
+    }, `Room ${roomId} deleted`);
+  });
+  function controllerState(state, text) {
+    const badge = byId("controller-state");
+    badge.dataset.state = state;
+    badge.className = `badge ${state === "live" ? "badge-success" : state === "reconnecting" ? "badge-warning" : "badge-error"}`;
+    badge.textContent = text;
+  }
+  function showPresence({ players, controllers }) {
+    byId("presence").textContent = `${players} player${players === 1 ? "" : "s"} · ${controllers} controller${controllers === 1 ? "" : "s"}`;
+  }
+  function follow() {
+    controller?.close();
+    const history = byId("history");
+    history.replaceChildren();
+    const room = rooms.find((candidate) => candidate.id === selected);
+    following = room?.id ?? null;
+    if (!room) return;
+    controllerState("reconnecting", "connecting…");
+    const source = new SSEClient(`/api/v1/events/${room.id}?role=controller`, {
+      lastEventId: String(Math.max(0, room.last_id - HISTORY)),
+      // replays the recent messages
+      retryDelay: 1e3,
+      backoff: 2,
+      maxRetryDelay: 3e4,
+      jitter: 0.5,
+      retryOnServerError: true
+    });
+    controller = source;
+    source.onopen = () => controllerState("live", "controller online");
+    source.onerror = (event) => {
+      if (source.readyState !== SSEClient.CLOSED) controllerState("reconnecting", "reconnecting…");
+      else if (event.status === 401 || event.status === 403) controllerState("closed", "not allowed to control this room");
+      else controllerState("closed", "disconnected");
+    };
+    source.addEventListener("meta", (event) => {
+      const hello = JSON.parse(event.data);
+      if (hello.presence) showPresence(hello.presence);
+    });
+    source.addEventListener("presence", (event) => showPresence(JSON.parse(event.data)));
+    source.addEventListener("message", (event) => {
+      const message = JSON.parse(event.data);
+      const text = typeof message.data?.message === "string" ? message.data.message : JSON.stringify(message.data);
+      history.prepend(
+        el(
+          "li",
+          { class: "border-b border-base-300 py-1" },
+          el("span", { class: "mr-2 font-mono text-xs opacity-60" }, `#${message.id} ${new Date(message.time).toLocaleTimeString()}`),
+          el("b", {}, message.speaker),
+          ": ",
+          text
+        )
+      );
+      history.children[HISTORY]?.remove();
+    });
+    source.addEventListener("deleted", () => attempt(loadRooms));
+  }
+  onSubmit("send", ({ speaker, message, speed, meta }) => {
+    const data = { message: message.value };
+    if (speed.value) data.speed = Number(speed.value);
+    attempt(async () => {
+      await call("/api/v1/send", {
+        method: "POST",
+        body: { room: selected, speaker: speaker.value, data, meta: meta.value || null }
+      });
+      message.value = "";
+      message.focus();
+    });
+  });
+  inputsOf(byId("send")).message.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      byId("send").requestSubmit();
+    }
+  });
+  onSubmit("ai", ({ speaker, prompt }) => {
+    const roomId = selected;
+    attempt(async () => {
+      await call(`/api/v1/rooms/${roomId}/ai`, { method: "POST", body: { speaker: speaker.value, prompt: prompt.value } });
+      prompt.value = "";
+    }, `The AI is answering in ${roomId}`);
+  });
+  async function loadTokens() {
+    const { tokens } = await call("/api/v1/tokens");
+    fill(
+      byId("tokens"),
+      ...tokens.map(
+        (token) => el(
+          "tr",
+          {},
+          el("td", {}, token.name),
+          el("td", {}, token.rooms === "*" ? "all my rooms" : token.rooms.join(", ")),
+          el("td", {}, token.rights.join(", ")),
+          el("td", {}, token.expires_at ? new Date(token.expires_at).toLocaleString() : "never"),
+          el(
+            "td",
+            {},
+            el("button", { class: "btn btn-xs btn-outline btn-error", type: "button", onclick: () => revoke(token) }, "Revoke")
+          )
+        )
+      )
+    );
+  }
+  function revoke(token) {
+    if (!window.confirm(`Revoke the token ${token.name}? Scripts using it will stop working.`)) return;
+    attempt(async () => {
+      await call(`/api/v1/tokens/${token.id}`, { method: "DELETE" });
+      await loadTokens();
+    }, `Token ${token.name} revoked`);
+  }
+  onSubmit("create-token", ({ name, rooms: scope, publish, subscribe, days }) => {
+    const rights = [publish.checked && "publish", subscribe.checked && "subscribe"].filter(Boolean);
+    const body = { name: name.value, rooms: scope.value === "*" ? "*" : [scope.value], rights };
+    if (days.value) body.expires_in = Number(days.value) * 86400;
+    attempt(async () => {
+      const { token } = await call("/api/v1/tokens", { method: "POST", body });
+      byId("secret").textContent = token;
+      byId("secret-box").hidden = false;
+      name.value = "";
+      await loadTokens();
+    });
+  });
+  byId("copy").addEventListener("click", () => {
+    const secret = byId("secret");
+    if (!navigator.clipboard) {
+      window.getSelection()?.selectAllChildren(secret);
+      return;
+    }
+    attempt(() => navigator.clipboard.writeText(secret.textContent || ""), "Copied");
+  });
+  async function loadUsers() {
+    const { users } = await call("/api/v1/users");
+    fill(
+      byId("users"),
+      ...users.map(
+        (user) => el(
+          "li",
+          { class: "flex flex-wrap items-center gap-2 py-2" },
+          el("span", { class: "flex-1 font-medium" }, user.username),
+          el("span", { class: `badge badge-sm ${user.role === "admin" ? "badge-primary" : "badge-ghost"}` }, user.role),
+          user.disabled && el("span", { class: "badge badge-sm badge-warning" }, "disabled"),
+          ...user.id === me?.id ? [] : [
+            userButton(user, user.disabled ? "Enable" : "Disable", { disabled: !user.disabled }),
+            userButton(user, user.role === "admin" ? "Make user" : "Make admin", {
+              role: user.role === "admin" ? "user" : "admin"
+            }),
+            el("button", { class: "btn btn-xs btn-outline btn-error", type: "button", onclick: () => removeUser(user) }, "Delete")
+          ]
+        )
+      )
+    );
+  }
+  function userButton(user, label, changes) {
+    const update = () => attempt(async () => {
+      await call(`/api/v1/users/${user.id}`, { method: "PATCH", body: changes });
+      await loadUsers();
+    }, `${user.username} updated`);
+    return el("button", { class: "btn btn-xs", type: "button", onclick: update }, label);
+  }
+  function removeUser(user) {
+    if (!window.confirm(`Delete the user ${user.username}, with their tokens and sessions?`)) return;
+    attempt(async () => {
+      await call(`/api/v1/users/${user.id}`, { method: "DELETE" });
+      await loadUsers();
+    }, `${user.username} deleted`);
+  }
+  onSubmit("create-user", ({ username, password, role }, form) => {
+    attempt(async () => {
+      await call("/api/v1/users", { method: "POST", body: { username: username.value, password: password.value, role: role.value } });
+      form.reset();
+      await loadUsers();
+    }, `User ${username.value} created`);
+  });
+  (async () => {
+    if (localStorage.getItem(SIGNED_IN) && await renew()) showApp();
+    else signOut();
+  })();
 })();

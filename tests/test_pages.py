@@ -1,0 +1,588 @@
+"""The pages (issue 7) in Chromium against the real app: the player, the chat page and the admin
+page, one browser context per simulated user. Every page must run without a console error, a
+failed request or a Content-Security-Policy violation; screenshots go to test-artifacts/."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import http.server
+import json
+import re
+import signal
+import subprocess
+import threading
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+import pytest_asyncio
+from browser_support import NewContext, chromium, new_context  # noqa: F401
+from conftest import ROOT, Server, collect, free_port, subscribe
+from playwright.async_api import ConsoleMessage, Page
+
+ARTIFACTS = ROOT / "test-artifacts"
+DIST = ROOT / "frontend" / "dist"
+FAST = 1000  # data.speed: characters per second, the fastest
+
+# Every page reports CSP violations as console errors, which fail the test.
+REPORT_CSP_VIOLATIONS = """
+document.addEventListener('securitypolicyviolation', (event) => {
+  console.error(`CSP violation: ${event.violatedDirective} ${event.blockedURI}`);
+});
+"""
+
+
+class Browser:
+    """Opens pages, each in its own context (a user), and keeps what went wrong on them."""
+
+    def __init__(self, new_context: NewContext) -> None:  # noqa: F811
+        self.new_context = new_context
+        self.problems: list[str] = []
+        self.allowed: list[re.Pattern[str]] = []
+
+    def allow(self, pattern: str) -> None:
+        """A problem the test provokes on purpose (e.g. a 413 the page shows)."""
+        self.allowed.append(re.compile(pattern))
+
+    async def open(self, url: str, **context_options) -> Page:
+        context = await self.new_context(**context_options)
+        await context.add_init_script(REPORT_CSP_VIOLATIONS)
+        page = await context.new_page()
+        page.on("console", self._console)
+        page.on("pageerror", lambda error: self._problem(f"page error: {error}"))
+        page.on("requestfailed", self._request_failed)
+        await page.goto(url)
+        return page
+
+    def _problem(self, problem: str) -> None:
+        if not any(pattern.search(problem) for pattern in self.allowed):
+            self.problems.append(problem)
+
+    def _console(self, message: ConsoleMessage) -> None:
+        if message.type == "error":
+            self._problem(f"console error: {message.text} ({message.location['url']})")
+
+    def _request_failed(self, request) -> None:
+        if request.failure != "net::ERR_ABORTED":  # a stream closed by the page or the test
+            self._problem(f"request failed: {request.url} {request.failure}")
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def browser(new_context: NewContext) -> AsyncIterator[Browser]:  # noqa: F811
+    watcher = Browser(new_context)
+    yield watcher
+    assert watcher.problems == []
+
+
+async def screenshot(page: Page, name: str, full_page: bool = False) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=full_page)
+
+
+# --- The player ------------------------------------------------------------------------------
+
+
+async def line_shown(page: Page, message_id: int) -> str:
+    """Waits until the player has typed the whole message `message_id`; its text."""
+    await page.wait_for_function(
+        """id => {
+          const box = document.getElementById('dialog');
+          return box.dataset.id === String(id) && box.dataset.state === 'done';
+        }""",
+        arg=message_id,
+    )
+    return await page.text_content("#text")
+
+
+async def player(browser: Browser, server: Server, path: str = "/lobby") -> Page:
+    page = await browser.open(server.url + path)
+    await page.wait_for_selector("#connection[data-state=live]")
+    return page
+
+
+async def test_player_types_out_a_message_exactly(browser: Browser, server: Server):
+    page = await player(browser, server)
+    text = "Hello, 世界！ A typewriter, ☕ and emoji 🎉 with CJK: 你好こんにちは안녕"
+    sent = server.publish("小明", {"message": text, "speed": 40})
+    # The text grows: always a prefix of the message, until it is all there.
+    await page.wait_for_function("() => document.getElementById('text').textContent.length >= 3")
+    partial = await page.text_content("#text")
+    assert text.startswith(partial) and len(partial) < len(text)
+    assert await line_shown(page, sent["id"]) == text
+    assert await page.text_content("#speaker") == "小明"
+    await screenshot(page, "player")
+
+
+async def test_formatting_codes_render_and_the_rest_is_text(browser: Browser, server: Server):
+    page = await player(browser, server)
+    source = (
+        "@bbold@r @iitalic@r @u@sboth@r @[#FF8800]orange@b and bold@r plain "
+        r"\@b @x @[red] @[#12345g] @ a\b"
+    )
+    sent = server.publish("codes", {"message": source, "speed": FAST})
+    assert await line_shown(page, sent["id"]) == (
+        r"bold italic both orange and bold plain @b @x @[red] @[#12345g] @ a\b"
+    )
+    spans = await page.eval_on_selector_all(
+        "#text span",
+        "spans => spans.map(s => [s.textContent, s.className, s.style.color])",
+    )
+    assert [span for span in spans if span[1] or span[2]] == [
+        ["bold", "fmt-b", ""],
+        ["italic", "fmt-i", ""],
+        ["both", "fmt-u fmt-s", ""],
+        ["orange", "", "rgb(255, 136, 0)"],
+        [" and bold", "fmt-b", "rgb(255, 136, 0)"],
+    ]
+    weight = await page.eval_on_selector(".fmt-b", "node => getComputedStyle(node).fontWeight")
+    assert weight == "700"
+
+
+async def test_markup_is_shown_as_text(browser: Browser, server: Server):
+    page = await player(browser, server)
+    markup = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'
+    sent = server.publish("<b>name</b>", {"message": markup, "speed": FAST})
+    assert await line_shown(page, sent["id"]) == markup
+    assert await page.text_content("#speaker") == "<b>name</b>"
+    elements = "#dialog img, #dialog script, #dialog b"
+    assert await page.eval_on_selector_all(elements, "nodes => nodes.length") == 0
+    assert await page.evaluate("window.pwned") is None
+
+
+async def test_click_or_space_finishes_the_line_and_a_burst_is_queued(
+    browser: Browser, server: Server
+):
+    page = await player(browser, server)
+    await page.evaluate(RECORD_LINES)
+    texts = ["one, slowly typed out", "two, also slow", "three"]
+    ids = [server.publish("q", {"message": text, "speed": 2})["id"] for text in texts]
+    await page.wait_for_function("() => document.getElementById('text').textContent.length >= 1")
+    await page.keyboard.press("Space")  # finishes the first line at once
+    assert await page.text_content("#text") == texts[0]
+    await page.keyboard.press("Space")  # on to the next
+    await page.wait_for_function(
+        "id => document.getElementById('dialog').dataset.id === id", arg=str(ids[1])
+    )
+    await page.mouse.click(10, 10)  # a click finishes it too
+    assert await page.text_content("#text") == texts[1]
+    assert await line_shown(page, ids[2]) == texts[2]  # after a pause, without a click
+    assert await page.evaluate("window.lines") == [
+        [str(i), text] for i, text in zip(ids, texts, strict=True)
+    ]
+
+
+# Records each line when it is complete, as [id, text].
+RECORD_LINES = """
+window.lines = [];
+new MutationObserver(() => {
+  const box = document.getElementById('dialog');
+  const last = window.lines[window.lines.length - 1];
+  if (box.dataset.state === 'done' && (!last || last[0] !== box.dataset.id)) {
+    window.lines.push([box.dataset.id, document.getElementById('text').textContent]);
+  }
+}).observe(document.getElementById('dialog'), {attributes: true});
+"""
+
+
+async def test_theme_and_transparent_background_for_obs(browser: Browser, server: Server):
+    page = await player(browser, server, "/lobby?bg=transparent&theme=light")
+    background = await page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert background == "rgba(0, 0, 0, 0)"
+    box = await page.eval_on_selector("#dialog", "n => getComputedStyle(n).backgroundColor")
+    sent = server.publish("theme", {"message": "light", "speed": FAST})
+    await line_shown(page, sent["id"])
+    dark = await player(browser, server, "/lobby?theme=dark")
+    assert box != await dark.eval_on_selector("#dialog", "n => getComputedStyle(n).backgroundColor")
+    assert await dark.evaluate("getComputedStyle(document.body).backgroundImage") != "none"
+
+
+async def test_player_resumes_by_id_after_a_drop(browser: Browser, make_server):
+    server: Server = make_server(RETRY_MS="300")
+    browser.allow("ERR_CONNECTION_REFUSED")  # reconnection attempts while the hub is down
+    page = await player(browser, server)
+    await page.evaluate(RECORD_LINES)
+    first = server.publish("r", {"message": "before", "speed": FAST})["id"]
+    await line_shown(page, first)
+    server.stop()
+    await page.wait_for_selector("#connection[data-state=reconnecting]")
+    server.start()
+    later = [server.publish("r", {"message": f"after {i}", "speed": FAST})["id"] for i in (1, 2)]
+    await line_shown(page, later[-1])
+    assert await page.evaluate("window.lines") == [
+        [str(first), "before"],
+        [str(later[0]), "after 1"],
+        [str(later[1]), "after 2"],
+    ]
+
+
+async def test_page_headers_forbid_inline_code(server: Server):
+    for path in ("/", "/lobby", "/admin", "/chat"):
+        reply = httpx.get(server.url + path)
+        assert reply.status_code == 200, path
+        policy = reply.headers["content-security-policy"]
+        assert "script-src 'self';" in policy and "style-src 'self';" in policy
+        assert "unsafe-inline" not in policy
+        html = reply.text
+        assert "<script>" not in html and "style=" not in html and "<style" not in html
+        assert "http://" not in html and "https://" not in html  # nothing from elsewhere
+    player_policy = httpx.get(server.url + "/lobby").headers["content-security-policy"]
+    assert player_policy.endswith("frame-ancestors *")
+    admin_policy = httpx.get(server.url + "/admin").headers["content-security-policy"]
+    assert admin_policy.endswith("frame-ancestors 'self'")
+
+
+async def test_controller_indicator_goes_offline_after_three_missed_heartbeats(
+    browser: Browser, make_server
+):
+    server: Server = make_server(HEARTBEAT_S="0.3")
+    page = await player(browser, server)
+    controller_url = f"{server.url}/api/v1/events/lobby?role=controller&token={server.token}"
+    async with subscribe(controller_url):
+        await page.wait_for_selector("#controller[data-state=online]")
+        await asyncio.sleep(6 * 0.3)  # heartbeats keep it online
+        assert await page.get_attribute("#controller", "data-state") == "online"
+        server.process.send_signal(signal.SIGSTOP)  # heartbeats stop, without a goodbye
+        try:
+            await page.wait_for_selector("#controller[data-state=offline]")
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+        await page.wait_for_selector("#controller[data-state=online]")  # they come again
+    await page.wait_for_selector("#controller[data-state=offline]")  # the controller left
+
+
+async def test_unknown_room_shows_quotes_as_such(browser: Browser, make_server):
+    server: Server = make_server(FALLBACK_POLL_S="0.5")
+    page = await browser.open(f"{server.url}/nosuchroom")
+    await page.wait_for_selector("#connection[data-state=fallback]")
+    assert "unknown room" in await page.text_content("#connection")
+    await page.wait_for_selector("#dialog[data-state=done]")
+    assert (await page.text_content("#quote")).startswith("quote")
+    assert await page.is_visible("#quote")
+    assert await page.text_content("#text")
+
+
+async def test_ai_answer_is_typed_as_it_streams(browser: Browser, make_server):
+    server: Server = make_server(DEMO_DELAY_S="0.05")
+    page = await player(browser, server)
+    async with subscribe(f"{server.url}/api/v1/events/lobby") as room:
+        reply = httpx.post(
+            f"{server.url}/api/v1/rooms/lobby/ai",
+            json={"prompt": "Say hello", "speaker": "Bot"},
+            headers={"Authorization": f"Bearer {server.token}"},
+        )
+        assert reply.status_code == 202, reply.text
+        uid = reply.json()["uid"]
+        # The live answer: keyed by its stream until the stored message replaces it.
+        await page.wait_for_function(
+            """uid => document.getElementById('dialog').dataset.id === uid
+                && document.getElementById('text').textContent.length > 0""",
+            arg=uid,
+        )
+        assert await page.text_content("#speaker") == "Bot"
+        live = await page.text_content("#text")
+        (stored,) = [json.loads(event.data) for event in await collect(room, 1)]
+    answer = stored["data"]["message"]
+    assert stored["data"]["stream"] == uid and answer.startswith(live)
+    await page.keyboard.press("Space")  # no need to wait for the typewriter
+    assert await line_shown(page, stored["id"]) == answer
+
+
+async def test_a_failed_ai_answer_is_withdrawn(browser: Browser, make_server):
+    server: Server = make_server(DEMO_DELAY_S="0.3")
+    page = await player(browser, server)
+    auth = {"Authorization": f"Bearer {server.token}"}
+    reply = httpx.post(f"{server.url}/api/v1/rooms/lobby/ai", json={"prompt": "Hi"}, headers=auth)
+    uid = reply.json()["uid"]
+    await page.wait_for_selector(f"#dialog[data-id='{uid}']:not(.hidden)")
+    assert httpx.delete(f"{server.url}/api/v1/chat/{uid}", headers=auth).status_code == 200
+    await page.wait_for_selector("#dialog.hidden[data-state=idle]")  # nothing is stored
+
+
+class StaticSite:
+    """frontend/dist served by Python's http.server on another loopback origin."""
+
+    def __init__(self) -> None:
+        handler = functools.partial(QuietHandler, directory=str(DIST))
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def static_site() -> Iterator[StaticSite]:
+    site = StaticSite()
+    yield site
+    site.close()
+
+
+async def test_static_player_site_uses_the_hub_of_its_query(
+    browser: Browser, make_server, static_site: StaticSite
+):
+    hub: Server = make_server(CORS_ORIGINS=static_site.url)
+    hub.create_room("stage")
+    page = await browser.open(f"{static_site.url}/player.html?hub={hub.url}&room=stage")
+    await page.wait_for_selector("#connection[data-state=live]")
+    sent = hub.publish("far", {"message": "from another origin", "speed": FAST}, room="stage")
+    assert await line_shown(page, sent["id"]) == "from another origin"
+
+
+# --- The chat page ---------------------------------------------------------------------------
+
+
+async def ask(page: Page, prompt: str) -> None:
+    await page.fill("#prompt", prompt)
+    await page.press("#prompt", "Enter")
+
+
+LAST_BUBBLE = "#log .chat:last-child .chat-bubble"
+
+
+async def test_chat_streams_a_demo_answer_and_keeps_the_conversation(browser: Browser, make_server):
+    server: Server = make_server(DEMO_DELAY_S="0.01")
+    page = await browser.open(f"{server.url}/chat")
+    assert await page.is_hidden("#demo")
+    await ask(page, "Hello <b>there</b>")
+    await page.wait_for_selector("text=Regenerate")
+    answer = await page.text_content(LAST_BUBBLE)
+    assert answer.startswith("[Demo model]") and "You wrote: “Hello <b>there</b>”" in answer
+    assert await page.is_visible("#demo")
+    await screenshot(page, "chat")
+
+    await page.reload()  # the conversation is kept in localStorage
+    await page.wait_for_selector("text=Regenerate")
+    bubbles = await page.eval_on_selector_all(
+        ".chat-bubble", "nodes => nodes.map(n => n.textContent)"
+    )
+    assert bubbles == ["Hello <b>there</b>", answer]
+
+    await page.click("text=Regenerate")  # the last answer again, in its place
+    await page.wait_for_selector("#stop", state="hidden")
+    await page.wait_for_selector("text=Regenerate")
+    assert await page.eval_on_selector_all(".chat-bubble", "nodes => nodes.length") == 2
+    assert await page.text_content(LAST_BUBBLE) == answer
+
+
+async def test_chat_stop_ends_the_answer_on_the_server_too(browser: Browser, make_server):
+    server: Server = make_server(DEMO_DELAY_S="0.3")
+    page = await browser.open(f"{server.url}/chat")
+    async with page.expect_response("**/api/v1/chat") as started:
+        await ask(page, "Tell me a long story")
+    uid = (await (await started.value).json())["uid"]
+    await page.wait_for_function(
+        "selector => document.querySelector(selector).textContent.startsWith('[Demo')",
+        arg=LAST_BUBBLE,
+    )
+    await page.click("#stop")
+    await page.wait_for_selector("text=stopped")
+    partial = await page.text_content(LAST_BUBBLE)
+    # The answer was cancelled upstream: its stream (over, so it ends) closes with an error.
+    events = httpx.get(f"{server.url}/api/v1/chat/{uid}/events").text.strip().split("\n\n")
+    assert events[-1].split("\n")[1:] == [
+        "event: error",
+        'data: {"success":false,"code":499,"msg":"Chat cancelled"}',
+    ]
+    assert await page.text_content(LAST_BUBBLE) == partial  # nothing came after the stop
+    assert await page.is_visible("#send")
+
+
+async def test_chat_shows_errors(browser: Browser, make_server):
+    server: Server = make_server(MAX_PROMPT_CHARS="10")
+    browser.allow("status of 413")
+    page = await browser.open(f"{server.url}/chat")
+    await ask(page, "This prompt is far too long")
+    await page.wait_for_selector(".chat-bubble-error")
+    assert await page.text_content(".chat-footer .note") == "Prompt too long (max 10 characters)"
+
+
+# --- The admin page --------------------------------------------------------------------------
+
+ADMIN_PASSWORD = "admin password 1"
+
+
+@pytest.fixture
+def hub(make_server) -> Server:
+    return make_server(ADMIN_USERNAME="admin", ADMIN_PASSWORD=ADMIN_PASSWORD)
+
+
+async def log_in(page: Page, username: str = "admin", password: str = ADMIN_PASSWORD) -> None:
+    await page.fill("#login [name=username]", username)
+    await page.fill("#login [name=password]", password)
+    await page.click("#login button[type=submit]")
+
+
+async def admin_page(browser: Browser, hub: Server, **context_options) -> Page:
+    page = await browser.open(f"{hub.url}/admin", **context_options)
+    await log_in(page)
+    await page.wait_for_selector("#app-view:not([hidden]) #rooms button")
+    return page
+
+
+async def test_admin_login_create_room_send_and_a_player_shows_it(browser: Browser, hub: Server):
+    page = await browser.open(f"{hub.url}/admin")
+    browser.allow("status of 401")  # the wrong password, on purpose
+    await log_in(page, password="wrong password")
+    await page.wait_for_selector("#login-error:not([hidden])")
+    assert await page.text_content("#login-error") == "Invalid username or password"
+    await log_in(page)
+    await page.wait_for_selector("#app-view:not([hidden])")
+    assert await page.text_content("#who") == "admin · admin"
+
+    await page.fill("#create-room [name=id]", "Stage")
+    await page.fill("#create-room [name=title]", "Main stage")
+    await page.click("#create-room button")
+    await page.wait_for_selector("#rooms button[data-room=stage].menu-active")
+    await page.wait_for_selector("#controller-state[data-state=live]")
+
+    viewer = await player(browser, hub, "/stage")  # another user
+    await viewer.wait_for_selector("#controller[data-state=online]")  # the admin page
+    await page.wait_for_selector("#presence:text('2 players · 1 controller')")  # + the preview
+
+    await page.fill("#send [name=speaker]", "Narrator")
+    await page.fill("#send [name=speed]", "500")
+    await page.fill("#send [name=message]", "@bHello@r from the <i>admin</i>")
+    await page.press("#send [name=message]", "Enter")
+    await viewer.wait_for_selector("#dialog[data-state=done]")
+    assert await viewer.text_content("#text") == "Hello from the <i>admin</i>"
+    assert await viewer.text_content("#speaker") == "Narrator"
+    await page.wait_for_selector("#history li:has-text('@bHello@r from the <i>admin</i>')")
+    assert await page.input_value("#send [name=message]") == ""  # ready for the next line
+    preview = page.frame_locator("#preview")
+    await preview.locator("#dialog[data-state=done]").wait_for()
+    assert await preview.locator("#text").text_content() == "Hello from the <i>admin</i>"
+    await page.wait_for_selector("#toasts .alert", state="detached")  # "Room stage created"
+    await screenshot(page, "admin", full_page=True)
+
+    await page.reload()  # the session survives (refresh cookie), the history is replayed
+    await page.wait_for_selector("#history li:has-text('from the')")
+    await page.click("#logout")
+    await page.wait_for_selector("#login-view:not([hidden])")
+    await page.reload()
+    await page.wait_for_selector("#login-view:not([hidden])")
+
+
+async def test_admin_api_token_is_shown_once_and_works_from_curl(browser: Browser, hub: Server):
+    page = await admin_page(browser, hub, permissions=["clipboard-read", "clipboard-write"])
+    await page.fill("#create-token [name=name]", "obs")
+    await page.select_option("#create-token [name=rooms]", "lobby")
+    await page.click("#create-token button")
+    await page.wait_for_selector("#secret-box:not([hidden])")
+    secret = await page.text_content("#secret")
+    await page.click("#copy")
+    assert await page.evaluate("navigator.clipboard.readText()") == secret
+    await page.wait_for_selector("#tokens td:text('obs')")
+    assert secret not in await page.inner_text("#tokens")
+
+    viewer = await player(browser, hub)
+
+    def curl_send(message: str) -> dict:
+        body = json.dumps({"room": "lobby", "speaker": "curl", "data": {"message": message}})
+        done = subprocess.run(
+            [
+                "curl",
+                "-s",
+                f"{hub.url}/api/v1/send",
+                "-H",
+                f"Authorization: Bearer {secret}",
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                body,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        return json.loads(done.stdout)
+
+    sent = curl_send("sent with an API token")
+    assert sent["code"] == 202
+    assert await line_shown(viewer, sent["id"]) == "sent with an API token"
+
+    page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await page.click("#tokens button:text('Revoke')")
+    await page.wait_for_selector("#tokens td:text('obs')", state="detached")
+    assert curl_send("after the revocation")["code"] == 401
+
+
+async def test_admin_room_settings_reach_the_player_and_delete_ends_it(
+    browser: Browser, hub: Server
+):
+    page = await admin_page(browser, hub)
+    await page.click("#room-panel summary")
+    await page.fill("#settings [name=title]", "The lobby")
+    await page.select_option("#settings [name=theme]", "light")
+    await page.fill("#settings [name=typewriter_speed]", "200")
+    await page.click("#settings button[type=submit]")
+    await page.wait_for_selector("#room-title:text('lobby · The lobby')")
+    viewer = await player(browser, hub)
+    await viewer.wait_for_selector("html[data-theme=light]")
+
+    browser.allow("status of 409")  # the default room cannot be deleted: the page says so
+    page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await page.click("#delete-room")
+    await page.wait_for_selector(".toast .alert-error:text('The default room cannot be deleted')")
+
+    await page.fill("#create-room [name=id]", "gone")
+    await page.click("#create-room button")
+    await page.wait_for_selector("#rooms button[data-room=gone].menu-active")
+    doomed = await player(browser, hub, "/gone")
+    await page.click("#delete-room")
+    await page.wait_for_selector("#rooms button[data-room=gone]", state="detached")
+    await doomed.wait_for_selector("#connection[data-state=fallback]")  # quotes from now on
+
+
+async def test_admin_manages_users_and_a_user_sees_no_user_admin(browser: Browser, hub: Server):
+    page = await admin_page(browser, hub)
+    await page.wait_for_selector("#users-panel:not([hidden]) #users li")
+    await page.fill("#create-user [name=username]", "bob")
+    await page.fill("#create-user [name=password]", "bob's password")
+    await page.click("#create-user button")
+    await page.wait_for_selector("#users li:has-text('bob')")
+
+    bob = await browser.open(f"{hub.url}/admin")
+    await log_in(bob, "bob", "bob's password")
+    await bob.wait_for_selector("#app-view:not([hidden])")
+    assert await bob.is_hidden("#users-panel")
+    await bob.fill("#create-room [name=id]", "bobs")
+    await bob.click("#create-room button")
+    await bob.wait_for_selector("#controller-state[data-state=live]")  # bob's own room
+
+    await page.click("#users li:has-text('bob') button:text('Disable')")
+    await page.wait_for_selector("#users li:has-text('bob') .badge:text('disabled')")
+
+
+async def test_admin_renews_its_session_before_the_access_token_expires(
+    browser: Browser, make_server
+):
+    hub = make_server(ADMIN_USERNAME="admin", ADMIN_PASSWORD=ADMIN_PASSWORD, ACCESS_TOKEN_TTL_S="2")
+    page = await browser.open(f"{hub.url}/admin")
+    await log_in(page)
+    await page.wait_for_selector("#app-view:not([hidden]) #rooms button")
+    for _ in range(2):  # renewed at 80% of each token's life, silently
+        async with page.expect_response("**/api/v1/auth/refresh") as renewal:
+            pass
+        assert (await renewal.value).ok
+    await asyncio.sleep(2)  # past the first tokens' expiry: the page still works
+    await page.fill("#send [name=speaker]", "later")
+    await page.fill("#send [name=message]", "still logged in")
+    await page.click("#send button")
+    await page.wait_for_selector("#history li:has-text('still logged in')")
+
+
+async def test_admin_works_on_a_phone(browser: Browser, hub: Server):
+    page = await admin_page(browser, hub, viewport={"width": 390, "height": 844}, is_mobile=True)
+    overflow = await page.evaluate("document.documentElement.scrollWidth - innerWidth")
+    assert overflow <= 0
+    await screenshot(page, "admin-phone", full_page=True)
