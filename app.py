@@ -1732,7 +1732,8 @@ async def serve_stream(
             live, subscriber.live = subscriber.live, False
             if subscriber.flushing is not None:
                 await subscriber.flushing
-            due = room.pending(subscriber) if live else b""
+            # (unless the ring forgot some meanwhile: then resuming by id brings them all)
+            due = room.pending(subscriber) if live and subscriber.cursor >= room.base else b""
             await send({"type": "http.response.body", "body": due + subscriber.ending})
     finally:
         room.leave(subscriber)
