@@ -460,11 +460,9 @@ class Subscriber:
         """The server ends the stream: with a final event (shutdown, room deleted or made
         private) after the frames still due to it (see serve_stream); without one (it fell
         too far behind) at once."""
-        self.ending = final_frame
-        if not final_frame:
-            self.live = False
-            if self.flushing is not None:
-                self.flushing.cancel()
+        self.ending = final_frame  # the room writes no more to it
+        if not final_frame and self.flushing is not None:
+            self.flushing.cancel()
         self.task.cancel()
 
 
@@ -592,7 +590,12 @@ class Room:
         self._wake_armed = False
         end = self.end
         for subscriber in self.subscribers:
-            if subscriber.live and subscriber.cursor < end and subscriber.flushing is None:
+            if (
+                subscriber.live
+                and subscriber.ending is None
+                and subscriber.cursor < end
+                and subscriber.flushing is None
+            ):
                 self._write(subscriber, self.pending(subscriber))
 
     def _write(self, subscriber: Subscriber, chunk: bytes) -> None:
@@ -627,7 +630,7 @@ class Room:
     async def _flush(self, subscriber: Subscriber, sending: Coroutine, waiting_on: Any) -> None:
         try:
             await resume(sending, waiting_on)
-            while subscriber.cursor < self.end:
+            while subscriber.ending is None and subscriber.cursor < self.end:
                 chunk = self.pending(subscriber)
                 if chunk:
                     await subscriber.send(
@@ -1729,11 +1732,11 @@ async def serve_stream(
             raise
         asyncio.current_task().uncancel()
         if subscriber.ending:  # the frames still due to it, then the final event
-            live, subscriber.live = subscriber.live, False
-            if subscriber.flushing is not None:
+            if subscriber.flushing is not None:  # a write in progress; then the flush stops
                 await subscriber.flushing
             # (unless the ring forgot some meanwhile: then resuming by id brings them all)
-            due = room.pending(subscriber) if live and subscriber.cursor >= room.base else b""
+            has_all = subscriber.live and subscriber.cursor >= room.base
+            due = room.pending(subscriber) if has_all else b""
             await send({"type": "http.response.body", "body": due + subscriber.ending})
     finally:
         room.leave(subscriber)

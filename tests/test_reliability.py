@@ -361,6 +361,35 @@ async def test_stalled_subscriber_is_bounded_dropped_and_resumes(make_server, re
     clean_log(server)
 
 
+async def test_stalled_stream_ended_by_the_server_gets_no_frames_it_lost(make_server):
+    """A stalled subscriber's room turns private (its stream ends with `event: private`,
+    after the frames still due to it) while publishing goes on past the ring: when it reads
+    again it gets a gapless run of messages, then the final event, never frames from
+    elsewhere in the ring."""
+    server: Server = make_server(SUBSCRIBER_QUEUE="256")
+    server.create_room("turning")
+    publisher = httpx.AsyncClient(base_url=server.url, headers=auth(server), timeout=30)
+
+    async def publish(count: int, pad: int) -> None:
+        for _ in range(0, count, 16):
+            body = [{"room": "turning", "speaker": "s", "data": {"pad": "x" * pad}}] * 16
+            assert (await publisher.post("/api/v1/send", json=body)).status_code == 202
+
+    stalled = await RawStream.open(server.port, "/api/v1/events/turning", rcvbuf=4096)
+    await publish(320, 30_000)  # ~10 MB: far more than the sockets hold, less than 2 rings
+    assert server.health()["slow_consumer_disconnects"] == 0
+    reply = await publisher.patch("/api/v1/rooms/turning", json={"private": True})
+    assert reply.status_code == 200, reply.text
+    await publish(1024, 10)  # the ring moves on past what the stalled one still lacks
+    await publisher.aclose()
+    async with asyncio.timeout(15):
+        events = await stalled.rest()
+    assert events[-1].event == "private" and stalled.complete
+    ids = ids_of(events)
+    assert ids == list(range(1, len(ids) + 1))
+    clean_log(server)
+
+
 async def test_keepalive_comments_on_an_idle_stream_are_no_events(make_server):
     """An idle stream carries `:` comments (proxies keep it open); a client dispatches no
     event for them. (httpx-sse did, once an id had been seen: conftest filters that.)"""
