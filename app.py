@@ -33,7 +33,7 @@ import time
 import types
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from http.cookies import CookieError, SimpleCookie
@@ -47,11 +47,15 @@ import h11
 import h11._readers
 import httpx
 import jwt
+import redis.asyncio
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from dotenv import load_dotenv
 from httpx_sse import SSEError, aconnect_sse
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
 from quart import Quart, Response, jsonify, make_response, request, send_from_directory
+from redis.exceptions import RedisError, ResponseError
 from werkzeug.exceptions import HTTPException
 
 # ---------------------------------------------------------------------------------------
@@ -128,6 +132,8 @@ class Settings:
     login_max_failures_per_address: int
     login_window_s: float
     frame_ancestors: str
+    broker_url: str
+    presence_ttl_s: float
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -184,6 +190,8 @@ class Settings:
             login_max_failures_per_address=int(_env("LOGIN_MAX_FAILURES_PER_ADDRESS", "30")),
             login_window_s=float(_env("LOGIN_WINDOW_S", "900")),
             frame_ancestors=_env("FRAME_ANCESTORS", "*"),
+            broker_url=_env("BROKER_URL", ""),
+            presence_ttl_s=float(_env("PRESENCE_TTL_S", "30")),
         )
 
 
@@ -231,6 +239,45 @@ class ApiError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"success": False, "code": self.status, "msg": self.msg, **self.extra}
+
+
+class Metrics:
+    """This process's Prometheus metrics (GET /metrics), in a registry of our own. Each
+    process counts its own: scrape every process (Fly scrapes every machine)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+
+        def counter(name: str, documentation: str) -> Counter:
+            return Counter(name, documentation, namespace="sm", registry=self.registry)
+
+        self.subscribers = Gauge(
+            "subscribers", "Open event streams", ["role"], namespace="sm", registry=self.registry
+        )
+        self.published = counter("messages_published", "Messages stored and sent to their room")
+        self.commits = counter("commits", "Publish batches committed together (group commit)")
+        self.deliveries = counter("deliveries", "Writes of frames to subscribers")
+        self.slow_consumer_disconnects = counter(
+            "slow_consumer_disconnects", "Subscribers dropped for falling a whole ring behind"
+        )
+        self.publish_latency = Histogram(
+            "publish_latency_seconds",
+            "From a publish entering the hub to its commit",
+            namespace="sm",
+            registry=self.registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
+        self.relay_streams = counter("relay_streams", "AI chat relay streams started")
+        self.relay_upstream_errors = counter(
+            "relay_upstream_errors", "AI chat relay streams the upstream failed"
+        )
+        self.fallback_polls = counter("fallback_polls", "Polls of the quote feed of unknown rooms")
+
+    def value(self, name: str, **labels: str) -> float:
+        return self.registry.get_sample_value(f"sm_{name}", labels) or 0.0
+
+
+metrics = Metrics()
 
 
 # ---------------------------------------------------------------------------------------
@@ -301,9 +348,10 @@ class Storage:
 
     async def _connect(self) -> aiosqlite.Connection:
         db = await aiosqlite.connect(self.path)
+        # First, so that processes starting together wait for each other's locks.
+        await db.execute("PRAGMA busy_timeout=5000")
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute(f"PRAGMA synchronous={settings.sqlite_synchronous}")
-        await db.execute("PRAGMA busy_timeout=5000")
         await db.execute("PRAGMA foreign_keys=ON")
         return db
 
@@ -362,33 +410,39 @@ class Storage:
             await db.execute("DELETE FROM messages WHERE room = ?", (room_id,))
             await db.execute("DELETE FROM rooms WHERE id = ?", (room_id,))
 
-    async def history(self, room: str, after: int, limit: int) -> list[tuple[int, str]]:
-        """Stored messages of a room with id > after, oldest first."""
+    async def history(
+        self, room: str, after: int, before: int = sys.maxsize
+    ) -> list[tuple[int, str]]:
+        """Stored messages of a room with after < id < before, oldest first."""
         async with self.read.execute(
-            "SELECT id, payload FROM messages WHERE room = ? AND id > ? ORDER BY id LIMIT ?",
-            (room, after, limit),
+            "SELECT id, payload FROM messages WHERE room = ? AND id > ? AND id < ? ORDER BY id",
+            (room, after, before),
         ) as cursor:
             return list(await cursor.fetchall())
 
-    async def oldest_id(self, room: str) -> int | None:
+    async def last_ids(self, rooms: set[str]) -> dict[str, int]:
         async with self.read.execute(
-            "SELECT MIN(id) FROM messages WHERE room = ?", (room,)
+            "SELECT id, last_id FROM rooms WHERE id IN (SELECT value FROM json_each(?))",
+            (compact_json(sorted(rooms)),),
         ) as cursor:
-            (oldest,) = await cursor.fetchone()
-            return oldest
+            return dict(await cursor.fetchall())
 
-    async def write_messages(
-        self, rows: list[tuple[str, int, str]], last_ids: dict[str, int], trims: dict[str, int]
-    ) -> None:
-        """Within the caller's transaction: insert the messages, advance each room's id, trim
-        history."""
+    async def write_messages(self, rows: list[tuple[str, int, str]], keep: dict[str, int]) -> None:
+        """Within the caller's transaction: insert the messages (room, id, payload), advance
+        each room's last id, trim each room's history to its newest `keep[room]` messages."""
+        last_ids: dict[str, int] = {}
+        for room, message_id, _ in rows:
+            last_ids[room] = max(last_ids.get(room, 0), message_id)
         db = self.write
         await db.executemany("INSERT INTO messages (room, id, payload) VALUES (?, ?, ?)", rows)
-        await db.executemany(
-            "UPDATE rooms SET last_id = ? WHERE id = ?",
+        await db.executemany(  # MAX: other processes may have committed later ids already
+            "UPDATE rooms SET last_id = MAX(last_id, ?) WHERE id = ?",
             [(last_id, room) for room, last_id in last_ids.items()],
         )
-        await db.executemany("DELETE FROM messages WHERE room = ? AND id <= ?", list(trims.items()))
+        await db.executemany(
+            "DELETE FROM messages WHERE room = ? AND id <= ?",
+            [(room, last_id - keep[room]) for room, last_id in last_ids.items()],
+        )
 
 
 # ---------------------------------------------------------------------------------------
@@ -396,9 +450,11 @@ class Storage:
 # all its subscribers (a subscriber is only a cursor into it). A publish appends a frame
 # and arms one short timer; when it fires, every subscriber behind the end gets all its
 # pending frames in one write. A subscriber that falls a whole ring behind is dropped
-# (it resumes by Last-Event-ID from SQLite) instead of growing the server's memory.
+# (it resumes by Last-Event-ID) instead of growing the server's memory.
 # Presence and heartbeat frames go through the same ring, as does the quote feed that
 # invalid and unknown rooms get (FallbackFeed).
+# Where ids, history, fan-out and presence across processes come from is the hub's
+# `broker`: the LocalBroker (one process, SQLite) or, with BROKER_URL, the RedisBroker.
 # ---------------------------------------------------------------------------------------
 
 
@@ -411,6 +467,12 @@ def message_frame(message_id: int | None, payload: str) -> bytes:
 
 def event_frame(event: str, data: Any) -> bytes:
     return f"event: {event}\ndata: {compact_json(data)}\n\n".encode()
+
+
+def payload_with_id(message_id: int, body: str) -> str:
+    """A message's wire payload: its body (compact JSON without the id) with the id spliced
+    in first, so a message is encoded once, before any process knows its id."""
+    return f'{{"id":{message_id},{body[1:]}'
 
 
 KEEPALIVE_FRAME = b":\n\n"
@@ -471,6 +533,7 @@ class Room:
         self.record = record
         self.subscribers: set[Subscriber] = set()
         self.controllers = 0  # subscribers with role "controller"
+        self.remote = {"players": 0, "controllers": 0}  # in other processes (the broker's)
         self._heartbeat: asyncio.TimerHandle | None = None  # armed while controllers > 0
         self._presence_armed = False
         self._presence_sent = {"players": 0, "controllers": 0}
@@ -488,11 +551,22 @@ class Room:
     def end(self) -> int:
         return self.base + len(self.frames)
 
-    def presence(self) -> dict[str, int]:
+    @property
+    def history_size(self) -> int:
+        return self.record.history_size or settings.history_size
+
+    def local_presence(self) -> dict[str, int]:
+        """This process's subscribers of the room, by role."""
         return {
             "players": len(self.subscribers) - self.controllers,
             "controllers": self.controllers,
         }
+
+    def presence(self) -> dict[str, int]:
+        """The room's subscribers by role, in every process that serves it (the others'
+        as the broker last told, while this process has subscribers here)."""
+        local = self.local_presence()
+        return {role: local[role] + self.remote[role] for role in local}
 
     def hello(self) -> dict[str, Any]:
         """The `event: meta` a new stream starts with (before its replay)."""
@@ -508,40 +582,48 @@ class Room:
         }
 
     def join(self, subscriber: Subscriber) -> None:
+        before = self.presence()
         self.subscribers.add(subscriber)
-        if subscriber.role == "controller":
-            self.controllers += 1
-            if self.controllers == 1:
-                self._beat()  # players learn at once that a controller is here
-        self._presence_changed()
+        self.controllers += subscriber.role == "controller"
+        self._presence_changed(before)
 
     def leave(self, subscriber: Subscriber) -> None:
+        before = self.presence()
         self.subscribers.remove(subscriber)
-        if subscriber.role == "controller":
-            self.controllers -= 1
-            if self.controllers == 0:
-                self._heartbeat.cancel()
-                self._beat()  # the last one left: one heartbeat saying zero, at once
-        self._presence_changed()
+        self.controllers -= subscriber.role == "controller"
+        self._presence_changed(before)
+
+    def set_remote(self, counts: dict[str, int]) -> None:
+        """The broker's news of the room's subscribers in other processes."""
+        before = self.presence()
+        self.remote = counts
+        self._presence_changed(before)
 
     def _beat(self) -> None:
         """One heartbeat frame for the whole room (controllers get it too and ignore it);
         repeats every HEARTBEAT_S while a controller is connected. Players count three
         missed intervals as the controller being offline."""
+        controllers = self.presence()["controllers"]
         heartbeat = {
-            "controllers": self.controllers,
+            "controllers": controllers,
             "interval_s": settings.heartbeat_s,
             "time": now_ms(),
         }
         self.append(event_frame("heartbeat", heartbeat))
         self._heartbeat = None
-        if self.controllers:
+        if controllers:
             loop = asyncio.get_running_loop()
             self._heartbeat = loop.call_later(settings.heartbeat_s, self._beat)
 
-    def _presence_changed(self) -> None:
-        """Coalesce: at most one presence event per PRESENCE_INTERVAL_S, with the counts
-        as they are when it is sent, and only if they differ from the last one sent."""
+    def _presence_changed(self, before: dict[str, int]) -> None:
+        """The first controller came or the last one left: a heartbeat at once (players
+        learn it without waiting for the next beat). Presence events are coalesced: at most
+        one per PRESENCE_INTERVAL_S, with the counts as they are when it is sent, and only
+        if they differ from the last one sent."""
+        if (before["controllers"] == 0) != (self.presence()["controllers"] == 0):
+            if self._heartbeat is not None:
+                self._heartbeat.cancel()
+            self._beat()
         if not self._presence_armed:
             self._presence_armed = True
             loop = asyncio.get_running_loop()
@@ -581,7 +663,7 @@ class Room:
                 cut = subscriber.cursor
             else:
                 log.info("slow consumer dropped room=%s role=%s", self.id, subscriber.role)
-                hub.metrics["slow_consumer_disconnects"] += 1
+                metrics.slow_consumer_disconnects.inc()
                 subscriber.end(b"")
         del self.frames[: cut - self.base], self.frame_ids[: cut - self.base]
         self.base = cut
@@ -605,7 +687,7 @@ class Room:
         wait goes on in a task, which then also writes whatever arrives meanwhile."""
         if not chunk:
             return
-        hub.metrics["deliveries"] += 1
+        metrics.deliveries.inc()
         sending = subscriber.send({"type": "http.response.body", "body": chunk, "more_body": True})
         try:
             waiting_on = sending.send(None)
@@ -636,7 +718,7 @@ class Room:
                     await subscriber.send(
                         {"type": "http.response.body", "body": chunk, "more_body": True}
                     )
-                    hub.metrics["deliveries"] += 1
+                    metrics.deliveries.inc()
         finally:
             subscriber.flushing = None
 
@@ -704,6 +786,7 @@ class FallbackFeed(Room):
             while True:
                 await asyncio.sleep(self._next_poll - loop.time())
                 self._next_poll = loop.time() + settings.fallback_poll_s
+                metrics.fallback_polls.inc()
                 message = await self._fetch(client)
                 payload = {"id": next(self._ids), "room": self.id, **message}
                 payload.update(meta="fallback", time=now_ms())
@@ -744,10 +827,11 @@ class PendingPublish:
 
 
 class Hub:
-    """The live rooms, the group-commit writer and the keepalive ticker."""
+    """The live rooms, the group-commit writer, the keepalive ticker and the broker."""
 
     def __init__(self) -> None:
         self.storage: Storage
+        self.broker = RedisBroker(settings.broker_url) if settings.broker_url else LocalBroker()
         self.rooms: dict[str, Room] = {}
         self.fallback = FallbackFeed()
         self.pending: list[PendingPublish] = []
@@ -755,22 +839,30 @@ class Hub:
         self._writing: asyncio.Task
         self._keeping_alive: asyncio.Task
         self.closing = False
-        self.metrics = {
-            "published": 0,
-            "commits": 0,
-            "deliveries": 0,
-            "slow_consumer_disconnects": 0,
-        }
+        for role in ("player", "controller"):
+            metrics.subscribers.labels(role).set_function(lambda role=role: self.count(role))
+
+    def count(self, role: str) -> int:
+        """This process's subscribers with this role, in all rooms."""
+        return sum(room.local_presence()[f"{role}s"] for room in self.rooms.values())
 
     async def start(self) -> None:
         self._pending_ready = asyncio.Event()
         self.storage = Storage(DATABASE)
         await self.storage.open()
-        self.rooms = {record.id: Room(record) for record in await self.storage.load_rooms()}
+        await self.broker.start()  # from here on, rooms changed by other processes are applied
+        await self._load_rooms()
         if settings.default_room not in self.rooms:
-            await self.create_room(settings.default_room, None)
+            try:
+                await self.create_room(settings.default_room, None)
+            except sqlite3.IntegrityError:  # another process, starting with this one, made it
+                await self._load_rooms()
         self._writing = asyncio.create_task(self._writer())
         self._keeping_alive = asyncio.create_task(self._keepalive())
+
+    async def _load_rooms(self) -> None:
+        for record in await self.storage.load_rooms():
+            self.apply_room(record)
 
     async def create_room(self, room_id: str, owner: str | None, **fields: Any) -> RoomRecord:
         record = RoomRecord(
@@ -785,16 +877,28 @@ class Hub:
         )
         await self.storage.insert_room(record)
         self.rooms[room_id] = Room(record)
+        await self.broker.room_changed(record)
         return record
 
     async def update_room(self, room: Room, changes: dict[str, Any]) -> None:
-        """Apply validated changes (title, private, history_size, settings). A room turning
-        private ends its streams: subscribers with a right to it reconnect and resume."""
-        record = room.record
-        turns_private = changes.get("private", record.private) and not record.private
-        await self.storage.update_room(replace(record, **changes))
-        for name, value in changes.items():  # in place: the writer advances record.last_id
-            setattr(record, name, value)
+        """Apply validated changes (title, private, history_size, settings)."""
+        record = replace(room.record, **changes)
+        await self.storage.update_room(record)
+        self.apply_room(record)
+        await self.broker.room_changed(record)
+
+    def apply_room(self, record: RoomRecord) -> None:
+        """Add a room, or take a changed record of one (made here or by another process). A
+        room turning private ends its streams: subscribers with a right to it reconnect and
+        resume."""
+        room = self.rooms.get(record.id)
+        if room is None:
+            self.rooms[record.id] = Room(record)
+            return
+        turns_private = record.private and not room.record.private
+        for name, value in asdict(record).items():  # in place: the writer advances last_id
+            if name != "last_id":
+                setattr(room.record, name, value)
         if turns_private:
             room.end_streams(event_frame("private", {"room": room.id}))
 
@@ -807,15 +911,24 @@ class Hub:
             self.rooms[room.id] = room
             raise
         room.end_streams(event_frame("deleted", {"room": room.id}))
+        await self.broker.room_deleted(room.id)
+
+    def forget_room(self, room_id: str) -> None:
+        """Another process deleted the room: end its streams here too."""
+        if (room := self.rooms.pop(room_id, None)) is not None:
+            room.end_streams(event_frame("deleted", {"room": room_id}))
 
     async def publish(self, messages: list[tuple[Room, dict[str, Any]]]) -> list[dict[str, Any]]:
         """Commit messages (all or none) and fan them out; returns their payloads."""
         if self.closing:
             raise ApiError(503, "Server is shutting down")
+        started = time.perf_counter()
         item = PendingPublish(messages)
         self.pending.append(item)
         self._pending_ready.set()
-        return await asyncio.shield(item.done)  # a client hanging up can't undo a commit
+        payloads = await asyncio.shield(item.done)  # a client hanging up can't undo a commit
+        metrics.publish_latency.observe(time.perf_counter() - started)
+        return payloads
 
     async def _writer(self) -> None:
         """Commits what is pending, batch after batch; once closing, what is left, then ends."""
@@ -827,10 +940,7 @@ class Hub:
                 await self._commit(batch)
 
     async def _commit(self, batch: list[PendingPublish]) -> None:
-        rows: list[tuple[str, int, str]] = []
-        last_ids: dict[str, int] = {}
-        trims: dict[str, int] = {}
-        results: list[list[tuple[Room, int, str, dict[str, Any]]]] = []
+        time_ms = now_ms()
         try:
             async with self.storage.transaction():
                 # Checked inside the transaction: a room deleted meanwhile (gone from
@@ -839,34 +949,39 @@ class Hub:
                     if any(self.rooms.get(room.id) is not room for room, _ in item.messages):
                         item.done.set_exception(ApiError(404, "Room deleted"))
                 batch = [item for item in batch if not item.done.done()]
-                time_ms = now_ms()
-                for item in batch:
-                    committed = []
-                    for room, message in item.messages:
-                        last_id = last_ids.get(room.id, room.record.last_id) + 1
-                        payload = {"id": last_id, "room": room.id, **message, "time": time_ms}
-                        encoded = compact_json(payload)
-                        rows.append((room.id, last_id, encoded))
-                        committed.append((room, last_id, encoded, payload))
-                        last_ids[room.id] = last_id
-                        history_size = room.record.history_size or settings.history_size
-                        trims[room.id] = last_id - history_size
-                    results.append(committed)
-                await self.storage.write_messages(rows, last_ids, trims)
-            self.metrics["commits"] += 1
-        except Exception:
-            log.exception("commit failed")
+                messages = [message for item in batch for message in item.messages]
+                bodies = [  # the payloads but their ids, which the broker gives
+                    (room, compact_json({"room": room.id, **message, "time": time_ms}))
+                    for room, message in messages
+                ]
+                ids = await self.broker.assign(bodies)
+                rows = [
+                    (room.id, message_id, payload_with_id(message_id, body))
+                    for (room, body), message_id in zip(bodies, ids, strict=True)
+                ]
+                keep = {room.id: room.history_size for room, _ in bodies}
+                await self.storage.write_messages(rows, keep)
+        except Exception as error:
+            if not isinstance(error, ApiError):
+                log.exception("commit failed")
+                error = ApiError(500, "Could not store the message")
             for item in batch:
                 if not item.done.done():
-                    item.done.set_exception(ApiError(500, "Could not store the message"))
+                    item.done.set_exception(error)
             return
-        for item, committed in zip(batch, results, strict=True):
-            for room, message_id, encoded, _ in committed:
-                room.record.last_id = message_id
-                room.append(message_frame(message_id, encoded), message_id)
-            self.metrics["published"] += len(committed)
-            if not item.done.done():
-                item.done.set_result([payload for *_, payload in committed])
+        self.broker.committed(bodies, ids, [payload for *_, payload in rows])
+        metrics.commits.inc()
+        metrics.published.inc(len(ids))
+        results = iter(
+            {"id": message_id, "room": room.id, **message, "time": time_ms}
+            for (room, message), message_id in zip(messages, ids, strict=True)
+        )
+        for item in batch:
+            item.done.set_result([next(results) for _ in item.messages])
+
+    async def presence_counts(self, room: Room) -> dict[str, int]:
+        """The room's subscribers by role, summed over every process serving it."""
+        return await self.broker.presence_counts(room)
 
     def streams(self) -> list[Room]:
         """Everything streams are served from: the rooms and the fallback feed."""
@@ -894,9 +1009,401 @@ class Hub:
             room.end_streams(farewell)
         self._keeping_alive.cancel()
         await asyncio.gather(self._keeping_alive, return_exceptions=True)
+        await self.broker.stop()
 
     async def close_storage(self) -> None:
         await self.storage.close()
+
+
+class LocalBroker:
+    """One process: ids continue each room's last id, SQLite keeps the history, and a
+    commit is fanned out at once."""
+
+    name = "local"
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def assign(self, messages: list[tuple[Room, str]]) -> list[int]:
+        """The ids of (room, body) messages about to be committed, in order."""
+        ids, last_ids = [], {}
+        for room, _ in messages:
+            last_ids[room.id] = last_ids.get(room.id, room.record.last_id) + 1
+            ids.append(last_ids[room.id])
+        return ids
+
+    def committed(self, messages: list[tuple[Room, str]], ids: list[int], payloads: list[str]):
+        """They are stored: fan them out."""
+        for (room, _), message_id, payload in zip(messages, ids, payloads, strict=True):
+            room.record.last_id = message_id
+            room.append(message_frame(message_id, payload), message_id)
+
+    async def history(self, room: Room, after: int) -> list[tuple[int, str]]:
+        """The room's kept messages with id > after, oldest first: (id, payload)."""
+        return await hub.storage.history(room.id, after)
+
+    async def joined(self, room: Room) -> None:
+        """A subscriber of this process joined the room: deliver the room's messages here."""
+
+    def left(self, room: Room) -> None:
+        """A subscriber of this process left the room."""
+
+    async def presence_counts(self, room: Room) -> dict[str, int]:
+        return room.presence()
+
+    async def room_changed(self, record: RoomRecord) -> None:
+        """Tell the other processes about a new or changed room (none here)."""
+
+    async def room_deleted(self, room_id: str) -> None:
+        """Tell the other processes that a room is gone."""
+
+    async def accounts_changed(self) -> None:
+        """Tell the other processes that users, sessions or API tokens changed."""
+
+
+# Redis keys, per room (sm:room:<room>:...): `seq` the message counter, `stream` the
+# recent messages (entry id "<message id>-0", field p = the body), `presence` a hash of
+# each process's subscriber counts, `presence-changed` a stream that says they changed.
+# CHANGES_STREAM tells of changed rooms and accounts; per process a stream wakes its reader.
+CHANGES_STREAM = "sm:changes"
+READ_BLOCK_MS = 10_000  # a reader's XREAD returns at least this often, to pick up changes
+
+# Publish a batch atomically: per message, the next id of its room and a stream entry with
+# that id, so each stream is in id order whichever process publishes. KEYS: per message,
+# its room's counter and stream. ARGV: per message, the body, the room's last id in SQLite
+# ('' when the caller did not read it) and the room's history size.
+PUBLISH_SCRIPT = """
+for i = 1, #KEYS, 2 do
+  if redis.call('EXISTS', KEYS[i]) == 0 then
+    -- no counter (a new room, or Redis lost its data): go on after the newest id known
+    local floor = tonumber(ARGV[(i - 1) / 2 * 3 + 2])
+    local top = redis.call('XREVRANGE', KEYS[i + 1], '+', '-', 'COUNT', 1)[1]
+    if top then floor = math.max(floor or 0, tonumber(string.match(top[1], '^%d+'))) end
+    if not floor then return redis.error_reply('NOSEQ') end
+    redis.call('SET', KEYS[i], floor)
+  end
+end
+local ids = {}
+for i = 1, #KEYS, 2 do
+  local arg = (i - 1) / 2 * 3
+  local id = redis.call('INCR', KEYS[i])
+  redis.call('XADD', KEYS[i + 1], 'MAXLEN', '~', ARGV[arg + 3], id .. '-0', 'p', ARGV[arg + 1])
+  ids[#ids + 1] = id
+end
+return ids
+"""
+
+
+def room_key(room_id: str, part: str) -> str:
+    return f"sm:room:{room_id}:{part}"
+
+
+def entry_number(entry_id: str) -> int:
+    return int(entry_id.partition("-")[0])
+
+
+class RedisBroker:
+    """Several processes, one Redis: Redis gives ids (a counter per room) and keeps each
+    room's recent messages in a stream in id order. Each process has one reader task that
+    follows the streams of the rooms it has subscribers in and appends their messages to
+    its local rings, so local fan-out and the slow-consumer rule stay as they are. Every
+    message is also committed to SQLite (the durable store, with rooms, users and tokens)
+    before its publish is acknowledged. Presence: each process keeps its subscriber counts
+    per room in Redis and tells the others when they change; a room's heartbeat and
+    presence events count the subscribers of every process."""
+
+    name = "redis"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.process_id = uuid.uuid4().hex
+        self.wake_key = f"sm:wake:{self.process_id}"
+        self.followed: dict[str, int] = {}  # room -> id of the last message read for it
+        self.notices: dict[str, str] = {}  # room -> position in its presence-changed stream
+        self.changes_seen = "0-0"  # position in CHANGES_STREAM
+        self.woken = "0-0"  # position in our wake stream
+        self.shared: set[str] = set()  # rooms whose counts of ours are in Redis
+        self.changed: set[str] = set()  # rooms whose counts of ours changed since
+        self._counts_changed = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._running = False  # redis-py may swallow a cancellation: the loops check this too
+
+    async def start(self) -> None:
+        self.redis = redis.asyncio.Redis.from_url(self.url, decode_responses=True)
+        # The reader's own connection: its XREAD blocks up to READ_BLOCK_MS.
+        self.reader = redis.asyncio.Redis.from_url(
+            self.url,
+            decode_responses=True,
+            single_connection_client=True,
+            socket_timeout=READ_BLOCK_MS / 1000 + 10,
+        )
+        self.publish_script = self.redis.register_script(PUBLISH_SCRIPT)
+        newest = await self.redis.xrevrange(CHANGES_STREAM, count=1)
+        self.changes_seen = newest[0][0] if newest else "0-0"
+        self._counts_changed = asyncio.Event()
+        self._running = True
+        self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._share())]
+
+    async def stop(self) -> None:
+        self._running = False
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(RedisError):  # our counts go at once, not after PRESENCE_TTL_S
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for room_id in self.shared:
+                    pipe.hdel(room_key(room_id, "presence"), self.process_id)
+                    self._announce_counts(pipe, room_id)
+                pipe.delete(self.wake_key)
+                await pipe.execute()
+        await self.reader.aclose()
+        await self.redis.aclose()
+
+    async def assign(self, messages: list[tuple[Room, str]]) -> list[int]:
+        """Give (room, body) messages their ids and append them to their rooms' streams, in
+        one step: from here on every process delivers them (they are in Redis before
+        SQLite has them: if the commit that follows fails, the publisher is told 500
+        although they were delivered)."""
+        try:
+            try:
+                return await self._append(messages, {})
+            except ResponseError as error:
+                if "NOSEQ" not in str(error):
+                    raise
+                floors = await hub.storage.last_ids({room.id for room, _ in messages})
+                return await self._append(messages, floors)
+        except RedisError as error:
+            log.warning("broker publish failed: %s", error)
+            raise ApiError(503, "Message broker unavailable, try again") from error
+
+    def committed(self, messages: list[tuple[Room, str]], ids: list[int], payloads: list[str]):
+        """They are stored; the readers deliver them."""
+        for (room, _), message_id in zip(messages, ids, strict=True):
+            room.record.last_id = max(room.record.last_id, message_id)
+
+    async def _append(self, messages: list[tuple[Room, str]], floors: dict[str, int]) -> list:
+        keys, args = [], []
+        for room, body in messages:
+            keys += [room_key(room.id, "seq"), room_key(room.id, "stream")]
+            args += [body, floors.get(room.id, ""), room.history_size]
+        return await self.publish_script(keys=keys, args=args)
+
+    async def history(self, room: Room, after: int) -> list[tuple[int, str]]:
+        """The room's kept messages with id > after, oldest first: the stream's, preceded by
+        SQLite's older ones (when Redis has lost or trimmed them)."""
+        try:
+            entries = await self.redis.xrange(room_key(room.id, "stream"), f"({after}-0")
+        except RedisError as error:
+            raise ApiError(503, "Message broker unavailable, try again") from error
+        rows = [(entry_number(i), payload_with_id(entry_number(i), f["p"])) for i, f in entries]
+        if not rows or rows[0][0] > after + 1:
+            before = rows[0][0] if rows else sys.maxsize
+            rows = await hub.storage.history(room.id, after, before) + rows
+        return rows
+
+    async def joined(self, room: Room) -> None:
+        """If this process does not follow the room yet: follow its stream from the newest
+        entry (a replay read after this covers everything before the reader's first entry)
+        and learn its subscribers elsewhere."""
+        self._count_changed(room)
+        if room.id in self.followed:
+            return
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.xrevrange(room_key(room.id, "stream"), count=1)
+                pipe.xrevrange(room_key(room.id, "presence-changed"), count=1)
+                pipe.hgetall(room_key(room.id, "presence"))
+                newest, notice, counts = await pipe.execute()
+            newest_id = entry_number(newest[0][0]) if newest else 0
+            self.followed.setdefault(room.id, newest_id)
+            self.notices.setdefault(room.id, notice[0][0] if notice else "0-0")
+            room.record.last_id = max(room.record.last_id, newest_id)
+            room.set_remote(self._others(counts))
+            # The reader adds the room when this wakes it.
+            await self.redis.xadd(self.wake_key, {"w": 1}, maxlen=1, approximate=False)
+        except RedisError as error:
+            raise ApiError(503, "Message broker unavailable, try again") from error
+
+    def left(self, room: Room) -> None:
+        self._count_changed(room)  # the reader stops following a room nobody here watches
+
+    async def room_changed(self, record: RoomRecord) -> None:
+        await self._announce(room=compact_json(record.public()))
+
+    async def room_deleted(self, room_id: str) -> None:
+        parts = ("seq", "stream", "presence", "presence-changed")
+        with contextlib.suppress(RedisError):  # a room made again with this id starts afresh
+            await self.redis.delete(*(room_key(room_id, part) for part in parts))
+        await self._announce(deleted=room_id)
+
+    async def accounts_changed(self) -> None:
+        await self._announce(accounts="")
+
+    async def _announce(self, **change: str) -> None:
+        if not self._running:  # the create-user command: nobody to tell
+            return
+        try:
+            await self.redis.xadd(CHANGES_STREAM, {"by": self.process_id, **change}, maxlen=1000)
+        except RedisError as error:  # it is stored: the others see it when they restart
+            log.warning("broker could not announce a change (%s): %s", ", ".join(change), error)
+
+    async def _apply(self, changes: list) -> None:
+        """Another process changed rooms or accounts: take the change here too."""
+        reload_accounts = False
+        for entry_id, fields in changes:
+            self.changes_seen = entry_id
+            if fields["by"] == self.process_id:
+                continue
+            if "room" in fields:
+                hub.apply_room(RoomRecord(**json.loads(fields["room"])))
+            elif "deleted" in fields:
+                hub.forget_room(fields["deleted"])
+            else:
+                reload_accounts = True
+        if reload_accounts:
+            await accounts.reload()
+
+    async def presence_counts(self, room: Room) -> dict[str, int]:
+        try:
+            others = self._others(await self.redis.hgetall(room_key(room.id, "presence")))
+        except RedisError as error:
+            raise ApiError(503, "Message broker unavailable, try again") from error
+        local = room.local_presence()
+        return {role: local[role] + others[role] for role in local}
+
+    def _others(self, counts: dict[str, str]) -> dict[str, int]:
+        """The sum of the other processes' live counts in a room's presence hash, whose
+        values are "players,controllers,expires" (epoch seconds)."""
+        others = {"players": 0, "controllers": 0}
+        now = time.time()
+        for process_id, value in counts.items():
+            players, controllers, expires = value.split(",")
+            if process_id != self.process_id and float(expires) > now:
+                others["players"] += int(players)
+                others["controllers"] += int(controllers)
+        return others
+
+    async def _recount(self, room_ids: Iterable[str]) -> None:
+        """Read the other processes' counts of followed rooms again."""
+        room_ids = [room_id for room_id in room_ids if room_id in self.followed]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for room_id in room_ids:
+                pipe.hgetall(room_key(room_id, "presence"))
+            for room_id, counts in zip(room_ids, await pipe.execute(), strict=True):
+                if (room := hub.rooms.get(room_id)) is not None:
+                    room.set_remote(self._others(counts))
+
+    async def _read(self) -> None:
+        """Wait for new entries in the followed rooms' message and presence-changed
+        streams, the room changes and our wake stream; append each message to its room's
+        ring, in order."""
+        while self._running:
+            for room_id in list(self.followed):  # stop following rooms nobody here watches
+                room = hub.rooms.get(room_id)
+                if room is None or not room.subscribers:
+                    del self.followed[room_id], self.notices[room_id]
+                if room is not None and not room.subscribers:
+                    room.set_remote({"players": 0, "controllers": 0})
+            streams = {CHANGES_STREAM: self.changes_seen, self.wake_key: self.woken}
+            for room_id, last in self.followed.items():
+                streams[room_key(room_id, "stream")] = f"{last}-0"
+                streams[room_key(room_id, "presence-changed")] = self.notices[room_id]
+            try:
+                reply = await self.reader.xread(
+                    streams, count=settings.subscriber_queue, block=READ_BLOCK_MS
+                )
+                recount = set()
+                for stream, entries in reply:
+                    if stream == self.wake_key:
+                        self.woken = entries[-1][0]
+                    elif stream == CHANGES_STREAM:
+                        await self._apply(entries)
+                    elif stream.endswith(":stream"):
+                        self._deliver(stream.split(":")[2], entries)
+                    else:  # a room's presence-changed stream
+                        room_id = stream.split(":")[2]
+                        self.notices[room_id] = entries[-1][0]
+                        if any(fields["by"] != self.process_id for _, fields in entries):
+                            recount.add(room_id)
+                if recount:
+                    await self._recount(recount)
+            except RedisError as error:
+                log.warning("broker read failed, retrying: %s", error)
+                await asyncio.sleep(1)
+            except Exception:  # a bug: keep delivering the other rooms
+                log.exception("broker reader failed")
+                await asyncio.sleep(1)
+
+    def _deliver(self, room_id: str, entries: list) -> None:
+        last, room = self.followed.get(room_id), hub.rooms.get(room_id)
+        if last is None or room is None:  # no longer followed, or deleted
+            return
+        for entry_id, fields in entries:
+            message_id = entry_number(entry_id)
+            if last and message_id > last + 1:  # trimmed before we read them
+                log.warning("room %s: missed messages %d-%d", room_id, last + 1, message_id - 1)
+                room.end_streams(b"")  # its subscribers resume by Last-Event-ID
+            frame = message_frame(message_id, payload_with_id(message_id, fields["p"]))
+            room.append(frame, message_id)
+            last = message_id
+        self.followed[room_id] = last
+        room.record.last_id = max(room.record.last_id, last)
+
+    def _count_changed(self, room: Room) -> None:
+        self.changed.add(room.id)
+        self._counts_changed.set()
+
+    def _announce_counts(self, pipe: redis.asyncio.client.Pipeline, room_id: str) -> None:
+        key = room_key(room_id, "presence-changed")
+        pipe.xadd(key, {"by": self.process_id}, maxlen=1, approximate=False)
+
+    async def _share(self) -> None:
+        """Keep our subscriber counts per room in Redis and tell the processes following
+        the room when they change. Every third of PRESENCE_TTL_S, renew them and read the
+        others' again: a count not renewed within PRESENCE_TTL_S (its process died) is not
+        counted."""
+        refresh_s = settings.presence_ttl_s / 3
+        next_refresh = time.monotonic()
+        while self._running:
+            with contextlib.suppress(TimeoutError):  # (wait_for would swallow a cancellation)
+                async with asyncio.timeout(next_refresh - time.monotonic()):
+                    await self._counts_changed.wait()
+            self._counts_changed.clear()
+            changed, self.changed = self.changed, set()
+            refresh = time.monotonic() >= next_refresh
+            if refresh:
+                next_refresh = time.monotonic() + refresh_s
+            rooms = changed | self.shared if refresh else changed
+            nobody = {"players": 0, "controllers": 0}
+            counts = {
+                room_id: room.local_presence() if (room := hub.rooms.get(room_id)) else nobody
+                for room_id in rooms
+            }
+            present = {room_id for room_id, c in counts.items() if c["players"] or c["controllers"]}
+            expires = time.time() + settings.presence_ttl_s
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for room_id, c in counts.items():
+                        key = room_key(room_id, "presence")
+                        if room_id in present:
+                            value = f"{c['players']},{c['controllers']},{expires}"
+                            pipe.hset(key, self.process_id, value)
+                            pipe.pexpire(key, int(settings.presence_ttl_s * 1000))
+                        else:
+                            pipe.hdel(key, self.process_id)
+                        if room_id in changed:
+                            self._announce_counts(pipe, room_id)
+                    await pipe.execute()
+                if refresh:
+                    await self._recount(list(self.followed))
+            except RedisError as error:
+                log.warning("broker presence update failed: %s", error)
+                self.changed |= changed
+                continue
+            self.shared = (self.shared - rooms) | present
 
 
 hub = Hub()
@@ -1097,12 +1604,15 @@ def load_secret_key() -> str:
     key = settings.secret_key
     if not key:
         path = settings.data_dir / "secret_key"
-        try:
-            with open(path, "x", opener=lambda name, flags: os.open(name, flags, 0o600)) as file:
-                key = secrets.token_urlsafe(64)
-                file.write(key)
-        except FileExistsError:
-            key = path.read_text().strip()
+        if not path.exists():  # written whole, then linked: processes starting together
+            draft = path.with_name(f"secret_key.{os.getpid()}")  # all read the winner's
+            descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w") as file:
+                file.write(secrets.token_urlsafe(64))
+            with contextlib.suppress(FileExistsError):
+                os.link(draft, path)
+            draft.unlink()
+        key = path.read_text().strip()
     if len(key) < 32:
         raise RuntimeError("SECRET_KEY must be at least 32 characters")
     return key
@@ -1165,7 +1675,13 @@ class Accounts:
         self.storage = storage
         self.secret_key = load_secret_key()
         self.dummy_hash = await self.hash_password(secrets.token_urlsafe(16))
-        read = storage.read
+        await self.load()
+        await self.create_first_admin()
+
+    async def load(self) -> None:
+        """Users, live sessions and API tokens from SQLite (at start, and when another
+        process changed them)."""
+        read = self.storage.read
         async with read.execute(f"SELECT {USER_COLUMNS} FROM users") as cursor:
             self.users = {row[0]: _user_from_row(row) async for row in cursor}
         async with read.execute(
@@ -1177,7 +1693,20 @@ class Accounts:
             self.sessions = {id_: (user_id, expiry) async for id_, user_id, expiry in cursor}
         async with read.execute(f"SELECT {API_TOKEN_COLUMNS} FROM api_tokens") as cursor:
             self.api_tokens = dict([_api_token_from_row(row) async for row in cursor])
-        await self.create_first_admin()
+
+    async def reload(self) -> None:
+        """Another process changed the accounts: load them again (before start(), which
+        loads them, there is nothing to do)."""
+        if hasattr(self, "storage"):
+            await self.load()
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A write transaction on the accounts; once committed, the other processes (with
+        BROKER_URL) load them again."""
+        async with self.storage.transaction() as db:
+            yield db
+        await hub.broker.accounts_changed()
 
     async def create_first_admin(self) -> None:
         """ADMIN_USERNAME/ADMIN_PASSWORD create an admin if that user does not exist yet."""
@@ -1238,7 +1767,7 @@ class Accounts:
         user = User(secrets.token_hex(8), check_username(username), role, False, now_ms())
         password_hash = await self.hash_password(check_password(password))
         try:
-            async with self.storage.transaction() as db:
+            async with self.transaction() as db:
                 await db.execute(
                     f"INSERT INTO users ({USER_COLUMNS}, password_hash) VALUES (?, ?, ?, ?, ?, ?)",
                     (user.id, user.username, user.role, 0, user.created_at, password_hash),
@@ -1270,7 +1799,7 @@ class Accounts:
         password = changes.get("password")
         password_hash = await self.hash_password(password) if password is not None else None
         updated = replace(user, **{k: v for k, v in changes.items() if k != "password"})
-        async with self.storage.transaction() as db:
+        async with self.transaction() as db:
             await db.execute(
                 "UPDATE users SET role = ?, disabled = ?,"
                 " password_hash = COALESCE(?, password_hash) WHERE id = ?",
@@ -1285,7 +1814,7 @@ class Accounts:
         """Delete a user with their sessions and API tokens; their rooms stay, without an
         owner (admins manage them)."""
         await self.find_user(user_id)
-        async with self.storage.transaction() as db:
+        async with self.transaction() as db:
             await db.execute("UPDATE rooms SET owner = NULL WHERE owner = ?", (user_id,))
             await db.execute("DELETE FROM users WHERE id = ?", (user_id,))  # cascades
         self.users.pop(user_id, None)
@@ -1316,7 +1845,7 @@ class Accounts:
         session_id, refresh = secrets.token_hex(16), secrets.token_urlsafe(32)
         now = now_ms()
         expiry = now + int(settings.refresh_token_ttl_s * 1000)
-        async with self.storage.transaction() as db:
+        async with self.transaction() as db:
             # forget what can no longer be used: expired refresh tokens, then their sessions
             await db.execute("DELETE FROM refresh_tokens WHERE expires_at <= ?", (now,))
             await db.execute(
@@ -1340,7 +1869,7 @@ class Accounts:
         now = now_ms()
         refresh = secrets.token_urlsafe(32)
         expiry = now + int(settings.refresh_token_ttl_s * 1000)
-        async with self.storage.transaction() as db:
+        async with self.transaction() as db:
             async with db.execute(
                 "SELECT r.session_id, r.expires_at, r.rotated_at, s.user_id, s.revoked_at"
                 " FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id WHERE r.hash = ?",
@@ -1376,7 +1905,7 @@ class Accounts:
         self, *, session_id: str | None = None, refresh_token: str | None = None
     ) -> None:
         """Logout: revoke a session, given by its id or one of its refresh tokens."""
-        async with self.storage.transaction() as db:
+        async with self.transaction() as db:
             if refresh_token is not None:
                 async with db.execute(
                     "SELECT session_id FROM refresh_tokens WHERE hash = ?",
@@ -1447,7 +1976,7 @@ class Accounts:
         secret = API_TOKEN_PREFIX + secrets.token_urlsafe(32)
         token = ApiToken(secrets.token_hex(8), user_id, name, rooms, rights, expires_at, now_ms())
         scope = None if rooms is None else compact_json(sorted(rooms))
-        async with self.storage.transaction() as db:
+        async with self.transaction() as db:
             await db.execute(
                 f"INSERT INTO api_tokens ({API_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -1478,7 +2007,7 @@ class Accounts:
         ]
         if not found:
             raise ApiError(404, f"Unknown API token: {token_id}")
-        async with self.storage.transaction() as db:
+        async with self.transaction() as db:
             await db.execute("DELETE FROM api_tokens WHERE id = ?", (token_id,))
         del self.api_tokens[found[0]]
 
@@ -1718,15 +2247,20 @@ async def serve_stream(
             "headers": SSE_HEADERS + cors_headers(headers),
         }
     )
+    shared = room is not hub.fallback  # the quote feed is each process's own
     subscriber = Subscriber(send, role, room.end)
     room.join(subscriber)
     try:
+        if shared:
+            await hub.broker.joined(room)
         await send_hello_and_replay(subscriber, room, last_id, hello_extra)
         subscriber.live = subscriber.ending is None
         if subscriber.live and subscriber.cursor < room.end:
             room._wake()
         while (await receive())["type"] != "http.disconnect":
             pass
+    except ApiError as error:  # the broker failed: end the stream, the client reconnects
+        log.warning("stream of room %s ended: %s", room.id, error.msg)
     except asyncio.CancelledError:
         if subscriber.ending is None:
             raise
@@ -1740,6 +2274,8 @@ async def serve_stream(
             await send({"type": "http.response.body", "body": due + subscriber.ending})
     finally:
         room.leave(subscriber)
+        if shared:
+            hub.broker.left(room)
         if subscriber.flushing is not None:
             subscriber.flushing.cancel()
 
@@ -1752,9 +2288,9 @@ async def send_hello_and_replay(
     hello = {**room.hello(), **hello_extra}
     replay: list[bytes] = []
     if last_id is not None:
-        rows = await hub.storage.history(room.id, last_id, room.record.last_id + 1)
-        oldest = rows[0][0] if rows else await hub.storage.oldest_id(room.id)
-        hello["gap"] = oldest is not None and oldest > last_id + 1
+        rows = await hub.broker.history(room, last_id)
+        # The first id after last_id is missing: trimmed, or everything up to last_id is.
+        hello["gap"] = (rows[0][0] if rows else room.record.last_id + 1) > last_id + 1
         replay = [message_frame(message_id, payload) for message_id, payload in rows]
         subscriber.replayed_through = rows[-1][0] if rows else 0
     first = b"retry: %d\n" % settings.retry_ms + event_frame("meta", hello) + b"".join(replay)
@@ -1914,14 +2450,26 @@ def request_token(body: dict[str, Any] | None = None) -> str | None:
 
 @app.get("/healthz")
 async def healthz():
-    subscribers = sum(len(room.subscribers) for room in hub.rooms.values())
-    stats = {
-        "rooms": len(hub.rooms),
-        "subscribers": subscribers,
-        "fallback_subscribers": len(hub.fallback.subscribers),
-        **hub.metrics,
-    }
-    return ok(**stats)
+    """This process's health and counters (each process of a multi-process hub has its own)."""
+    return ok(
+        broker=hub.broker.name,
+        pid=os.getpid(),
+        rooms=len(hub.rooms),
+        subscribers=sum(len(room.subscribers) for room in hub.rooms.values()),
+        fallback_subscribers=len(hub.fallback.subscribers),
+        published=int(metrics.value("messages_published_total")),
+        commits=int(metrics.value("commits_total")),
+        deliveries=int(metrics.value("deliveries_total")),
+        slow_consumer_disconnects=int(metrics.value("slow_consumer_disconnects_total")),
+    )
+
+
+@app.get("/metrics")
+async def prometheus_metrics():
+    """This process's metrics, in the format the scraper asks for (Prometheus text 0.0.4
+    by default, or OpenMetrics)."""
+    encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return Response(encode(metrics.registry), content_type=content_type)
 
 
 # Auth: login answers an access JWT and a refresh token in JSON and as HttpOnly cookies:
@@ -2064,8 +2612,8 @@ def room_fields(body: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]
     return fields
 
 
-def room_summary(room: Room) -> dict[str, Any]:
-    return {**room.record.public(), "subscribers": room.presence()}
+async def room_summary(room: Room) -> dict[str, Any]:
+    return {**room.record.public(), "subscribers": await hub.presence_counts(room)}
 
 
 @app.get("/api/v1/rooms")
@@ -2074,7 +2622,7 @@ async def list_rooms():
     token = request_token()
     principal = authenticate(token) if token else None
     rooms = [
-        room_summary(room)
+        await room_summary(room)
         for room in hub.rooms.values()
         if not room.record.private or (principal and principal.may(room, "subscribe"))
     ]
@@ -2111,13 +2659,13 @@ def readable_room(room_id: str) -> Room:
 
 @app.get("/api/v1/rooms/<room_id>")
 async def get_room(room_id: str):
-    return ok(room=room_summary(readable_room(room_id)))
+    return ok(room=await room_summary(readable_room(room_id)))
 
 
 @app.get("/api/v1/rooms/<room_id>/presence")
 async def get_presence(room_id: str):
     room = readable_room(room_id)
-    return ok(room=room.id, **room.presence())
+    return ok(room=room.id, **await hub.presence_counts(room))
 
 
 @app.patch("/api/v1/rooms/<room_id>")
@@ -2128,7 +2676,7 @@ async def update_room(room_id: str):
     authorize(request_token(body), room, "manage")
     reject_unknown_fields(body, ROOM_FIELDS)
     await hub.update_room(room, room_fields(body, room.record.settings))
-    return ok("Room Updated", room=room_summary(room))
+    return ok("Room Updated", room=await room_summary(room))
 
 
 @app.delete("/api/v1/rooms/<room_id>")
@@ -2359,7 +2907,10 @@ async def complete(messages: list[dict[str, str]], on_delta: Callable[[str], Non
     try:
         async with asyncio.timeout(settings.llm_timeout_s):
             return await model(messages, on_delta)
-    except TimeoutError:
+    except (TimeoutError, ApiError) as error:
+        metrics.relay_upstream_errors.inc()
+        if isinstance(error, ApiError):
+            raise
         raise ApiError(504, "The AI service timed out") from None
 
 
@@ -2566,6 +3117,7 @@ class Relay:
         chat = Chat(uid or uuid.uuid4().hex, client, room, speaker)
         self.chats[chat.uid] = chat
         chat.task = asyncio.create_task(chat.answer(messages))
+        metrics.relay_streams.inc()
         return chat
 
     def admit(self, client: str) -> None:

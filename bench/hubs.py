@@ -151,3 +151,17 @@ class Nchan(Hub):
         if count != 1:
             raise ValueError("nchan publishes one message per request")
         return f"/pub/{room}", MESSAGE % (room.encode(), sequence, now_us)
+
+
+class ThisAppRedis(ThisApp):
+    """This project as two Hypercorn workers (processes), one hub through Redis (BROKER_URL)."""
+
+    name = "this-redis"
+    redis_url = "redis://127.0.0.1:6379/9"
+
+    def command(self, workdir):
+        import redis  # the app's requirement, so in bench/.venv
+
+        redis.Redis.from_url(self.redis_url).flushdb()  # a fresh hub: ids from 1
+        argv, env, cwd = super().command(workdir)
+        return [*argv, "--workers", "2"], {**env, "BROKER_URL": self.redis_url}, cwd

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import subscribers
 import uvloop
-from hubs import BENCH_DIR, HOST, VENV_BIN, Hub, Nchan, PythonPeer, ThisApp
+from hubs import BENCH_DIR, HOST, VENV_BIN, Hub, Nchan, PythonPeer, ThisApp, ThisAppRedis
 from procstat import cpu_busy_seconds, cpu_seconds, cpu_seconds_by_thread_kind, process_tree, rss_kb
 from profile_summary import summarise
 from publish import publish
@@ -513,6 +513,7 @@ def main() -> None:
 
     all_hubs = {
         "this": ThisApp(SERVER_CPU, arguments.app_dir.resolve()),
+        "this-redis": ThisAppRedis(SERVER_CPU, arguments.app_dir.resolve()),
         "peer": PythonPeer(SERVER_CPU),
         "nchan": Nchan(SERVER_CPU),
     }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from httpx_sse import ServerSentEvent, aconnect_sse
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,14 +32,28 @@ def free_port() -> int:
 
 
 class Server:
-    """One app process. start() and stop() can be called again: same DATA_DIR, new run."""
+    """One app process (`python app.py`), or Hypercorn with `workers` processes. start() and
+    stop() can be called again: same DATA_DIR, new run. Servers may share a DATA_DIR."""
 
-    def __init__(self, data_dir: Path, **env: str) -> None:
+    def __init__(self, data_dir: Path, workers: int = 0, **env: str) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.token = env.get("SSE_TOKEN", TOKEN)
-        self.log_path = data_dir / "server.log"
+        self.log_path = data_dir / f"server-{self.port}.log"
+        self.argv = [sys.executable, "app.py"]
+        if workers:
+            bind = f"127.0.0.1:{self.port}"
+            self.argv = [
+                sys.executable,
+                "-m",
+                "hypercorn",
+                "-w",
+                str(workers),
+                "-b",
+                bind,
+                "app:app",
+            ]
         self.env = {
             **os.environ,
             "HOST": "127.0.0.1",
@@ -55,7 +71,7 @@ class Server:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("a")
         self.process = subprocess.Popen(
-            [sys.executable, "app.py"], cwd=ROOT, env=self.env, stdout=log, stderr=log
+            self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=log, start_new_session=True
         )
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
@@ -71,7 +87,7 @@ class Server:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
         assert self.process is not None
         if self.process.poll() is None:
-            self.process.send_signal(sig)
+            os.killpg(self.process.pid, sig)  # with its workers, if any
         code = self.process.wait(timeout=timeout)
         self.process = None
         return code
@@ -103,10 +119,12 @@ class Server:
 
 @pytest.fixture
 def make_server(tmp_path: Path) -> Iterator:
+    """make(**env) starts a server with its own DATA_DIR; make(data_dir=..., **env) with a
+    given one (several processes of one hub share it); workers=N runs Hypercorn -w N."""
     servers: list[Server] = []
 
-    def make(**env: str) -> Server:
-        server = Server(tmp_path / f"data{len(servers)}", **env)
+    def make(data_dir: Path | None = None, workers: int = 0, **env: str) -> Server:
+        server = Server(data_dir or tmp_path / f"data{len(servers)}", workers, **env)
         servers.append(server)
         return server.start()
 
@@ -114,6 +132,29 @@ def make_server(tmp_path: Path) -> Iterator:
     for server in servers:
         if server.process is not None:
             server.stop(signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def redis_db() -> int:
+    """A Redis database number of this test run's own, on the Redis at 127.0.0.1:6379. Tests
+    that need it skip with the reason when it is not there, and fail when REQUIRE_REDIS=1."""
+    db = random.randint(1, 15)
+    try:
+        redis.Redis(host="127.0.0.1", port=6379, db=db, socket_timeout=2).ping()
+    except redis.RedisError as error:
+        reason = f"needs Redis on 127.0.0.1:6379 ({error})"
+        if os.environ.get("REQUIRE_REDIS") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return db
+
+
+@pytest.fixture
+def broker_url(redis_db: int) -> str:
+    """BROKER_URL of an emptied Redis database."""
+    url = f"redis://127.0.0.1:6379/{redis_db}"
+    redis.Redis.from_url(url).flushdb()
+    return url
 
 
 @pytest.fixture(scope="session")

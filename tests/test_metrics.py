@@ -1,0 +1,75 @@
+"""GET /metrics: Prometheus text format (issue 10)."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+from conftest import Server, collect, subscribe
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def scrape(server: Server) -> dict[tuple[str, tuple], float]:
+    """Every sample of /metrics: (name, sorted labels) -> value."""
+    reply = httpx.get(f"{server.url}/metrics")
+    assert reply.status_code == 200
+    assert reply.headers["content-type"].startswith("text/plain; version=0.0.4")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(reply.text)
+        for sample in family.samples
+    }
+
+
+async def test_metrics_count_what_the_hub_does(make_server):
+    server: Server = make_server()
+    before = scrape(server)
+    for name in (
+        "sm_messages_published_total",
+        "sm_commits_total",
+        "sm_deliveries_total",
+        "sm_slow_consumer_disconnects_total",
+        "sm_relay_streams_total",
+        "sm_relay_upstream_errors_total",
+        "sm_fallback_polls_total",
+        "sm_publish_latency_seconds_count",
+    ):
+        assert before[(name, ())] == 0, name
+    controller = f"{server.url}/api/v1/events?role=controller&token={server.token}"
+    async with (
+        subscribe(f"{server.url}/api/v1/events") as player,
+        subscribe(f"{server.url}/api/v1/events"),
+        subscribe(controller),
+    ):
+        server.publish(data={"n": 1})
+        reply = httpx.post(
+            f"{server.url}/api/v1/send",
+            json=[{"speaker": "a", "data": {"n": 2}}, {"speaker": "a", "data": {"n": 3}}],
+            headers={"Authorization": f"Bearer {server.token}"},
+        )
+        assert reply.status_code == 202
+        await collect(player, 3)
+        during = scrape(server)
+    assert during[("sm_subscribers", (("role", "player"),))] == 2
+    assert during[("sm_subscribers", (("role", "controller"),))] == 1
+    assert during[("sm_messages_published_total", ())] == 3
+    assert 1 <= during[("sm_commits_total", ())] <= 2
+    assert during[("sm_publish_latency_seconds_count", ())] == 2  # two publish requests
+    assert during[("sm_publish_latency_seconds_sum", ())] > 0
+    assert during[("sm_publish_latency_seconds_bucket", (("le", "+Inf"),))] == 2
+    assert during[("sm_deliveries_total", ())] >= 1
+    health, later = server.health(), scrape(server)  # /healthz reads the same counters
+    assert health["published"] == 3
+    deliveries = ("sm_deliveries_total", ())
+    assert during[deliveries] <= health["deliveries"] <= later[deliveries]
+    deadline = time.monotonic() + 10  # the streams are gone once the server sees them close
+    while scrape(server)[("sm_subscribers", (("role", "player"),))] != 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_failed_publishes_are_not_counted(server: Server):
+    before = scrape(server)[("sm_messages_published_total", ())]
+    reply = httpx.post(f"{server.url}/api/v1/send", json={"speaker": "x", "data": {}})
+    assert reply.status_code == 401
+    assert scrape(server)[("sm_messages_published_total", ())] == before
