@@ -108,6 +108,7 @@ class Settings:
     retry_ms: int
     max_message_bytes: int
     max_body_bytes: int
+    max_json_depth: int
     subscriber_queue: int
     coalesce_ms: float
     cors_origins: tuple[str, ...]
@@ -169,6 +170,7 @@ class Settings:
             retry_ms=int(_env("RETRY_MS", "3000")),
             max_message_bytes=int(_env("MAX_MESSAGE_BYTES", "65536")),
             max_body_bytes=int(_env("MAX_BODY_BYTES", "1048576")),
+            max_json_depth=int(_env("MAX_JSON_DEPTH", "32")),
             subscriber_queue=int(_env("SUBSCRIBER_QUEUE", "1024")),
             coalesce_ms=float(_env("COALESCE_MS", "2")),
             cors_origins=origins,
@@ -233,7 +235,23 @@ def now_ms() -> int:
 
 
 def compact_json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    # allow_nan=False: NaN and Infinity are not JSON, no client could parse them back
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def parse_json(text: bytes | str) -> Any:
+    """JSON from outside (a request body, an upstream reply), or ValueError unless it can be
+    stored and sent on as UTF-8 JSON: Python's json reads NaN, 1e400 (infinity) and lone
+    surrogates ("\\ud800"), and raises RecursionError on deep nesting."""
+    try:
+        value = json.loads(text)
+        compact_json(value).encode()
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    except UnicodeEncodeError as error:
+        surrogate = ascii(error.object[error.start])
+        raise ValueError(f"lone surrogate {surrogate} in a string: not valid Unicode") from None
+    return value
 
 
 # Logs: every line of this logger (and, from main(), of every other one) goes through
@@ -645,9 +663,11 @@ class Subscriber:
         self.sent = 0  # bytes, for the log
 
     def end(self, final_frame: bytes) -> None:
-        self.ending = final_frame
-        self.live = False
-        if self.flushing is not None:
+        """The server ends the stream: with a final event (shutdown, room deleted or made
+        private) after the frames still due to it (see serve_stream); without one (it fell
+        too far behind) at once."""
+        self.ending = final_frame  # the room writes no more to it
+        if not final_frame and self.flushing is not None:
             self.flushing.cancel()
         self.task.cancel()
 
@@ -796,7 +816,12 @@ class Room:
         self._wake_armed = False
         end = self.end
         for subscriber in self.subscribers:
-            if subscriber.live and subscriber.cursor < end and subscriber.flushing is None:
+            if (
+                subscriber.live
+                and subscriber.ending is None
+                and subscriber.cursor < end
+                and subscriber.flushing is None
+            ):
                 self._write(subscriber, self.pending(subscriber))
 
     def _write(self, subscriber: Subscriber, chunk: bytes) -> None:
@@ -832,7 +857,7 @@ class Room:
     async def _flush(self, subscriber: Subscriber, sending: Coroutine, waiting_on: Any) -> None:
         try:
             await resume(sending, waiting_on)
-            while subscriber.cursor < self.end:
+            while subscriber.ending is None and subscriber.cursor < self.end:
                 chunk = self.pending(subscriber)
                 if chunk:
                     await subscriber.send(
@@ -925,7 +950,7 @@ class FallbackFeed(Room):
                         body += chunk
                         if len(body) > MAX_QUOTE_BYTES:
                             raise ValueError(f"reply larger than {MAX_QUOTE_BYTES} bytes")
-            message = quote_message(json.loads(body))
+            message = quote_message(parse_json(body))
         except Exception as error:  # down, slow or garbage: the feed keeps flowing
             if not self._failing:
                 self._failing = True
@@ -957,7 +982,8 @@ class Hub:
         self.fallback = FallbackFeed()
         self.pending: list[PendingPublish] = []
         self._pending_ready = asyncio.Event()
-        self._tasks: list[asyncio.Task] = []
+        self._writing: asyncio.Task
+        self._keeping_alive: asyncio.Task
         self.closing = False
         for role in ("player", "controller"):
             metrics.subscribers.labels(role).set_function(lambda role=role: self.count(role))
@@ -977,7 +1003,8 @@ class Hub:
                 await self.create_room(settings.default_room, None)
             except sqlite3.IntegrityError:  # another process, starting with this one, made it
                 await self._load_rooms()
-        self._tasks = [asyncio.create_task(self._writer()), asyncio.create_task(self._keepalive())]
+        self._writing = asyncio.create_task(self._writer())
+        self._keeping_alive = asyncio.create_task(self._keepalive())
 
     async def _load_rooms(self) -> None:
         for record in await self.storage.load_rooms():
@@ -1050,11 +1077,13 @@ class Hub:
         return payloads
 
     async def _writer(self) -> None:
-        while True:
+        """Commits what is pending, batch after batch; once closing, what is left, then ends."""
+        while self.pending or not self.closing:
             await self._pending_ready.wait()
             self._pending_ready.clear()
             batch, self.pending = self.pending, []
-            await self._commit(batch)
+            if batch:
+                await self._commit(batch)
 
     async def _commit(self, batch: list[PendingPublish]) -> None:
         time_ms = now_ms()
@@ -1112,19 +1141,20 @@ class Hub:
                     room.append(KEEPALIVE_FRAME)
 
     async def close(self) -> None:
-        """Graceful shutdown: commit what is pending, end every stream with a final event."""
+        """Graceful shutdown: new publishes get 503; the writer commits what is pending (a
+        commit in progress is let finish: cancelled, its publishers would never get an
+        answer); then every stream ends with a final event."""
         if self.closing:
             return
         self.closing = True
-        while self.pending:
-            batch, self.pending = self.pending, []
-            await self._commit(batch)
+        self._pending_ready.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._writing, settings.shutdown_timeout_s)
         farewell = event_frame("shutdown", {"reconnect": True, "retry": settings.retry_ms})
         for room in self.streams():
             room.end_streams(farewell)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._keeping_alive.cancel()
+        await asyncio.gather(self._keeping_alive, return_exceptions=True)
         await self.broker.stop()
 
     async def close_storage(self) -> None:
@@ -2148,7 +2178,7 @@ SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 JSON_HEADERS = [(b"content-type", b"application/json")]
-EVENTS_PATH = re.compile(r"/api/v1/events(?:/([^/]*))?/?")
+EVENTS_PATH = re.compile(rb"/api/v1/events(?:/([^/]*))?/?")  # on the raw path: %2F is no "/"
 SEND_PREFIX = b"/api/v1/send/"
 
 
@@ -2243,9 +2273,7 @@ async def read_body(receive: Callable[[], Awaitable[dict]]) -> bytes:
 
 def request_json(body: bytes) -> Any:
     try:
-        return json.loads(body)
-    except RecursionError:
-        raise ApiError(400, "Invalid JSON body", detail="JSON nested too deeply") from None
+        return parse_json(body)
     except ValueError as error:  # UnicodeDecodeError is one too
         raise ApiError(400, "Invalid JSON body", detail=str(error)) from None
 
@@ -2331,6 +2359,16 @@ class EventsQuery(ResumeQuery):
     token: str | None = Field(default=None, description="for a controller or a private room")
 
 
+def json_depth(value: Any) -> int:
+    """How deeply arrays and objects nest: 0 for a scalar, 1 for {} or [1, 2], and so on.
+    Level by level rather than recursive: a body may nest as deep as json.loads goes."""
+    depth, level = 0, [value]
+    while containers := [node for node in level if isinstance(node, dict | list)]:
+        depth += 1
+        level = [*itertools.chain(*(c.values() if isinstance(c, dict) else c for c in containers))]
+    return depth
+
+
 def validate_message(item: Any) -> tuple[dict[str, Any], str | None, str | None]:
     """A publish body object -> (message, room id, token). Raises 400/413."""
     if not isinstance(item, dict):
@@ -2340,6 +2378,9 @@ def validate_message(item: Any) -> tuple[dict[str, Any], str | None, str | None]
     except ValidationError as error:
         raise invalid_body(error) from None
     message = {"speaker": fields.speaker, "data": fields.data, "meta": fields.meta}
+    for name in ("data", "meta"):  # players parse these; past some depth, parsers give up
+        if json_depth(message[name]) > settings.max_json_depth:
+            raise ApiError(400, f"{name} is nested deeper than {settings.max_json_depth} levels")
     if len(compact_json(message).encode()) > settings.max_message_bytes:
         raise ApiError(413, f"Message too large (max {settings.max_message_bytes} bytes)")
     return message, fields.room, fields.token
@@ -2407,11 +2448,13 @@ async def publish_get(raw_speaker: bytes, params: dict[str, str]) -> dict[str, A
     return sent_reply(payload)
 
 
+LAST_EVENT_ID = re.compile(r"[0-9]{1,18}")  # ASCII digits only, and it fits SQLite's INTEGER
+
+
 def parse_last_event_id(headers: dict[bytes, bytes], params: dict[str, str]) -> int | None:
-    raw = headers.get(b"last-event-id", b"").decode("latin-1").strip() or params.get(
-        "lastEventId", ""
-    )
-    return int(raw) if raw.isdigit() else None
+    """Our ids are decimal; any other value is no Last-Event-ID at all."""
+    raw = headers.get(b"last-event-id", b"").decode("latin-1") or params.get("lastEventId", "")
+    return int(raw) if LAST_EVENT_ID.fullmatch(raw) else None
 
 
 EVENT_STREAM = "_event_stream"  # an attribute: the route's 200 reply is an SSE stream
@@ -2482,8 +2525,13 @@ async def serve_stream(
         if subscriber.ending is None:
             raise
         asyncio.current_task().uncancel()
-        if subscriber.ending:  # the server ends the stream with a final event
-            await send({"type": "http.response.body", "body": subscriber.ending})
+        if subscriber.ending:  # the frames still due to it, then the final event
+            if subscriber.flushing is not None:  # a write in progress; then the flush stops
+                await subscriber.flushing
+            # (unless the ring forgot some meanwhile: then resuming by id brings them all)
+            has_all = subscriber.live and subscriber.cursor >= room.base
+            due = room.pending(subscriber) if has_all else b""
+            await send({"type": "http.response.body", "body": due + subscriber.ending})
     finally:
         room.leave(subscriber)
         if shared:
@@ -2591,10 +2639,11 @@ class HotPath:
                 await send({"type": "http.response.start", "status": 204, "headers": preflight})
                 await send({"type": "http.response.body", "body": b""})
                 return None
-            if events := EVENTS_PATH.fullmatch(path):
+            if events := EVENTS_PATH.fullmatch(scope["raw_path"]):
                 if method != "GET":
                     raise ApiError(405, "Method not allowed: use GET", allow="GET")
-                room_id = events.group(1) or None  # `/api/v1/events/`: the default room
+                segment = events.group(1)  # None or b"" (`/api/v1/events/`): the default room
+                room_id = unquote(segment.decode("ascii")) if segment else None
                 return await stream_events(scope, receive, send, room_id, headers)
             if path.rstrip("/") == "/api/v1/send":
                 if method != "POST":
@@ -3424,13 +3473,16 @@ async def openai_answer(messages: list[dict[str, str]], on_delta: Callable[[str]
             async for event in source.aiter_sse():
                 if event.data == "[DONE]":
                     return done
-                chunk = json.loads(event.data)
+                chunk = parse_json(event.data)
                 if chunk.get("error"):
                     log.warning("AI service error in stream: %s", event.data[:300])
                     raise ApiError(502, "The AI service reported an error")
                 done["usage"] = chunk.get("usage") or done["usage"]
                 for choice in chunk.get("choices") or []:
-                    if content := (choice.get("delta") or {}).get("content"):
+                    content = (choice.get("delta") or {}).get("content")
+                    if not isinstance(content, str | None):
+                        raise ValueError("delta content is not a string")
+                    if content:
                         on_delta(content)
                     done["finish_reason"] = choice.get("finish_reason") or done["finish_reason"]
     except httpx.TimeoutException:
@@ -3438,7 +3490,7 @@ async def openai_answer(messages: list[dict[str, str]], on_delta: Callable[[str]
     except httpx.ConnectError as error:
         log.warning("AI service unreachable: %s", error)
         raise ApiError(502, "Could not reach the AI service") from None
-    except (SSEError, ValueError, AttributeError) as error:  # not the chunk format we know
+    except (SSEError, ValueError, AttributeError, TypeError) as error:  # not the format we know
         log.warning("AI service sent an invalid response: %s", type(error).__name__)
         raise ApiError(502, "The AI service sent an invalid response") from None
     except httpx.HTTPError as error:

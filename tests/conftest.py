@@ -186,6 +186,15 @@ def sse_client() -> httpx.AsyncClient:
     )
 
 
+async def dispatched(events: AsyncIterator[ServerSentEvent]) -> AsyncIterator[ServerSentEvent]:
+    """The events a browser would dispatch. Once an id has been seen, httpx-sse also yields
+    a data-less "message" for every comment block (the `:` keepalive), with that id; the
+    WHATWG parser dispatches nothing without data (and the hub never sends empty data)."""
+    async for event in events:
+        if event.data:
+            yield event
+
+
 @asynccontextmanager
 async def subscribe(
     url: str, client: httpx.AsyncClient | None = None, **headers: str
@@ -196,7 +205,7 @@ async def subscribe(
             client = await stack.enter_async_context(sse_client())
         source = await stack.enter_async_context(aconnect_sse(client, "GET", url, headers=headers))
         assert source.response.status_code == 200, await source.response.aread()
-        events = source.aiter_sse()
+        events = dispatched(source.aiter_sse())
         hello = await anext(events)
         assert hello.event == "meta"
         yield Subscription(events, json.loads(hello.data))

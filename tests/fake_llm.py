@@ -17,6 +17,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 KEY = "sk-test-0123456789abcdefSECRET"
 # Upstream internals that must never reach a client: the stand-in puts them in its errors.
 INTERNALS = "/srv/llm/shard-7/secret-internal-path"
+# Modes that send, as the third chunk, one the relay cannot use (broken or odd upstreams).
+ODD_CHUNKS = {
+    "garbage": b"data: {not json\n\n",
+    "wrong shape": b'data: {"choices": 7}\n\n',
+    "number content": b'data: {"choices": [{"index": 0, "delta": {"content": 42}}]}\n\n',
+    "NaN usage": b'data: {"choices": [], "usage": {"total_tokens": NaN}}\n\n',
+    "lone surrogate": b'data: {"choices": [{"index": 0, "delta": {"content": "\\ud800"}}]}\n\n',
+}
 WORDS = ["The", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog:", "狐狸跳了", "✓"]
 
 
@@ -102,8 +110,8 @@ class Handler(BaseHTTPRequestHandler):
                 if self.client_gone(60):
                     call.disconnected.set()
                 return
-            if mode == "garbage" and index == 2:
-                self.chunk(b"data: {not json\n\n")
+            if mode in ODD_CHUNKS and index == 2:
+                self.chunk(ODD_CHUNKS[mode])
             self.event({"content": piece}, None, model)
             if self.client_gone(fake.delay):
                 call.disconnected.set()

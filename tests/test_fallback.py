@@ -58,6 +58,8 @@ class Hitokoto:
                     "invalid json": b"<html>Bad Gateway</html>",
                     "not a quote": json.dumps({"hitokoto": 42, "from": []}).encode(),
                     "server error": b'{"status": 500}',
+                    # parses in Python, but no UTF-8 frame can carry it
+                    "lone surrogate": b'{"hitokoto": "\\ud800", "from": "x", "from_who": null}',
                 }.get(mode, json.dumps(quote, ensure_ascii=False).encode())
                 self.send_response(500 if mode == "server error" else 200)
                 self.send_header("Content-Type", "application/json; charset=utf-8")
@@ -188,7 +190,8 @@ async def test_one_poller_serves_fifty_subscribers(quote_server: Server, hitokot
 
 
 @pytest.mark.parametrize(
-    "failure", ["down", "slow", "trickle", "invalid json", "not a quote", "server error"]
+    "failure",
+    ["down", "slow", "trickle", "invalid json", "not a quote", "server error", "lone surrogate"],
 )
 async def test_quotes_keep_flowing_when_the_api_fails(
     quote_server: Server, hitokoto: Hitokoto, failure: str
