@@ -2473,15 +2473,16 @@ def event_stream(description: str, others: dict[int, str] | None = None) -> Call
 
 @document_querystring(EventsQuery)
 @event_stream("`event: meta` (the hello), the replay, then messages as they come")
-async def stream_events(scope, receive, send, room_id: str | None, headers) -> None:
+def stream_events(scope, receive, send, room_id: str | None, headers) -> Awaitable[None]:
     """Subscribe to a room's events: hello, replay after Last-Event-ID, then live
-    messages. An invalid or unknown room id is not an error: it streams the quote feed."""
+    messages. An invalid or unknown room id is not an error: it streams the quote feed.
+    (A plain function returning the stream's coroutine: one frame less per stream.)"""
     params = query_params(scope)
     try:
         room = find_room(room_id)
     except ApiError as error:
         reason = "invalid room id" if error.status == 400 else "unknown room"
-        return await serve_stream(
+        return serve_stream(
             scope, send, receive, hub.fallback, "player", reason=reason, requested=room_id
         )
     role = "controller" if params.get("role") == "controller" else "player"
@@ -2489,7 +2490,7 @@ async def stream_events(scope, receive, send, room_id: str | None, headers) -> N
         token = bearer_token(headers) or params.get("token") or session_cookie(headers)
         authorize(token, room, "publish" if role == "controller" else "subscribe")
     last_id = parse_last_event_id(headers, params)
-    await serve_stream(scope, send, receive, room, role, last_id)
+    return serve_stream(scope, send, receive, room, role, last_id)
 
 
 async def serve_stream(
@@ -2615,7 +2616,13 @@ class HotPath:
                 msg = f"Request headers too large (max {settings.max_header_bytes} bytes)"
                 await send_json(send_with_headers, 431, ApiError(431, msg).body())
             elif scope["path"].startswith("/api/v1/"):
-                await self.serve(scope, receive, send_with_headers, headers)
+                try:
+                    await self.route(scope, receive, send_with_headers, headers)
+                except ApiError as error:
+                    allow = (
+                        [(b"allow", error.extra["allow"].encode())] if error.status == 405 else []
+                    )
+                    await send_json(send_with_headers, error.status, error.body(), allow)
             else:
                 await self.app(scope, receive, send_with_headers)
         finally:
@@ -2631,36 +2638,44 @@ class HotPath:
                     scope["client"][0] if scope.get("client") else "-",
                 )
 
-    async def serve(self, scope, receive, send, headers: dict[bytes, bytes]) -> None:
+    def route(self, scope, receive, send, headers: dict[bytes, bytes]) -> Awaitable[None]:
+        """The coroutine that answers an /api/v1/ request, or ApiError. (A plain function,
+        so a stream keeps one coroutine frame less alive for its whole life.)"""
         method, path = scope["method"], scope["path"]
-        try:
-            if method == "OPTIONS":
-                preflight = preflight_headers(headers)
-                await send({"type": "http.response.start", "status": 204, "headers": preflight})
-                await send({"type": "http.response.body", "body": b""})
-                return None
-            if events := EVENTS_PATH.fullmatch(scope["raw_path"]):
-                if method != "GET":
-                    raise ApiError(405, "Method not allowed: use GET", allow="GET")
-                segment = events.group(1)  # None or b"" (`/api/v1/events/`): the default room
-                room_id = unquote(segment.decode("ascii")) if segment else None
-                return await stream_events(scope, receive, send, room_id, headers)
-            if path.rstrip("/") == "/api/v1/send":
-                if method != "POST":
-                    raise ApiError(405, "Method not allowed: use POST", allow="POST")
-                parsed = request_json(await read_body(receive))
-                reply = await publish_request(headers, parsed, query_params(scope).get("token"))
-                return await send_json(send, 202, reply)
-            if scope["raw_path"].startswith(SEND_PREFIX):
-                if method != "GET":
-                    raise ApiError(405, "Method not allowed: use GET", allow="GET")
-                raw_speaker = scope["raw_path"][len(SEND_PREFIX) :].rstrip(b"/")
-                reply = await publish_get(raw_speaker, query_params(scope))
-                return await send_json(send, 202, reply)
-        except ApiError as error:
-            extra = [(b"allow", error.extra["allow"].encode())] if error.status == 405 else []
-            return await send_json(send, error.status, error.body(), extra)
-        return await self.app(scope, receive, send)
+        if method == "OPTIONS":
+            return send_preflight(send, headers)
+        if events := EVENTS_PATH.fullmatch(scope["raw_path"]):
+            if method != "GET":
+                raise ApiError(405, "Method not allowed: use GET", allow="GET")
+            segment = events.group(1)  # None or b"" (`/api/v1/events/`): the default room
+            room_id = unquote(segment.decode("ascii")) if segment else None
+            return stream_events(scope, receive, send, room_id, headers)
+        if path.rstrip("/") == "/api/v1/send":
+            if method != "POST":
+                raise ApiError(405, "Method not allowed: use POST", allow="POST")
+            token = query_params(scope).get("token")
+            return accepted(send, publish_body(receive, headers, token))
+        if scope["raw_path"].startswith(SEND_PREFIX):
+            if method != "GET":
+                raise ApiError(405, "Method not allowed: use GET", allow="GET")
+            raw_speaker = scope["raw_path"][len(SEND_PREFIX) :].rstrip(b"/")
+            return accepted(send, publish_get(raw_speaker, query_params(scope)))
+        return self.app(scope, receive, send)
+
+
+async def send_preflight(send: ASGISend, headers: dict[bytes, bytes]) -> None:
+    preflight = preflight_headers(headers)
+    await send({"type": "http.response.start", "status": 204, "headers": preflight})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def publish_body(receive, headers: dict[bytes, bytes], query_token: str | None) -> dict:
+    """POST /api/v1/send: read the body, then publish it."""
+    return await publish_request(headers, request_json(await read_body(receive)), query_token)
+
+
+async def accepted(send: ASGISend, publishing: Awaitable[dict[str, Any]]) -> None:
+    await send_json(send, 202, await publishing)
 
 
 # HotPath's routes, for the OpenAPI document only: this app is never served.
