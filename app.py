@@ -2200,7 +2200,7 @@ def cors_headers(headers: dict[bytes, bytes]) -> list[tuple[bytes, bytes]]:
 
 
 def preflight_headers(headers: dict[bytes, bytes]) -> list[tuple[bytes, bytes]]:
-    """What a preflight's answer adds to cors_headers (which HotPath adds to every reply)."""
+    """What a preflight's answer adds to cors_headers (which the hot path adds to every reply)."""
     if not cors_headers(headers):
         return []
     return [
@@ -2213,7 +2213,7 @@ def preflight_headers(headers: dict[bytes, bytes]) -> list[tuple[bytes, bytes]]:
     ]
 
 
-# Security headers, on every response (HotPath adds them). HTML pages get a strict CSP:
+# Security headers, on every response (added in StreamingMessage). HTML pages get a strict CSP:
 # nothing inline, nothing from elsewhere; only pages that say so (the player, for OBS and
 # stream sites: FRAME_ANCESTORS) may be framed by other sites.
 SECURITY_HEADERS = [
@@ -2568,7 +2568,7 @@ async def send_hello_and_replay(
 
 
 class HeaderedSend:
-    """HotPath's ASGI send: adds its headers to the response's start (and the CSP to an
+    """The hot path's ASGI send: adds its headers to the response's start (and the CSP to an
     HTML page's) and keeps the status for the log. A stream writes its frames with `raw`,
     which saves a call per frame."""
 
@@ -2590,17 +2590,15 @@ class HeaderedSend:
         await self.raw(message)
 
 
-class HotPath:
-    """ASGI middleware in front of Quart: serves streams, publishes and API preflights, and
-    passes the rest on. Every request goes through it, so it is also where every response
-    gets its CORS and security headers and where each request is logged (ACCESS_LOG)."""
-
-    def __init__(self, app: Callable) -> None:
-        self.app = app
+class StreamingMessage(Quart):
+    """Quart with the hot path in front: streams, publishes and API preflights are served
+    as plain ASGI (one Hypercorn request and none of Quart's); the rest goes on to Quart.
+    Every request comes through here, so it is also where every response gets its CORS
+    and security headers and where each request is logged (ACCESS_LOG)."""
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
-            return await self.app(scope, receive, send)
+            return await self.asgi_app(scope, receive, send)
         started = time.perf_counter()
         headers = dict(scope["headers"])
         extra = cors_headers(headers) + SECURITY_HEADERS
@@ -2617,14 +2615,14 @@ class HotPath:
                 await send_json(send_with_headers, 431, ApiError(431, msg).body())
             elif scope["path"].startswith("/api/v1/"):
                 try:
-                    await self.route(scope, receive, send_with_headers, headers)
+                    await self.hot_route(scope, receive, send_with_headers, headers)
                 except ApiError as error:
                     allow = (
                         [(b"allow", error.extra["allow"].encode())] if error.status == 405 else []
                     )
                     await send_json(send_with_headers, error.status, error.body(), allow)
             else:
-                await self.app(scope, receive, send_with_headers)
+                await self.asgi_app(scope, receive, send_with_headers)
         finally:
             if settings.access_log:
                 query = scope["query_string"].decode("latin-1")
@@ -2638,7 +2636,7 @@ class HotPath:
                     scope["client"][0] if scope.get("client") else "-",
                 )
 
-    def route(self, scope, receive, send, headers: dict[bytes, bytes]) -> Awaitable[None]:
+    def hot_route(self, scope, receive, send, headers: dict[bytes, bytes]) -> Awaitable[None]:
         """The coroutine that answers an /api/v1/ request, or ApiError. (A plain function,
         so a stream keeps one coroutine frame less alive for its whole life.)"""
         method, path = scope["method"], scope["path"]
@@ -2660,7 +2658,7 @@ class HotPath:
                 raise ApiError(405, "Method not allowed: use GET", allow="GET")
             raw_speaker = scope["raw_path"][len(SEND_PREFIX) :].rstrip(b"/")
             return accepted(send, publish_get(raw_speaker, query_params(scope)))
-        return self.app(scope, receive, send)
+        return self.asgi_app(scope, receive, send)
 
 
 async def send_preflight(send: ASGISend, headers: dict[bytes, bytes]) -> None:
@@ -2678,7 +2676,7 @@ async def accepted(send: ASGISend, publishing: Awaitable[dict[str, Any]]) -> Non
     await send_json(send, 202, await publishing)
 
 
-# HotPath's routes, for the OpenAPI document only: this app is never served.
+# The hot path's routes, for the OpenAPI document only: this app is never served.
 hot_path_routes = Quart("hot_path", static_folder=None)
 hot_path_routes.config.update(
     QUART_SCHEMA_CONVERSION_PREFERENCE=None, QUART_SCHEMA_CONVERT_CASING=False
@@ -2740,14 +2738,11 @@ class ApiRequest(Request):
         return request_json(body) if body else {}
 
 
-app = Quart(__name__, static_folder=None)
+app = StreamingMessage(__name__, static_folder=None)
 app.request_class = ApiRequest
 app.config["RESPONSE_TIMEOUT"] = None  # SSE responses last for hours
 app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
 app.config["BODY_TIMEOUT"] = settings.body_timeout_s
-app.asgi_app = HotPath(app.asgi_app)
-if settings.trust_proxy:  # the client's address and scheme from the proxies' headers
-    app.asgi_app = ProxyFixMiddleware(app.asgi_app, trusted_hops=settings.trust_proxy)
 
 
 class ApiDocs(OpenAPIProvider):
@@ -3357,7 +3352,7 @@ async def delete_user(user_id: str):
 
 
 # The pages: prebuilt files of frontend/dist (see frontend/README.md), under the strict CSP
-# that HotPath gives every HTML page. They load sse-client.js and assets/ relatively, so
+# that StreamingMessage gives every HTML page. They load sse-client.js and assets/ relatively, so
 # dist/ also works as a static site. Static files: not in the OpenAPI document.
 
 
@@ -3843,6 +3838,12 @@ async def clock():
 # Entry point
 # ---------------------------------------------------------------------------------------
 
+# Behind a trusted proxy the client's address and scheme come from the proxy's headers.
+# The fix must come before everything (security headers, logs, cookies), so it wraps the
+# finished app: what Hypercorn serves, `hypercorn app:app` included.
+if settings.trust_proxy:
+    app = ProxyFixMiddleware(app, trusted_hops=settings.trust_proxy)
+
 
 async def serve() -> None:
     """Run under Hypercorn. SIGTERM/SIGINT: end every stream with a final event and flush
@@ -3852,7 +3853,7 @@ async def serve() -> None:
 
     config = Config()
     config.bind = [f"{settings.host}:{settings.port}"]
-    config.accesslog = None  # HotPath logs each request (ACCESS_LOG), redacted
+    config.accesslog = None  # StreamingMessage.__call__ logs each request (ACCESS_LOG), redacted
     config.errorlog = log  # so Hypercorn's lines are redacted too
     config.h11_max_incomplete_size = settings.max_header_bytes  # request line + headers
     config.h2_max_header_list_size = settings.max_header_bytes
