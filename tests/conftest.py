@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from fake_llm import WORDS, FakeLLM
 from httpx_sse import ServerSentEvent, aconnect_sse
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -221,3 +222,17 @@ async def collect(events: Subscription, count: int, kind: str = "message") -> li
                 if len(received) == count:
                     break
     return received
+
+
+@pytest.fixture(scope="module")
+def fake_llm() -> Iterator[FakeLLM]:
+    """The stand-in OpenAI-compatible API (a real HTTP server on loopback)."""
+    with FakeLLM() as fake:
+        yield fake
+
+
+@pytest.fixture
+def llm(fake_llm: FakeLLM) -> FakeLLM:
+    """The stand-in, reset to answer normally."""
+    fake_llm.mode, fake_llm.words, fake_llm.delay = "ok", list(WORDS), 0.02
+    return fake_llm

@@ -19,18 +19,6 @@ SSE_TYPE = "text/event-stream; charset=utf-8"
 LONG_ANSWER = [f"word{i}" for i in range(400)]  # ~8 s at the stand-in's default delay
 
 
-@pytest.fixture(scope="module")
-def fake_llm() -> Iterator[FakeLLM]:
-    with FakeLLM() as fake:
-        yield fake
-
-
-@pytest.fixture
-def llm(fake_llm: FakeLLM) -> FakeLLM:
-    fake_llm.mode, fake_llm.words, fake_llm.delay = "ok", list(WORDS), 0.02
-    return fake_llm
-
-
 def relay_env(llm: FakeLLM, **env: str) -> dict[str, str]:
     return {
         "LLM_BASE_URL": llm.base_url,

@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import Server, collect, subscribe
-from fake_llm import KEY, WORDS, FakeLLM
+from fake_llm import KEY, FakeLLM
 from test_fallback import BUNDLED, Hitokoto
 
 # ---------------------------------------------------------------------------------------
@@ -411,18 +411,6 @@ async def test_keepalive_comments_on_an_idle_stream_are_no_events(make_server):
 # ---------------------------------------------------------------------------------------
 
 SHUTDOWN_TIMEOUT = 3
-
-
-@pytest.fixture(scope="module")
-def fake_llm() -> Iterator[FakeLLM]:
-    with FakeLLM() as fake:
-        yield fake
-
-
-@pytest.fixture
-def llm(fake_llm: FakeLLM) -> FakeLLM:
-    fake_llm.mode, fake_llm.words, fake_llm.delay = "ok", list(WORDS), 0.02
-    return fake_llm
 
 
 def relay_env(llm: FakeLLM, **env: str) -> dict[str, str]:
