@@ -471,6 +471,21 @@ def _room_from_row(row: tuple) -> RoomRecord:
     )
 
 
+# On the write connection only (TEMP, as it calls a function of this process): storing a
+# message advances its room's last id (MAX: other processes may be ahead) and trims the
+# room's history, within the INSERT itself. So a group commit is one executemany and one
+# commit: two trips to the database thread instead of four.
+MESSAGE_STORED_TRIGGER = """
+CREATE TEMP TRIGGER IF NOT EXISTS message_stored AFTER INSERT ON main.messages BEGIN
+    UPDATE rooms SET last_id = MAX(last_id, NEW.id) WHERE id = NEW.room;
+    DELETE FROM messages WHERE room = NEW.room AND id <= NEW.id - (
+        SELECT COALESCE(history_size, server_history_size()) FROM rooms
+        WHERE id = NEW.room
+    );
+END
+"""
+
+
 class Storage:
     """The SQLite file: a write connection (used by the writer and admin changes) and a
     read connection, so a replay never sees a transaction that is not committed yet."""
@@ -486,6 +501,10 @@ class Storage:
         self.write = await self._connect()
         await self.write.executescript((ROOT / "schema.sql").read_text())
         await self.write.commit()
+        await self.write.create_function(
+            "server_history_size", 0, lambda: settings.history_size, deterministic=True
+        )
+        await self.write.execute(MESSAGE_STORED_TRIGGER)
         self.read = await self._connect()
 
     async def _connect(self) -> aiosqlite.Connection:
@@ -569,21 +588,11 @@ class Storage:
         ) as cursor:
             return dict(await cursor.fetchall())
 
-    async def write_messages(self, rows: list[tuple[str, int, str]], keep: dict[str, int]) -> None:
-        """Within the caller's transaction: insert the messages (room, id, payload), advance
-        each room's last id, trim each room's history to its newest `keep[room]` messages."""
-        last_ids: dict[str, int] = {}
-        for room, message_id, _ in rows:
-            last_ids[room] = max(last_ids.get(room, 0), message_id)
-        db = self.write
-        await db.executemany("INSERT INTO messages (room, id, payload) VALUES (?, ?, ?)", rows)
-        await db.executemany(  # MAX: other processes may have committed later ids already
-            "UPDATE rooms SET last_id = MAX(last_id, ?) WHERE id = ?",
-            [(last_id, room) for room, last_id in last_ids.items()],
-        )
-        await db.executemany(
-            "DELETE FROM messages WHERE room = ? AND id <= ?",
-            [(room, last_id - keep[room]) for room, last_id in last_ids.items()],
+    async def write_messages(self, rows: list[tuple[str, int, str]]) -> None:
+        """Within the caller's transaction: insert the messages (room, id, payload). The
+        trigger `message_stored` advances each room's last id and trims its history."""
+        await self.write.executemany(
+            "INSERT INTO messages (room, id, payload) VALUES (?, ?, ?)", rows
         )
 
 
@@ -1105,8 +1114,7 @@ class Hub:
                     (room.id, message_id, payload_with_id(message_id, body))
                     for (room, body), message_id in zip(bodies, ids, strict=True)
                 ]
-                keep = {room.id: room.history_size for room, _ in bodies}
-                await self.storage.write_messages(rows, keep)
+                await self.storage.write_messages(rows)
         except Exception as error:
             if not isinstance(error, ApiError):
                 log.exception("commit failed")
