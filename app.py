@@ -441,16 +441,7 @@ class RoomRecord:
     created_at: int
 
     def public(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "owner": self.owner,
-            "title": self.title,
-            "private": self.private,
-            "history_size": self.history_size,
-            "settings": self.settings,
-            "last_id": self.last_id,
-            "created_at": self.created_at,
-        }
+        return asdict(self)
 
 
 DATABASE = settings.data_dir / "streaming-message.db"
@@ -1579,8 +1570,8 @@ SESSION_COOKIE = "sm_session"  # path /api/v1/events: the access JWT, for EventS
 USERNAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 MIN_PASSWORD_CHARS, MAX_PASSWORD_CHARS = 8, 1024
 MAX_TOKEN_CHARS = 512  # ours are under 400 (a JWT); longer ones are refused before any work
-ROLES = ("admin", "user")
-TOKEN_RIGHTS = ("publish", "subscribe")
+Role = Literal["admin", "user"]
+TokenRight = Literal["publish", "subscribe"]
 
 
 def bearer_token(headers: dict[bytes, bytes]) -> str | None:
@@ -1653,7 +1644,7 @@ class ApiToken:
     user_id: str
     name: str
     rooms: frozenset[str] | None  # None: every room its user may use
-    rights: frozenset[str]  # of TOKEN_RIGHTS
+    rights: frozenset[TokenRight]
     expires_at: int | None  # epoch ms
     created_at: int
 
@@ -3232,7 +3223,7 @@ class TokenCreate(Body):
     rooms: Annotated[list[str], Field(min_length=1)] | Literal["*"] = Field(
         description='room ids, or "*": every room of the user'
     )
-    rights: list[Literal["publish", "subscribe"]] = Field(min_length=1)
+    rights: list[TokenRight] = Field(min_length=1)
     expires_in: float | None = Field(default=None, gt=0, description="seconds; null: never")
 
 
@@ -3298,13 +3289,13 @@ class UserCreate(Body):
     token: str | None = None
     username: matching(f"^{USERNAME.pattern}$", "1-32 letters, digits, '.', '_' or '-'")
     password: Password
-    role: Literal["admin", "user"] = "user"
+    role: Role = "user"
 
 
 class UserChanges(Body):
     token: str | None = None
     disabled: bool = False
-    role: Literal["admin", "user"] = "user"
+    role: Role = "user"
     password: Password | None = None
 
 

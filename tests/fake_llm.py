@@ -165,3 +165,20 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
+
+
+def relay_env(llm: FakeLLM, **env: str) -> dict[str, str]:
+    """The app's environment for a relay to this stand-in."""
+    return {
+        "LLM_BASE_URL": llm.base_url,
+        "LLM_API_KEY": KEY,
+        "LLM_MODEL": "fake-model",
+        "LLM_SYSTEM_PROMPT": "You are terse.",
+        "LLM_MAX_TOKENS": "77",
+        "LLM_READ_TIMEOUT_S": "1",
+        "CHAT_IDLE_S": "600",  # only the idle test lets the reaper cancel chats
+        "CHAT_RATE_LIMIT": "1000",
+        "CHAT_MAX_PER_CLIENT": "100",
+        "CLOCK_INTERVAL_S": "0.1",
+        **env,
+    }

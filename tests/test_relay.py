@@ -12,27 +12,11 @@ from datetime import datetime
 import httpx
 import pytest
 from conftest import Server, subscribe
-from fake_llm import INTERNALS, KEY, WORDS, Call, FakeLLM
+from fake_llm import INTERNALS, KEY, WORDS, Call, FakeLLM, relay_env
 from httpx_sse import ServerSentEvent, aconnect_sse
 
 SSE_TYPE = "text/event-stream; charset=utf-8"
 LONG_ANSWER = [f"word{i}" for i in range(400)]  # ~8 s at the stand-in's default delay
-
-
-def relay_env(llm: FakeLLM, **env: str) -> dict[str, str]:
-    return {
-        "LLM_BASE_URL": llm.base_url,
-        "LLM_API_KEY": KEY,
-        "LLM_MODEL": "fake-model",
-        "LLM_SYSTEM_PROMPT": "You are terse.",
-        "LLM_MAX_TOKENS": "77",
-        "LLM_READ_TIMEOUT_S": "1",
-        "CHAT_IDLE_S": "600",  # only the idle test lets the reaper cancel chats
-        "CHAT_RATE_LIMIT": "1000",
-        "CHAT_MAX_PER_CLIENT": "100",
-        "CLOCK_INTERVAL_S": "0.1",
-        **env,
-    }
 
 
 @pytest.fixture(scope="module")

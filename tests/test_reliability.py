@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import Server, collect, subscribe
-from fake_llm import KEY, FakeLLM
+from fake_llm import FakeLLM, relay_env
 from test_fallback import BUNDLED, Hitokoto
 
 # ---------------------------------------------------------------------------------------
@@ -411,19 +411,6 @@ async def test_keepalive_comments_on_an_idle_stream_are_no_events(make_server):
 # ---------------------------------------------------------------------------------------
 
 SHUTDOWN_TIMEOUT = 3
-
-
-def relay_env(llm: FakeLLM, **env: str) -> dict[str, str]:
-    return {
-        "LLM_BASE_URL": llm.base_url,
-        "LLM_API_KEY": KEY,
-        "LLM_MODEL": "fake-model",
-        "LLM_READ_TIMEOUT_S": "1",
-        "CHAT_RATE_LIMIT": "1000",
-        "CHAT_MAX_PER_CLIENT": "100",
-        "CHAT_IDLE_S": "600",
-        **env,
-    }
 
 
 async def start_chat(client: httpx.AsyncClient, path: str = "/api/v1/chat", **body) -> str:
