@@ -96,7 +96,8 @@ class Hub:
 
 
 class ThisApp(Hub):
-    """This project: app.py served by Hypercorn, one worker, SQLite in a fresh DATA_DIR."""
+    """This project as it is run (`make run`, the Dockerfile): `python app.py`, which serves
+    it with Hypercorn on uvloop, one process, SQLite in a fresh DATA_DIR."""
 
     name = "this"
 
@@ -105,8 +106,9 @@ class ThisApp(Hub):
         self.app_dir = app_dir
 
     def command(self, workdir):
-        argv = [str(VENV_BIN / "hypercorn"), "app:app", "--bind", f"{HOST}:{self.port}"]
-        return argv, {"DATA_DIR": str(workdir), "SSE_TOKEN": TOKEN}, self.app_dir
+        env = {"HOST": HOST, "PORT": str(self.port), "DATA_DIR": str(workdir), "SSE_TOKEN": TOKEN}
+        env["ACCESS_LOG"] = "false"  # as the peer runs with --no-access-log
+        return [str(VENV_BIN / "python"), "app.py"], env, self.app_dir
 
     async def create_rooms(self, rooms):
         connection = HttpConnection(HOST, self.port)
@@ -163,5 +165,7 @@ class ThisAppRedis(ThisApp):
         import redis  # the app's requirement, so in bench/.venv
 
         redis.Redis.from_url(self.redis_url).flushdb()  # a fresh hub: ids from 1
-        argv, env, cwd = super().command(workdir)
-        return [*argv, "--workers", "2"], {**env, "BROKER_URL": self.redis_url}, cwd
+        _, env, cwd = super().command(workdir)
+        bind = f"{HOST}:{self.port}"
+        argv = [str(VENV_BIN / "hypercorn"), "-k", "uvloop", "-w", "2", "-b", bind, "app:app"]
+        return argv, {**env, "BROKER_URL": self.redis_url}, cwd

@@ -49,6 +49,8 @@ class Server:
                 sys.executable,
                 "-m",
                 "hypercorn",
+                "-k",
+                "uvloop",
                 "-w",
                 str(workers),
                 "-b",

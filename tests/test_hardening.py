@@ -8,9 +8,11 @@ import asyncio
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
@@ -100,6 +102,47 @@ def test_a_session_token_fits_the_token_limit(make_server):
     body = {"username": ADMIN["ADMIN_USERNAME"], "password": ADMIN["ADMIN_PASSWORD"]}
     tokens = httpx.post(f"{server.url}/api/v1/auth/login", json=body).json()
     assert len(tokens["access_token"]) <= 512 and len(tokens["refresh_token"]) <= 512
+
+
+# Keep-alive (the KeepAliveTimer that stands in for Hypercorn's)
+
+HEALTH = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def read_reply(sock: socket.socket) -> bytes:
+    """One reply with a Content-Length, read from a keep-alive connection."""
+    reply = b""
+    while b"\r\n\r\n" not in reply or len(reply.partition(b"\r\n\r\n")[2]) < int(
+        re.search(rb"content-length: (\d+)", reply).group(1)
+    ):
+        chunk = sock.recv(65536)
+        assert chunk, f"closed mid-reply: {reply!r}"
+        reply += chunk
+    return reply
+
+
+def test_a_keep_alive_connection_stays_open_while_used_and_closes_when_idle(server: Server):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+        started = time.monotonic()
+        while time.monotonic() - started < 8:  # longer than the 5 s timeout, never idle 5 s
+            sock.sendall(HEALTH)
+            assert read_reply(sock).startswith(b"HTTP/1.1 200")
+            time.sleep(1)
+        idle_from = time.monotonic()
+        assert sock.recv(1) == b""  # the server closes it...
+        assert 4 < time.monotonic() - idle_from < 15  # ...after Hypercorn's 5 s keep-alive
+
+
+def test_shutdown_closes_idle_keep_alive_connections_at_once(make_server):
+    server: Server = make_server()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+        sock.sendall(HEALTH)
+        assert read_reply(sock).startswith(b"HTTP/1.1 200")
+        server.process.send_signal(signal.SIGTERM)
+        stopping = time.monotonic()
+        assert sock.recv(1) == b""
+        assert server.process.wait(10) == 0
+        assert time.monotonic() - stopping < 4  # not after the 5 s keep-alive timeout
 
 
 # Security headers
