@@ -236,9 +236,10 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def compact_json(value: Any) -> str:
-    # allow_nan=False: NaN and Infinity are not JSON, no client could parse them back
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+# allow_nan=False: NaN and Infinity are not JSON, no client could parse them back
+compact_json: Callable[[Any], str] = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), allow_nan=False
+).encode
 
 
 def parse_json(text: bytes | str) -> Any:
@@ -465,7 +466,7 @@ def _room_from_row(row: tuple) -> RoomRecord:
     )
 
 
-# On the write connection only (TEMP, as it calls a function of this process): storing a
+# On the write connection only (TEMP: it holds this process's HISTORY_SIZE): storing a
 # message advances its room's last id (MAX: other processes may be ahead) and trims the
 # room's history, within the INSERT itself. So a group commit is one statement: one trip
 # to the database thread.
@@ -473,7 +474,7 @@ MESSAGE_STORED_TRIGGER = """
 CREATE TEMP TRIGGER IF NOT EXISTS message_stored AFTER INSERT ON main.messages BEGIN
     UPDATE rooms SET last_id = MAX(last_id, NEW.id) WHERE id = NEW.room;
     DELETE FROM messages WHERE room = NEW.room AND id <= NEW.id - (
-        SELECT COALESCE(history_size, server_history_size()) FROM rooms
+        SELECT COALESCE(history_size, {history_size}) FROM rooms
         WHERE id = NEW.room
     );
 END
@@ -495,10 +496,9 @@ class Storage:
         self.write = await self._connect()
         await self.write.executescript((ROOT / "schema.sql").read_text())
         await self.write.commit()
-        await self.write.create_function(
-            "server_history_size", 0, lambda: settings.history_size, deterministic=True
-        )
-        await self.write.execute(MESSAGE_STORED_TRIGGER)
+        # A literal, not a function of this process: SQLite would need the GIL to call it.
+        trigger = MESSAGE_STORED_TRIGGER.format(history_size=int(settings.history_size))
+        await self.write.execute(trigger)
         self.read = await self._connect()
 
     async def _connect(self) -> aiosqlite.Connection:
@@ -2305,6 +2305,8 @@ def request_json(body: bytes) -> Any:
 
 
 def query_params(scope: dict[str, Any]) -> dict[str, str]:
+    if not scope["query_string"]:
+        return {}
     parsed = parse_qs(scope["query_string"].decode("latin-1"), keep_blank_values=True)
     return {key: values[0] for key, values in parsed.items()}
 
@@ -3920,6 +3922,7 @@ async def serve() -> None:
     config = Config()
     config.bind = [f"{settings.host}:{settings.port}"]
     config.accesslog = None  # StreamingMessage.__call__ logs each request (ACCESS_LOG), redacted
+    config.include_server_header = False  # nobody needs to know
     config.errorlog = log  # so Hypercorn's lines are redacted too
     config.h11_max_incomplete_size = settings.max_header_bytes  # request line + headers
     config.h2_max_header_list_size = settings.max_header_bytes
