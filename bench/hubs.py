@@ -135,6 +135,16 @@ class PythonPeer(Hub):
         return argv, {"SSE_TOKEN": TOKEN}, BENCH_DIR
 
 
+class BareHypercorn(Hub):
+    """The floor: the peer's hub as a bare ASGI app on Hypercorn + uvloop (bare_hub.py)."""
+
+    name = "hypercorn"
+
+    def command(self, workdir):
+        env = {"HOST": HOST, "PORT": str(self.port), "SSE_TOKEN": TOKEN}
+        return [str(VENV_BIN / "python"), "bare_hub.py"], env, BENCH_DIR
+
+
 class Nchan(Hub):
     """nginx + nchan, one worker, from nchan.conf; publishes one message per POST /pub/<room>."""
 

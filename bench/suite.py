@@ -1,6 +1,7 @@
 """The benchmark suite: every workload on every hub, interleaved, repeated, then a table of medians.
 
-Usage: bench/run [--quick] [--reps N] [--hubs this,peer,nchan] [--workloads W1,W4] [--profile]
+Usage: bench/run [--quick] [--reps N] [--hubs this,peer,nchan,hypercorn] [--workloads W1,W4]
+                 [--profile]
 
 Each run starts a fresh server pinned to CPU 0 and measures it from CPU 1 (this process
 publishes, a subscriber process reads). Results go to bench/results/*.json.
@@ -24,7 +25,17 @@ from pathlib import Path
 
 import subscribers
 import uvloop
-from hubs import BENCH_DIR, HOST, VENV_BIN, Hub, Nchan, PythonPeer, ThisApp, ThisAppRedis
+from hubs import (
+    BENCH_DIR,
+    HOST,
+    VENV_BIN,
+    BareHypercorn,
+    Hub,
+    Nchan,
+    PythonPeer,
+    ThisApp,
+    ThisAppRedis,
+)
 from procstat import cpu_busy_seconds, cpu_seconds, cpu_seconds_by_thread_kind, process_tree, rss_kb
 from profile_summary import summarise
 from publish import publish
@@ -353,22 +364,25 @@ def ratio(numerator, denominator) -> float | None:
     return numerator / denominator if numerator is not None and denominator else None
 
 
+NAME_WIDTH = 16  # "this/hypercorn"
+
+
 def table(summary: dict, workloads: list[Workload], hub_names: list[str]) -> str:
-    """Per workload: one line per hub (medians), then the ratios this/peer and this/nchan."""
+    """Per workload: one line per hub (medians), then the ratios of this to each other hub."""
     lines = []
     for workload in workloads:
         cells = summary.get(workload.name, {})
         keys = COLUMNS[workload.name] + SHARES
-        header = [f"{'':<11}"] + [f"{LABELS[key]:>13}" for key in keys]
+        header = [f"{'':<{NAME_WIDTH}}"] + [f"{LABELS[key]:>13}" for key in keys]
         header += [f"{'lost':>6}", f"{'dropped':>8}", f"{'bad':>5}", "  flags"]
         lines += ["", workload.describe(), "".join(header)]
         for hub in hub_names:
             cell = cells.get(hub)
             if cell is None:
                 continue
-            row = [f"{hub:<11}"]
+            row = [f"{hub:<{NAME_WIDTH}}"]
             if cell["skipped"]:
-                lines.append(f"{hub:<11}  n/a: {cell['skipped']}")
+                lines.append(f"{hub:<{NAME_WIDTH}}  n/a: {cell['skipped']}")
                 continue
             for key in keys:
                 value = cell[key]
@@ -390,10 +404,10 @@ def table(summary: dict, workloads: list[Workload], hub_names: list[str]) -> str
                 flags.append(f"FAILED {len(cell['errors'])}: {cell['errors'][0]}")
             lines.append("".join(row) + "  " + " ".join(flags))
         this = cells.get("this")
-        for peer in ("peer", "nchan"):
+        for peer in ("peer", "nchan", "hypercorn"):
             other = cells.get(peer)
             if this and other and not this["skipped"] and not other["skipped"]:
-                row = [f"{'this/' + peer:<11}"]
+                row = [f"{'this/' + peer:<{NAME_WIDTH}}"]
                 row += [
                     f"{fmt(ratio(this[key], other[key])) + '×':>13}"
                     for key in COLUMNS[workload.name]
@@ -493,7 +507,9 @@ def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="one rep, smaller workloads")
     parser.add_argument("--reps", type=int, help="repetitions (default 3, quick 1)")
-    parser.add_argument("--hubs", default="this,peer,nchan", help="comma-separated subset")
+    parser.add_argument(
+        "--hubs", default="this,peer,nchan,hypercorn", help="comma-separated subset"
+    )
     parser.add_argument(
         "--workloads", help="comma-separated subset (default all; with --profile, W1,W4)"
     )
@@ -516,6 +532,7 @@ def main() -> None:
         "this-redis": ThisAppRedis(SERVER_CPU, arguments.app_dir.resolve()),
         "peer": PythonPeer(SERVER_CPU),
         "nchan": Nchan(SERVER_CPU),
+        "hypercorn": BareHypercorn(SERVER_CPU),
     }
     hub_names = ["this"] if arguments.profile else arguments.hubs.split(",")
     hubs = [all_hubs[name] for name in hub_names]
