@@ -154,7 +154,7 @@ class Settings:
     trust_proxy: int
     access_log: bool
     frame_ancestors: str
-    broker_url: str
+    broker_url: str = field(repr=False)  # may hold Redis's password
     presence_ttl_s: float
 
     @classmethod
@@ -466,7 +466,7 @@ def _room_from_row(row: tuple) -> RoomRecord:
     )
 
 
-# On the write connection only (TEMP: it holds this process's HISTORY_SIZE): storing a
+# On the write connection only (TEMP, as it calls a function of this process): storing a
 # message advances its room's last id (MAX: other processes may be ahead) and trims the
 # room's history, within the INSERT itself. So a group commit is one statement: one trip
 # to the database thread.
@@ -474,7 +474,7 @@ MESSAGE_STORED_TRIGGER = """
 CREATE TEMP TRIGGER IF NOT EXISTS message_stored AFTER INSERT ON main.messages BEGIN
     UPDATE rooms SET last_id = MAX(last_id, NEW.id) WHERE id = NEW.room;
     DELETE FROM messages WHERE room = NEW.room AND id <= NEW.id - (
-        SELECT COALESCE(history_size, {history_size}) FROM rooms
+        SELECT COALESCE(history_size, server_history_size()) FROM rooms
         WHERE id = NEW.room
     );
 END
@@ -496,9 +496,10 @@ class Storage:
         self.write = await self._connect()
         await self.write.executescript((ROOT / "schema.sql").read_text())
         await self.write.commit()
-        # A literal, not a function of this process: SQLite would need the GIL to call it.
-        trigger = MESSAGE_STORED_TRIGGER.format(history_size=int(settings.history_size))
-        await self.write.execute(trigger)
+        await self.write.create_function(
+            "server_history_size", 0, lambda: settings.history_size, deterministic=True
+        )
+        await self.write.execute(MESSAGE_STORED_TRIGGER)
         self.read = await self._connect()
 
     async def _connect(self) -> aiosqlite.Connection:
@@ -2874,6 +2875,7 @@ QuartSchema(
 
 @app.before_serving
 async def startup() -> None:
+    log.debug("settings: %r", settings)  # the secrets are fields with repr=False
     await hub.start()
     try:
         await accounts.start(hub.storage)
