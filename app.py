@@ -3925,6 +3925,7 @@ async def serve() -> None:
     config.bind = [f"{settings.host}:{settings.port}"]
     config.accesslog = None  # StreamingMessage.__call__ logs each request (ACCESS_LOG), redacted
     config.include_server_header = False  # nobody needs to know
+    config.backlog = 4096  # a restart makes every client reconnect at once (Hypercorn's: 100)
     config.errorlog = log  # so Hypercorn's lines are redacted too
     config.h11_max_incomplete_size = settings.max_header_bytes  # request line + headers
     config.h2_max_header_list_size = settings.max_header_bytes
