@@ -3,24 +3,23 @@
 No framework, no storage, no validation beyond a token: rooms in memory, one queue per
 subscriber. What this project would measure if its own code (auth, validation, the SQLite
 commit, the ring, metrics) cost nothing on the server it has to run on, so the suite tells
-how much of the gap to the peer is Hypercorn's. Same shape as peer_hub.py.
+how much of the gap to the peer is Hypercorn's. Same shape as peer_hub.py, whose `stamp`
+it uses.
 Run: python bare_hub.py (HOST, PORT, SSE_TOKEN).
 """
 
 import asyncio
-import itertools
 import json
 import os
-import time
 from collections import defaultdict
 
 import uvloop
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
+from peer_hub import stamp
 
 AUTHORIZATION = f"Bearer {os.environ.get('SSE_TOKEN', 'bench')}".encode()
 rooms: defaultdict[str, set[asyncio.Queue]] = defaultdict(set)
-sequences: defaultdict[str, itertools.count] = defaultdict(lambda: itertools.count(1))
 
 
 async def reply(send, status: int, body: dict) -> None:
@@ -52,19 +51,10 @@ async def publish(scope, receive, send) -> None:
     parsed = json.loads(body)
     ids = []
     for message in parsed if isinstance(parsed, list) else [parsed]:
-        room = message.get("room", "lobby").lower()
-        message_id = next(sequences[room])
-        payload = {
-            "id": message_id,
-            "room": room,
-            "speaker": message["speaker"],
-            "data": message["data"],
-            "time": int(time.time() * 1000),
-            "meta": message.get("meta"),
-        }
-        frame = f"id: {message_id}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n"
+        room, message_id, payload = stamp(message)
+        frame = f"id: {message_id}\ndata: {payload}\n\n".encode()
         for queue in rooms[room]:
-            queue.put_nowait(frame.encode())
+            queue.put_nowait(frame)
         ids.append(message_id)
     await reply(send, 202, {"success": True, "code": 202, "msg": "Message Event Sent", "ids": ids})
 

@@ -42,24 +42,29 @@ async def events(request: Request) -> EventSourceResponse:
     return EventSourceResponse(stream())
 
 
+def stamp(message: dict) -> tuple[str, int, str]:
+    """A published message's room, its next id there and its payload (JSON)."""
+    room = message.get("room", "lobby").lower()
+    message_id = next(sequences[room])
+    payload = {
+        "id": message_id,
+        "room": room,
+        "speaker": message["speaker"],
+        "data": message["data"],
+        "time": int(time.time() * 1000),
+        "meta": message.get("meta"),
+    }
+    return room, message_id, json.dumps(payload, separators=(",", ":"))
+
+
 async def send(request: Request) -> JSONResponse:
     if request.headers.get("authorization") != f"Bearer {TOKEN}":
         return JSONResponse({"success": False, "code": 401, "msg": "Unauthorized"}, 401)
     body = await request.json()
-    messages = body if isinstance(body, list) else [body]
     ids = []
-    for message in messages:
-        room = message.get("room", "lobby").lower()
-        message_id = next(sequences[room])
-        payload = {
-            "id": message_id,
-            "room": room,
-            "speaker": message["speaker"],
-            "data": message["data"],
-            "time": int(time.time() * 1000),
-            "meta": message.get("meta"),
-        }
-        event = {"id": str(message_id), "data": json.dumps(payload, separators=(",", ":"))}
+    for message in body if isinstance(body, list) else [body]:
+        room, message_id, payload = stamp(message)
+        event = {"id": str(message_id), "data": payload}
         for queue in rooms[room]:
             queue.put_nowait(event)
         ids.append(message_id)
