@@ -3169,18 +3169,8 @@ class Presence(BaseModel):
     controllers: int
 
 
-class RoomRecordOut(BaseModel):
-    id: str
-    owner: str | None
-    title: str
-    private: bool
-    history_size: int | None
-    settings: dict[str, Any]
-    last_id: int
-    created_at: int
-
-
-class RoomOut(RoomRecordOut):
+@dataclass
+class RoomOut(RoomRecord):
     subscribers: Presence
 
 
@@ -3193,7 +3183,7 @@ class RoomReply(Reply):
 
 
 class RoomCreatedReply(Reply):
-    room: RoomRecordOut
+    room: RoomRecord
 
 
 class PresenceReply(Reply, Presence):
