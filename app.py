@@ -696,6 +696,7 @@ class Room:
         self.base = 0
         self._joined: tuple[int, int, bytes] = (0, 0, b"")  # (start, end, frames joined)
         self._wake_armed = False
+        self._busy_until = 0.0  # time.monotonic(): a window after the room's last wake
 
     @property
     def id(self) -> str:
@@ -796,13 +797,11 @@ class Room:
         if len(self.frames) >= 2 * settings.subscriber_queue:
             self._trim()
         if not self._wake_armed and self.subscribers:
+            # Frames of a busy room wait COALESCE_MS to share a write; the first frame after
+            # a quiet window (low load) waits for nothing.
             self._wake_armed = True
-            delay = settings.coalesce_ms / 1000
-            loop = asyncio.get_running_loop()
-            if delay > 0:
-                loop.call_later(delay, self._wake)
-            else:
-                loop.call_soon(self._wake)
+            delay = settings.coalesce_ms / 1000 if time.monotonic() < self._busy_until else 0
+            asyncio.get_running_loop().call_later(delay, self._wake)
 
     def _trim(self) -> None:
         """Forget old frames, keeping the newest SUBSCRIBER_QUEUE. A subscriber still
@@ -833,6 +832,7 @@ class Room:
                 and subscriber.flushing is None
             ):
                 self._write(subscriber, self.pending(subscriber))
+        self._busy_until = time.monotonic() + settings.coalesce_ms / 1000
 
     def _write(self, subscriber: Subscriber, chunk: bytes) -> None:
         """Hand a chunk to the subscriber's connection. Hypercorn's send completes at once

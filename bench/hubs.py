@@ -40,6 +40,12 @@ class Hub:
         """The server's command line, extra environment and working directory."""
         raise NotImplementedError
 
+    def skips(self, workload) -> str | None:
+        """Why this hub does not run the workload, if it does not."""
+        if workload.batch > 1 and not self.supports_batches:
+            return "publishes one message per request"
+        return None
+
     def subscribe_path(self, room: str) -> str:
         return f"/api/v1/events/{room}"
 
@@ -163,6 +169,19 @@ class Nchan(Hub):
         if count != 1:
             raise ValueError("nchan publishes one message per request")
         return f"/pub/{room}", MESSAGE % (room.encode(), sequence, now_us)
+
+
+class ThisAppNoCoalescing(ThisApp):
+    """This project with COALESCE_MS=0: what coalescing adds to latency is the difference."""
+
+    name = "this-nocoalesce"
+
+    def skips(self, workload):
+        return None if workload.interval_ms else "only at low load (paced workloads)"
+
+    def command(self, workdir):
+        argv, env, cwd = super().command(workdir)
+        return argv, {**env, "COALESCE_MS": "0"}, cwd
 
 
 class ThisAppRedis(ThisApp):

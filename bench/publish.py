@@ -90,22 +90,32 @@ class PublishResult:
 
 
 async def publish(
-    hub, host: str, port: int, jobs: list[tuple[str, int]], publishers: int, within_s: float
+    hub,
+    host: str,
+    port: int,
+    jobs: list[tuple[str, int]],
+    publishers: int,
+    within_s: float,
+    interval_s: float = 0,
 ) -> PublishResult:
     """Send the jobs, (room, messages per request) pairs, from `publishers` concurrent clients.
 
-    Each client sends its next request as soon as the previous one is answered (closed loop).
+    Each client sends its next request as soon as the previous one is answered (closed loop),
+    or, with `interval_s`, job n not before n × interval_s from the start (paced: low load).
     Every message carries a sequence number and the send time in µs as `bench_t`. No request
     starts after `within_s` seconds: a slow hub is measured on the jobs it got through.
     """
     result = PublishResult()
     queue = iter(enumerate(jobs))
-    deadline = time.monotonic() + within_s
+    started = time.monotonic()
+    deadline = started + within_s
 
     async def client() -> None:
         connection = HttpConnection(host, port)
         try:
             for sequence, (room, count) in queue:
+                if interval_s:
+                    await asyncio.sleep(started + sequence * interval_s - time.monotonic())
                 if time.monotonic() > deadline:
                     break
                 path, body = hub.publish_request(room, sequence, count, time.monotonic_ns() // 1000)

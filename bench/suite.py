@@ -34,6 +34,7 @@ from hubs import (
     Nchan,
     PythonPeer,
     ThisApp,
+    ThisAppNoCoalescing,
     ThisAppRedis,
 )
 from procstat import cpu_busy_seconds, cpu_seconds, cpu_seconds_by_thread_kind, process_tree, rss_kb
@@ -56,6 +57,7 @@ class Workload:
     messages: int
     publishers: int
     batch: int = 1  # messages per publish request
+    interval_ms: float = 0  # paced: one request every interval_ms; 0: as fast as answered
 
     @property
     def subscribers(self) -> int:
@@ -63,9 +65,11 @@ class Workload:
 
     def describe(self) -> str:
         batches = f" in batches of {self.batch}" if self.batch > 1 else ""
+        pace = f", one every {self.interval_ms:g} ms" if self.interval_ms else ""
         return (
             f"{self.name} {self.title}: {self.rooms} room(s) × {self.subscribers_per_room} "
-            f"subscriber(s), {self.messages} messages{batches}, {self.publishers} publishers"
+            f"subscriber(s), {self.messages} messages{batches}, {self.publishers} "
+            f"publisher(s){pace}"
         )
 
 
@@ -78,6 +82,10 @@ WORKLOADS = [
         "W4b", "batch publish", rooms=1, subscribers_per_room=1, messages=20000, publishers=32,
         batch=50,
     ),
+    Workload(
+        "W5", "low load", rooms=1, subscribers_per_room=10, messages=200, publishers=1,
+        interval_ms=10,
+    ),
 ]  # fmt: skip
 QUICK_SIZES = {
     "W1": {"subscribers_per_room": 300, "messages": 100},
@@ -85,6 +93,7 @@ QUICK_SIZES = {
     "W3": {"subscribers_per_room": 1000},
     "W4": {"messages": 4000},
     "W4b": {"messages": 4000},
+    "W5": {"messages": 100},
 }
 
 
@@ -175,8 +184,12 @@ async def measure(hub: Hub, workload: Workload, workdir: Path, profile_to: Path 
         cpu_before = cpu_seconds(server), cpu_seconds(load_generator), time.monotonic()
         busy_before = cpu_busy_seconds(SERVER_CPU), cpu_busy_seconds(LOAD_CPU)
         published = await asyncio.wait_for(
-            publish(hub, HOST, hub.port, jobs, workload.publishers, within_s=PUBLISH_WITHIN_S), 40
-        )
+            publish(
+                hub, HOST, hub.port, jobs, workload.publishers, within_s=PUBLISH_WITHIN_S,
+                interval_s=workload.interval_ms / 1000,
+            ),
+            40,
+        )  # fmt: skip
         delivered = await readers.ask(
             "await", 15, expected_per_room=published.accepted_per_room, timeout=10
         )
@@ -261,8 +274,8 @@ async def run_suite(hubs: list[Hub], workloads: list[Workload], reps: int, profi
         for workload in workloads:
             for hub in hubs[rep % len(hubs) :] + hubs[: rep % len(hubs)]:
                 run = {"rep": rep, "workload": workload.name, "hub": hub.name}
-                if workload.batch > 1 and not hub.supports_batches:
-                    run["skipped"] = "publishes one message per request"
+                if reason := hub.skips(workload):
+                    run["skipped"] = reason
                 else:
                     run.update(await measure_or_explain(hub, workload, profile_dir))
                 runs.append(run)
@@ -302,6 +315,7 @@ COLUMNS = {
     "W3": ["connect_s", "rss_kb_per_subscriber", "deliveries_per_s", "p99_ms"],
     "W4": ["publishes_per_s", "p50_ms", "p99_ms", "server_us_per_message"],
     "W4b": ["messages_per_s", "publishes_per_s", "p99_ms", "server_us_per_message"],
+    "W5": ["p50_ms", "p99_ms", "max_ms", "server_us_per_message"],
 }
 LABELS = {
     "deliveries_per_s": "deliveries/s",
@@ -309,6 +323,7 @@ LABELS = {
     "publishes_per_s": "requests/s",
     "p50_ms": "p50 ms",
     "p99_ms": "p99 ms",
+    "max_ms": "max ms",
     "server_us_per_delivery": "srv µs/deliv",
     "server_us_per_message": "srv µs/msg",
     "connect_s": "connect s",
@@ -448,6 +463,10 @@ def targets(summary: dict) -> list[Target]:
         return Target(name, this, peer, met, per_cpu)
 
     this_cells = [cells["this"] for cells in summary.values() if "this" in cells]
+    coalesced, uncoalesced = (figure("W5", hub, "p50_ms") for hub in ("this", "this-nocoalesce"))
+    coalescing_ms = None
+    if coalesced is not None and uncoalesced is not None:
+        coalescing_ms = coalesced - uncoalesced
     flawless = all(
         c["lost"] == c["extra"] == c["dropped"] == c["rejected"] == 0 and not c["errors"]
         for c in this_cells
@@ -466,6 +485,8 @@ def targets(summary: dict) -> list[Target]:
               ("W2", "deliveries_per_s"), lambda a, b: a >= 0.5 * b, "server_us_per_message"),
         check("W4b messages/s >= 1x peer W4 publishes/s", ("W4b", "messages_per_s"),
               ("W4", "publishes_per_s"), lambda a, b: a >= b, "server_us_per_message"),
+        Target("W5 p50 ms added by coalescing <= 2", coalescing_ms, 2,
+               coalescing_ms <= 2 if coalescing_ms is not None else None),
         Target("no loss, drop, duplicate or rejection (this, every run)", None, None,
                flawless if this_cells else None),
     ]  # fmt: skip
@@ -508,7 +529,7 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="one rep, smaller workloads")
     parser.add_argument("--reps", type=int, help="repetitions (default 3, quick 1)")
     parser.add_argument(
-        "--hubs", default="this,peer,nchan,hypercorn", help="comma-separated subset"
+        "--hubs", default="this,this-nocoalesce,peer,nchan,hypercorn", help="comma-separated subset"
     )
     parser.add_argument(
         "--workloads", help="comma-separated subset (default all; with --profile, W1,W4)"
@@ -530,13 +551,14 @@ def main() -> None:
     all_hubs = {
         "this": ThisApp(SERVER_CPU, arguments.app_dir.resolve()),
         "this-redis": ThisAppRedis(SERVER_CPU, arguments.app_dir.resolve()),
+        "this-nocoalesce": ThisAppNoCoalescing(SERVER_CPU, arguments.app_dir.resolve()),
         "peer": PythonPeer(SERVER_CPU),
         "nchan": Nchan(SERVER_CPU),
         "hypercorn": BareHypercorn(SERVER_CPU),
     }
     hub_names = ["this"] if arguments.profile else arguments.hubs.split(",")
     hubs = [all_hubs[name] for name in hub_names]
-    default_workloads = "W1,W4" if arguments.profile else "W1,W2,W3,W4,W4b"
+    default_workloads = "W1,W4" if arguments.profile else "W1,W2,W3,W4,W4b,W5"
     names = (arguments.workloads or default_workloads).split(",")
     workloads = [w for w in WORKLOADS if w.name in names]
     if arguments.quick:
