@@ -175,6 +175,25 @@ async def test_concurrent_publishes_share_commits(server: Server):
     assert server.health()["commits"] - before < 200
 
 
+async def test_coalescing_holds_only_the_frames_of_a_busy_room(make_server):
+    """A long window makes the rule visible: the first frame after a quiet window goes out
+    at once; one that follows a write within the window waits for the window's end."""
+    window_s = 1.5
+    server: Server = make_server(COALESCE_MS=str(window_s * 1000))
+    async with subscribe(f"{server.url}/api/v1/events/lobby") as events:
+        await collect(events, 1, "presence")  # the join's presence event: a write
+        await asyncio.sleep(window_s + 0.2)  # then quiet for a whole window
+        sent = time.monotonic()
+        server.publish(data={"n": 1})
+        await collect(events, 1)
+        first = time.monotonic()
+        server.publish(data={"n": 2})
+        await collect(events, 1)
+        second = time.monotonic()
+    assert first - sent < window_s / 2  # not held
+    assert second - first > window_s / 2  # held: it followed a write within the window
+
+
 def test_acknowledged_message_is_in_sqlite(make_server):
     server: Server = make_server()
     reply = server.publish(data={"message": "durable"})
