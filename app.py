@@ -25,7 +25,6 @@ import os
 import random
 import re
 import secrets
-import signal
 import sqlite3
 import sys
 import textwrap
@@ -46,7 +45,9 @@ import aiosqlite
 import h11
 import h11._readers
 import httpx
+import hypercorn.asyncio.run
 import hypercorn.asyncio.tcp_server
+import hypercorn.asyncio.worker_context
 import jwt
 import redis.asyncio
 import uvloop
@@ -3905,9 +3906,31 @@ if settings.trust_proxy:
     app = ProxyFixMiddleware(app, trusted_hops=settings.trust_proxy)
 
 
+class StreamsEnd(hypercorn.asyncio.worker_context.EventWrapper):
+    """A Hypercorn worker's `terminated` event, set when the worker stops (SIGTERM or SIGINT,
+    under `python app.py` and `hypercorn app:app` alike). Before it is set, new publishes get
+    503, every stream ends with a final event and the writer commits what is pending: so
+    Hypercorn has no open stream to wait out its graceful timeout for."""
+
+    async def set(self) -> None:
+        if not self.is_set():
+            log.info("shutting down")
+            await relay.close()
+            await hub.close()
+        await super().set()
+
+
+class WorkerContext(hypercorn.asyncio.worker_context.WorkerContext):
+    def __init__(self, max_requests: int | None) -> None:
+        super().__init__(max_requests)
+        self.terminated = StreamsEnd()
+
+
+hypercorn.asyncio.run.WorkerContext = WorkerContext
+
+
 async def serve() -> None:
-    """Run under Hypercorn. SIGTERM/SIGINT: end every stream with a final event and flush
-    the database first, so Hypercorn has no open streams to wait for."""
+    """Run under Hypercorn, which stops on SIGTERM or SIGINT (see StreamsEnd)."""
     from hypercorn.asyncio import serve as hypercorn_serve
     from hypercorn.config import Config
 
@@ -3920,18 +3943,7 @@ async def serve() -> None:
     config.h11_max_incomplete_size = settings.max_header_bytes  # request line + headers
     config.h2_max_header_list_size = settings.max_header_bytes
     config.graceful_timeout = settings.shutdown_timeout_s
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-
-    async def shutdown_trigger() -> None:
-        await stop.wait()
-        log.info("shutting down")
-        await relay.close()
-        await hub.close()
-
-    await hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger)
+    await hypercorn_serve(app, config)
 
 
 def create_user_command(username: str, admin: bool) -> None:

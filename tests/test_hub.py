@@ -325,8 +325,9 @@ def test_slow_consumer_is_disconnected_and_others_keep_receiving(make_server, tm
     stalled.close()
 
 
-async def test_sigterm_ends_streams_with_a_final_event_and_keeps_messages(make_server):
-    server: Server = make_server()
+@pytest.mark.parametrize("workers", [0, 1], ids=["python app.py", "hypercorn app:app"])
+async def test_sigterm_ends_streams_with_a_final_event_and_keeps_messages(make_server, workers):
+    server: Server = make_server(workers=workers)
     async with subscribe(f"{server.url}/api/v1/events") as events:
         server.publish(data={"message": "before shutdown"})
         await collect(events, 1)
