@@ -198,3 +198,18 @@ class ThisAppRedis(ThisApp):
         bind = f"{HOST}:{self.port}"
         argv = [str(VENV_BIN / "hypercorn"), "-k", "uvloop", "-w", "2", "-b", bind, "app:app"]
         return argv, {**env, "BROKER_URL": self.redis_url}, cwd
+
+
+class ThisAppOnUvicorn(ThisApp):
+    """This project's app.py served by uvicorn (uvloop + httptools) instead of Hypercorn, as
+    the peer is: not how it is deployed (the project runs on Hypercorn), but what the server
+    costs it, since everything else is the same code."""
+
+    name = "this-uvicorn"
+
+    def command(self, workdir):
+        _, env, cwd = super().command(workdir)
+        argv = [str(VENV_BIN / "uvicorn"), "app:app", "--host", HOST, "--port", str(self.port)]
+        argv += ["--loop", "uvloop", "--http", "httptools", "--log-level", "warning"]
+        argv += ["--no-access-log", "--timeout-graceful-shutdown", "1"]
+        return argv, env, cwd
