@@ -824,7 +824,7 @@ class Room:
 
     def _wake(self) -> None:
         self._wake_armed = False
-        end = self.end
+        end, writes = self.end, 0
         for subscriber in self.subscribers:
             if (
                 subscriber.live
@@ -832,24 +832,27 @@ class Room:
                 and subscriber.cursor < end
                 and subscriber.flushing is None
             ):
-                self._write(subscriber, self.pending(subscriber))
+                writes += self._write(subscriber, self.pending(subscriber))
+        # Counted once per wake: the counter's lock, taken per write, was 5 % of a fan-out.
+        metrics.deliveries.inc(writes)
         self._busy_until = time.monotonic() + settings.coalesce_ms / 1000
 
-    def _write(self, subscriber: Subscriber, chunk: bytes) -> None:
-        """Hand a chunk to the subscriber's connection. Hypercorn's send completes at once
-        unless the socket's buffer is full, so it is stepped here by hand: no task per
-        subscriber per wake-up (that was most of the fan-out's cost). Only a send that must
-        wait goes on in a task, which then also writes whatever arrives meanwhile."""
+    def _write(self, subscriber: Subscriber, chunk: bytes) -> bool:
+        """Hand a chunk to the subscriber's connection; whether there was one. Hypercorn's
+        send completes at once unless the socket's buffer is full, so it is stepped here by
+        hand: no task per subscriber per wake-up (that was most of the fan-out's cost). Only
+        a send that must wait goes on in a task, which then also writes whatever arrives
+        meanwhile."""
         if not chunk:
-            return
-        metrics.deliveries.inc()
+            return False
         subscriber.sent += len(chunk)
         sending = subscriber.send({"type": "http.response.body", "body": chunk, "more_body": True})
         try:
             waiting_on = sending.send(None)
         except StopIteration:
-            return
+            return True
         subscriber.flushing = asyncio.create_task(self._flush(subscriber, sending, waiting_on))
+        return True
 
     def pending(self, subscriber: Subscriber) -> bytes:
         """Every frame from the subscriber's cursor to the end, joined; advances the cursor.

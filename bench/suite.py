@@ -150,10 +150,15 @@ async def measure(hub: Hub, workload: Workload, workdir: Path, profile_to: Path 
             for room in rooms
             for _ in range(workload.subscribers_per_room)
         ]
+        connect_profiler = start_profiler(hub, connect_profile(profile_to)) if profile_to else None
+        connect_cpu_before = cpu_seconds(server)
         connected = await readers.ask(
             "connect", 40, host=HOST, port=hub.port, subscriptions=subscriptions,
             concurrency=HANDSHAKES_IN_FLIGHT,
         )  # fmt: skip
+        connect_cpu = cpu_seconds(process_tree(hub.process.pid)) - connect_cpu_before
+        if connect_profiler:
+            stop_profiler(connect_profiler)
         if connected["failed"]:
             raise RunError(
                 f"{connected['failed']} subscribers failed: {connected['failure_sample']}"
@@ -213,6 +218,7 @@ async def measure(hub: Hub, workload: Workload, workdir: Path, profile_to: Path 
     others_on_load_cpu = (busy_after[1] - busy_before[1] - load_cpu) / elapsed
     return {
         "connect_s": connected["connect_s"],
+        "server_us_per_connection": connect_cpu / len(subscriptions) * 1e6,
         "rss_kb_per_subscriber": (rss_connected - rss_before) / workload.subscribers,
         "rss_kb": rss_after,
         "publish_requests": published.requests,
@@ -261,6 +267,11 @@ def start_profiler(hub: Hub, output: Path) -> subprocess.Popen:
     )  # fmt: skip
     time.sleep(1)  # attaching takes a moment
     return profiler
+
+
+def connect_profile(profile: Path) -> Path:
+    """Where the profile of a workload's connect phase goes, beside its measured window's."""
+    return profile.with_name(f"{profile.stem}-connect{profile.suffix}")
 
 
 def stop_profiler(profiler: subprocess.Popen) -> None:
@@ -313,7 +324,13 @@ def progress_line(run: dict) -> str:
 COLUMNS = {
     "W1": ["deliveries_per_s", "p50_ms", "p99_ms", "server_us_per_delivery"],
     "W2": ["deliveries_per_s", "messages_per_s", "p50_ms", "p99_ms", "server_us_per_message"],
-    "W3": ["connect_s", "rss_kb_per_subscriber", "deliveries_per_s", "p99_ms"],
+    "W3": [
+        "connect_s",
+        "server_us_per_connection",
+        "rss_kb_per_subscriber",
+        "deliveries_per_s",
+        "p99_ms",
+    ],
     "W4": ["publishes_per_s", "p50_ms", "p99_ms", "server_us_per_message"],
     "W4b": ["messages_per_s", "publishes_per_s", "p99_ms", "server_us_per_message"],
     "W5": ["p50_ms", "p99_ms", "max_ms", "server_us_per_message"],
@@ -328,6 +345,7 @@ LABELS = {
     "server_us_per_delivery": "srv µs/deliv",
     "server_us_per_message": "srv µs/msg",
     "connect_s": "connect s",
+    "server_us_per_connection": "srv µs/conn",
     "rss_kb_per_subscriber": "KB/sub",
     "server_cpu_share": "srv CPU",
     "load_cpu_share": "gen CPU",
@@ -535,7 +553,11 @@ def profile_report(runs: list[dict], workloads: list[Workload], results_dir: Pat
                 f"server CPU µs per published message {run['server_us_per_message']:.0f} "
                 f"({split}); per delivery {run['server_us_per_delivery']:.1f}"
             )
-        lines.append(summarise(results_dir / f"profile-{workload.name}.txt"))
+        profile = results_dir / f"profile-{workload.name}.txt"
+        lines.append(summarise(profile))
+        if workload.subscribers >= 1000:  # a connect phase worth reading
+            lines += ["", f"{workload.describe()}: the connect phase (py-spy)"]
+            lines.append(summarise(connect_profile(profile)))
     return "\n".join(lines)
 
 
