@@ -629,6 +629,7 @@ def payload_with_id(message_id: int, body: str) -> str:
 
 
 KEEPALIVE_FRAME = b":\n\n"
+WAKE_SLICE = 64  # subscribers a room's wake-up writes to per turn of the event loop
 ASGISend = Callable[[dict[str, Any]], Awaitable[None]]
 
 
@@ -798,11 +799,14 @@ class Room:
         if len(self.frames) >= 2 * settings.subscriber_queue:
             self._trim()
         if not self._wake_armed and self.subscribers:
-            # Frames of a busy room wait COALESCE_MS to share a write; the first frame after
-            # a quiet window (low load) waits for nothing.
-            self._wake_armed = True
-            delay = settings.coalesce_ms / 1000 if time.monotonic() < self._busy_until else 0
-            asyncio.get_running_loop().call_later(delay, self._wake)
+            self._arm_wake()
+
+    def _arm_wake(self) -> None:
+        """Frames of a busy room wait COALESCE_MS to share a write; the first frame after a
+        quiet window (low load) waits for nothing."""
+        self._wake_armed = True
+        delay = settings.coalesce_ms / 1000 if time.monotonic() < self._busy_until else 0
+        asyncio.get_running_loop().call_later(delay, self._wake)
 
     def _trim(self) -> None:
         """Forget old frames, keeping the newest SUBSCRIBER_QUEUE. A subscriber still
@@ -823,19 +827,36 @@ class Room:
         self.base = cut
 
     def _wake(self) -> None:
-        self._wake_armed = False
-        end, writes = self.end, 0
-        for subscriber in self.subscribers:
-            if (
-                subscriber.live
-                and subscriber.ending is None
-                and subscriber.cursor < end
-                and subscriber.flushing is None
-            ):
-                writes += self._write(subscriber, self.pending(subscriber))
-        # Counted once per wake: the counter's lock, taken per write, was 5 % of a fan-out.
-        metrics.deliveries.inc(writes)
-        self._busy_until = time.monotonic() + settings.coalesce_ms / 1000
+        self._write_slice(list(self.subscribers), 0, self.end)
+
+    def _write_slice(self, subscribers: list[Subscriber], start: int, end_at_wake: int) -> None:
+        """One turn of a wake: WAKE_SLICE subscribers get what they have not had. Between
+        turns the event loop serves everything else (one turn for a thousand subscribers
+        held it for 35 ms), and what is published meanwhile joins the later writes: more
+        frames per write (W1: 4.5 -> 7x the peer). One wake at a time: frames that came
+        during it wake the room again at its end, for the subscribers it had passed."""
+        writes = 0
+        try:
+            for subscriber in subscribers[start : start + WAKE_SLICE]:
+                if (
+                    subscriber.live
+                    and subscriber.ending is None
+                    and subscriber.cursor < self.end
+                    and subscriber.flushing is None
+                    and subscriber in self.subscribers  # it may have left since the wake began
+                ):
+                    writes += self._write(subscriber, self.pending(subscriber))
+        finally:  # a send that raised must not leave the room's wake unfinished
+            # Counted once per turn: the counter's lock, taken per write, was 5 % of a fan-out.
+            metrics.deliveries.inc(writes)
+            if start + WAKE_SLICE < len(subscribers):
+                loop = asyncio.get_running_loop()
+                loop.call_soon(self._write_slice, subscribers, start + WAKE_SLICE, end_at_wake)
+            else:
+                self._wake_armed = False
+                self._busy_until = time.monotonic() + settings.coalesce_ms / 1000
+                if self.end != end_at_wake and self.subscribers:
+                    self._arm_wake()
 
     def _write(self, subscriber: Subscriber, chunk: bytes) -> bool:
         """Hand a chunk to the subscriber's connection; whether there was one. Hypercorn's
@@ -2549,8 +2570,8 @@ async def serve_stream(
             await hub.broker.joined(room)
         await send_hello_and_replay(subscriber, room, last_id, hello_extra)
         subscriber.live = subscriber.ending is None
-        if subscriber.live and subscriber.cursor < room.end:
-            room._wake()
+        if subscriber.live and subscriber.cursor < room.end:  # frames came during the replay
+            metrics.deliveries.inc(room._write(subscriber, room.pending(subscriber)))
         while (await receive())["type"] != "http.disconnect":
             pass
     except ApiError as error:  # the broker failed: end the stream, the client reconnects

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import socket
 import sqlite3
@@ -154,6 +155,54 @@ async def test_hundred_subscribers_get_every_message_once_in_order(server: Serve
     results = await asyncio.gather(*tasks)
     for ids in results:
         assert ids == list(range(1, count + 1))
+
+
+async def test_a_wake_passes_over_subscribers_that_leave_during_it(server: Server):
+    """A room's wake-up writes to its subscribers a slice (64) per turn of the event loop, so
+    subscribers leave while one is under way (600 subscribers, half leaving after 1 to 10
+    messages: a few times a run): every other subscriber still gets every message once, in
+    order, and those that left got theirs in order until they left."""
+    server.create_room("leavers")
+    request = b"GET /api/v1/events/leavers HTTP/1.1\r\nHost: x\r\n\r\n"
+    count, connected, all_connected = 40, [], asyncio.Event()
+
+    async def stream(leave_after: int) -> list[int]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(request)
+        received = b""
+        try:
+            async with asyncio.timeout(20):
+                while b"event: meta" not in received:
+                    received += await reader.read(65536)
+                connected.append(1)
+                if len(connected) == len(plan):
+                    all_connected.set()
+                # One frame per write of a whole chunk: an id line is never split.
+                while len(ids := re.findall(rb"\nid: (\d+)\n", received)) < leave_after:
+                    received += await reader.read(65536)
+        finally:
+            writer.close()
+        return [int(i) for i in ids]
+
+    # Half stay for every message; the others leave after 1 to 10, across several wakes.
+    plan = [count if i % 2 else i % 20 // 2 + 1 for i in range(600)]
+    streams = [asyncio.create_task(stream(leave_after)) for leave_after in plan]
+    await asyncio.wait_for(all_connected.wait(), 20)
+    async with httpx.AsyncClient() as client:
+
+        async def publisher(n: int) -> None:
+            for i in range(n, count, 4):
+                reply = await client.post(
+                    f"{server.url}/api/v1/send",
+                    json={"room": "leavers", "speaker": "bot", "data": {"i": i}},
+                    headers={"Authorization": f"Bearer {server.token}"},
+                )
+                assert reply.status_code == 202
+
+        await asyncio.gather(*(publisher(n) for n in range(4)))
+    for leave_after, ids in zip(plan, await asyncio.gather(*streams), strict=True):
+        assert ids[:leave_after] == list(range(1, leave_after + 1))
+        assert ids == sorted(set(ids))
 
 
 async def test_concurrent_publishes_share_commits(server: Server):
