@@ -124,6 +124,22 @@ async def test_rooms_are_case_insensitive(server: Server):
     assert json.loads(event.data)["room"] == "caseroom"
 
 
+async def publish_from_four(server: Server, room: str, count: int) -> None:
+    """`count` messages to the room from four concurrent publishers, each answered 202."""
+    async with httpx.AsyncClient() as client:
+
+        async def publisher(n: int) -> None:
+            for i in range(n, count, 4):
+                reply = await client.post(
+                    f"{server.url}/api/v1/send",
+                    json={"room": room, "speaker": "bot", "data": {"i": i}},
+                    headers={"Authorization": f"Bearer {server.token}"},
+                )
+                assert reply.status_code == 202
+
+        await asyncio.gather(*(publisher(n) for n in range(4)))
+
+
 async def test_hundred_subscribers_get_every_message_once_in_order(server: Server):
     server.create_room("fanout")
     url = f"{server.url}/api/v1/events/fanout"
@@ -140,18 +156,7 @@ async def test_hundred_subscribers_get_every_message_once_in_order(server: Serve
     ready, started = asyncio.Event(), []
     tasks = [asyncio.create_task(subscriber(ready, started)) for _ in range(100)]
     await asyncio.wait_for(ready.wait(), 20)
-    async with httpx.AsyncClient() as client:
-
-        async def publisher(n: int) -> None:
-            for i in range(n, count, 4):  # four concurrent publishers
-                reply = await client.post(
-                    f"{server.url}/api/v1/send",
-                    json={"room": "fanout", "speaker": "bot", "data": {"i": i}},
-                    headers={"Authorization": f"Bearer {server.token}"},
-                )
-                assert reply.status_code == 202
-
-        await asyncio.gather(*(publisher(n) for n in range(4)))
+    await publish_from_four(server, "fanout", count)
     results = await asyncio.gather(*tasks)
     for ids in results:
         assert ids == list(range(1, count + 1))
@@ -188,18 +193,7 @@ async def test_a_wake_passes_over_subscribers_that_leave_during_it(server: Serve
     plan = [count if i % 2 else i % 20 // 2 + 1 for i in range(600)]
     streams = [asyncio.create_task(stream(leave_after)) for leave_after in plan]
     await asyncio.wait_for(all_connected.wait(), 20)
-    async with httpx.AsyncClient() as client:
-
-        async def publisher(n: int) -> None:
-            for i in range(n, count, 4):
-                reply = await client.post(
-                    f"{server.url}/api/v1/send",
-                    json={"room": "leavers", "speaker": "bot", "data": {"i": i}},
-                    headers={"Authorization": f"Bearer {server.token}"},
-                )
-                assert reply.status_code == 202
-
-        await asyncio.gather(*(publisher(n) for n in range(4)))
+    await publish_from_four(server, "leavers", count)
     for leave_after, ids in zip(plan, await asyncio.gather(*streams), strict=True):
         assert ids[:leave_after] == list(range(1, leave_after + 1))
         assert ids == sorted(set(ids))
