@@ -602,7 +602,8 @@ class Storage:
 # Broker: live rooms in memory. Each room keeps one ring of encoded SSE frames shared by
 # all its subscribers (a subscriber is only a cursor into it). A publish appends a frame
 # and arms one short timer; when it fires, every subscriber behind the end gets all its
-# pending frames in one write. A subscriber that falls a whole ring behind is dropped
+# pending frames in one write, WAKE_SLICE subscribers per turn of the event loop so that
+# publishes go on meanwhile. A subscriber that falls a whole ring behind is dropped
 # (it resumes by Last-Event-ID) instead of growing the server's memory.
 # Presence and heartbeat frames go through the same ring, as does the quote feed that
 # invalid and unknown rooms get (FallbackFeed).
