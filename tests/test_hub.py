@@ -163,7 +163,7 @@ async def test_hundred_subscribers_get_every_message_once_in_order(server: Serve
 
 
 async def test_a_wake_passes_over_subscribers_that_leave_during_it(server: Server):
-    """A room's wake-up writes to its subscribers a slice (64) per turn of the event loop, so
+    """A room's wake-up writes to its subscribers a slice (8) per turn of the event loop, so
     subscribers leave while one is under way (600 subscribers, half leaving after 1 to 10
     messages: a few times a run): every other subscriber still gets every message once, in
     order, and those that left got theirs in order until they left."""
