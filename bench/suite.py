@@ -156,7 +156,7 @@ async def measure(hub: Hub, workload: Workload, workdir: Path, profile_to: Path 
             "connect", 40, host=HOST, port=hub.port, subscriptions=subscriptions,
             concurrency=HANDSHAKES_IN_FLIGHT,
         )  # fmt: skip
-        connect_cpu = cpu_seconds(process_tree(hub.process.pid)) - connect_cpu_before
+        connect_cpu = cpu_seconds(server) - connect_cpu_before
         if connect_profiler:
             stop_profiler(connect_profiler)
         if connected["failed"]:
