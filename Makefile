@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: run test lint format
+.PHONY: run test test-fast user lint format
 
 $(VENV)/.run: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,14 +16,25 @@ $(VENV)/.dev: $(VENV)/.run requirements-dev.txt
 run: $(VENV)/.run
 	$(VENV)/bin/python app.py
 
+# A user of the hub: `make user NAME=alice` (add ADMIN=1 for an admin); asks the password.
+user: $(VENV)/.run
+	@test -n "$(NAME)" || { echo "usage: make user NAME=alice [ADMIN=1]"; exit 2; }
+	$(VENV)/bin/python app.py create-user "$(NAME)" $(if $(ADMIN),--admin)
+
 # Browser tests need Debian's Chromium (and a CJK font for readable screenshots); install it where
-# we can (root + apt), skip with a reason elsewhere.
+# we can (root + apt), skip with a reason elsewhere. The fast tier (tests/unit, in-process) runs
+# first; then the end-to-end tier against the real server, in parallel processes.
 test: $(VENV)/.dev
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		(apt-get update -qq && apt-get install -y -qq chromium fonts-wqy-microhei >/dev/null) ; } || echo "chromium unavailable: browser tests will skip"
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest tests/unit
+	$(VENV)/bin/pytest --ignore=tests/unit $(E2E_PARALLEL)
+
+# The fast tier alone: seconds.
+test-fast: $(VENV)/.dev
+	$(VENV)/bin/pytest tests/unit
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .

@@ -2,10 +2,26 @@
 
 Controllers publish over HTTP; every message is committed to SQLite, then fanned out to
 the players subscribed to its room. The two hot routes (the event stream and publish) are
-served by a small ASGI layer in front of Quart (see "Hot path"); Quart serves the rest.
+served by a small ASGI layer in front of Quart; Quart serves the rest.
 
-Sections, in the order data flows: config, storage, broker, auth, hot path, routes,
-relay (the AI chat), entry point.
+The module is in layers, in the order data flows; each section uses only what is above
+it (a type annotation aside: the app names the relay it holds):
+
+    Config          Settings, read from the environment (and .env)
+    Core            JSON, errors and the reply envelope, log redaction, metrics
+    Storage         SQLite: every SQL statement of the app
+    Broker          rooms in memory (rings of encoded frames), streams, the hub and its
+                    brokers (one process, or several over Redis)
+    Auth            who a request acts as and what it may do; users, sessions, API tokens
+    HTTP            the hot path (stream, publish) and the Quart routes
+    Relay           the AI chat
+    Server          the adaptations of Hypercorn and h11, installed at start
+    App factory     create_app(settings) builds and wires everything
+    Global objects  `app`, what `hypercorn app:app` serves
+    Entry point     `python app.py` and its commands
+
+Nothing is applied at import: building the app reads the environment; the server
+adaptations are installed when the app starts serving.
 """
 
 from __future__ import annotations
@@ -13,10 +29,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import functools
 import getpass
 import hashlib
 import hmac
+import inspect
+import ipaddress
 import itertools
 import json
 import logging
@@ -25,6 +44,8 @@ import os
 import random
 import re
 import secrets
+import signal
+import socket
 import sqlite3
 import sys
 import textwrap
@@ -35,32 +56,40 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import aiosqlite
-import h11
-import h11._readers
+import h11._readers  # binds h11 too
 import httpx
+import hypercorn
 import hypercorn.asyncio.run
 import hypercorn.asyncio.tcp_server
 import hypercorn.asyncio.worker_context
 import jwt
 import redis.asyncio
-import uvloop
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from dotenv import load_dotenv
 from httpx_sse import SSEError, aconnect_sse
 from hypercorn.middleware import ProxyFixMiddleware
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, RootModel, ValidationError
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
-from quart import Quart, Request, Response, jsonify, request, send_from_directory
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from quart import Blueprint, Quart, Request, Response, current_app, request, send_from_directory
 from quart_schema import (
     QuartSchema,
     RequestSchemaValidationError,
@@ -75,7 +104,12 @@ from quart_schema.openapi import OpenAPIProvider
 from redis.exceptions import RedisError, ResponseError
 from werkzeug.datastructures import Headers
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTimeout
-from werkzeug.http import dump_cookie
+from werkzeug.http import dump_cookie, parse_cookie
+
+try:  # the fastest event loop where it exists (not on Windows, where OBS users often are)
+    import uvloop
+except ImportError:
+    uvloop = None
 
 # ---------------------------------------------------------------------------------------
 # Config
@@ -84,147 +118,154 @@ from werkzeug.http import dump_cookie
 ROOT = Path(__file__).resolve().parent
 DIST = ROOT / "frontend" / "dist"
 API_VERSION = "1"
+ROOM_ID = re.compile(r"[a-zA-Z0-9]{1,64}")
 
 log = logging.getLogger("streaming-message")
 
 
-def _env(name: str, default: str, *aliases: str) -> str:
-    for key in (name, *aliases):
-        value = os.environ.get(key)
-        if value not in (None, ""):
-            return value
-    return default
+class ConfigError(SystemExit):
+    """A setting, or something of the environment, the hub cannot run with. Uncaught, it
+    ends the program with its one line (exit status 1) instead of a traceback."""
 
 
-TRUE_WORDS = ("1", "true", "yes", "on")
+MIN_PASSWORD_CHARS, MAX_PASSWORD_CHARS = 8, 1024
+SECRET_SETTINGS = {"SSE_TOKEN", "TEMP_AVAILABLE_TOKEN", "LLM_API_KEY", "SECRET_KEY"}
+SECRET_SETTINGS |= {"ADMIN_PASSWORD", "BROKER_URL"}
+Seconds = Annotated[float, Field(gt=0)]
+Count = Annotated[int, Field(ge=1)]
 
 
-@dataclass(frozen=True)
-class Settings:
-    host: str
-    port: int
-    data_dir: Path
-    default_room: str
-    sse_token: str = field(repr=False)
-    history_size: int
-    keepalive_s: float
-    retry_ms: int
-    max_message_bytes: int
-    max_body_bytes: int
-    max_json_depth: int
-    subscriber_queue: int
-    coalesce_ms: float
-    cors_origins: tuple[str, ...]
-    sqlite_synchronous: str
-    shutdown_timeout_s: float
-    heartbeat_s: float
-    presence_interval_s: float
-    hitokoto_url: str
-    fallback_poll_s: float
-    fallback_timeout_s: float
-    llm_base_url: str
-    llm_api_key: str = field(repr=False)  # a secret: never in a log line
-    llm_model: str
-    llm_system_prompt: str
-    llm_max_tokens: int
-    llm_connect_timeout_s: float
-    llm_read_timeout_s: float
-    llm_timeout_s: float
-    demo_delay_s: float
-    max_prompt_chars: int
-    max_messages: int
-    chat_rate_limit: int
-    chat_rate_window_s: float
-    chat_max_per_client: int
-    chat_max_total: int
-    chat_require_login: bool
-    chat_ttl_s: float
-    chat_idle_s: float
-    clock_interval_s: float
-    secret_key: str = field(repr=False)
-    admin_username: str
-    admin_password: str = field(repr=False)
-    cookie_secure: bool
-    access_token_ttl_s: float
-    refresh_token_ttl_s: float
-    login_max_failures: int
-    login_max_failures_per_address: int
-    login_window_s: float
-    max_header_bytes: int
-    body_timeout_s: float
-    trust_proxy: int
-    access_log: bool
-    frame_ancestors: str
-    broker_url: str = field(repr=False)  # may hold Redis's password
-    presence_ttl_s: float
+class Settings(BaseSettings):
+    """Every setting is an environment variable, named as the field in capitals (a `.env`
+    file is read too; the environment wins). Durations are seconds and accept fractions
+    (`HEARTBEAT_S=0.5`); sizes are bytes."""
+
+    model_config = SettingsConfigDict(
+        env_file=ROOT / ".env",
+        env_ignore_empty=True,
+        extra="ignore",
+        frozen=True,
+        validate_by_name=True,  # Settings(shutdown_timeout_s=...) as well as SHUTDOWN_TIMEOUT
+    )
+
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=0, le=65535)
+    data_dir: Path = ROOT / "data"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    default_room: Annotated[str, Field(pattern=f"^{ROOM_ID.pattern}$")] = "lobby"
+    sse_token: str = Field(
+        "",
+        max_length=512,
+        repr=False,
+        validation_alias=AliasChoices("SSE_TOKEN", "TEMP_AVAILABLE_TOKEN"),
+    )
+    history_size: Count = 1000
+    keepalive_s: Seconds = 15
+    retry_ms: Annotated[int, Field(ge=0)] = 3000
+    max_message_bytes: Count = 65536
+    max_body_bytes: Count = 1_048_576
+    max_json_depth: Count = 32
+    subscriber_queue: Count = 1024
+    coalesce_ms: Annotated[float, Field(ge=0)] = 2
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = ("*",)
+    sqlite_synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "NORMAL"
+    shutdown_timeout_s: Seconds = Field(5, validation_alias="SHUTDOWN_TIMEOUT")
+    heartbeat_s: Seconds = 5
+    presence_interval_s: Seconds = 1
+    hitokoto_url: str = "https://v1.hitokoto.cn/?encode=json"
+    fallback_poll_s: Seconds = 10
+    fallback_timeout_s: Seconds = 3
+    llm_base_url: str = "https://api.openai.com/v1"
+    llm_api_key: str = Field("", repr=False)  # a secret: never in a log line
+    llm_model: str = "gpt-4o-mini"
+    llm_system_prompt: str = ""
+    llm_max_tokens: Annotated[int, Field(ge=0)] = 1024
+    llm_connect_timeout_s: Seconds = 10
+    llm_read_timeout_s: Seconds = 60
+    llm_timeout_s: Seconds = 300
+    demo_delay_s: Annotated[float, Field(ge=0)] = 0.05
+    max_prompt_chars: Count = 16000
+    max_messages: Count = 50
+    chat_rate_limit: Annotated[int, Field(ge=0)] = 20
+    chat_rate_window_s: Seconds = 60
+    chat_max_per_client: Count = 3
+    chat_max_total: Count = 50
+    chat_require_login: bool = False
+    chat_ttl_s: Seconds = 300
+    chat_idle_s: Seconds = 30
+    clock_interval_s: Seconds = 1
+    secret_key: str = Field("", repr=False)
+    admin_username: str = ""
+    admin_password: str = Field("", repr=False)
+    cookie_secure: bool = False
+    access_token_ttl_s: Seconds = 6 * 3600
+    refresh_token_ttl_s: Seconds = 14 * 86400
+    login_max_failures: Annotated[int, Field(ge=0)] = 10
+    login_max_failures_per_address: Annotated[int, Field(ge=0)] = 30
+    login_window_s: Seconds = 900
+    max_header_bytes: Count = 16384
+    body_timeout_s: Seconds = 10
+    trust_proxy: Annotated[int, Field(ge=0)] = 0
+    access_log: bool = True
+    frame_ancestors: str = "*"
+    broker_url: str = Field("", repr=False)  # may hold Redis's password
+    presence_ttl_s: Seconds = 30
+
+    @field_validator("default_room", mode="after")
+    @classmethod
+    def _canonical_room(cls, value: str) -> str:
+        return value.lower()
+
+    @field_validator("log_level", "sqlite_synchronous", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(origin.strip() for origin in value.split(",") if origin.strip())
+        return value
+
+    @model_validator(mode="after")
+    def _first_admin(self) -> Settings:
+        if self.admin_password and not self.admin_username:
+            raise ValueError("ADMIN_PASSWORD is set without ADMIN_USERNAME")
+        if self.admin_password and len(self.admin_password) < MIN_PASSWORD_CHARS:
+            raise ValueError(f"ADMIN_PASSWORD must be at least {MIN_PASSWORD_CHARS} characters")
+        if self.secret_key and len(self.secret_key) < 32:
+            raise ValueError("SECRET_KEY must be at least 32 characters")
+        return self
 
     @classmethod
-    def from_env(cls) -> Settings:
-        load_dotenv(ROOT / ".env")  # as the Bun project did; real env vars win
-        origins = tuple(o.strip() for o in _env("CORS_ORIGINS", "*").split(",") if o.strip())
-        return cls(
-            host=_env("HOST", "0.0.0.0"),
-            port=int(_env("PORT", "8000")),
-            data_dir=Path(_env("DATA_DIR", str(ROOT / "data"))),
-            default_room=_env("DEFAULT_ROOM", "lobby").lower(),
-            sse_token=_env("SSE_TOKEN", "", "TEMP_AVAILABLE_TOKEN"),
-            history_size=int(_env("HISTORY_SIZE", "1000")),
-            keepalive_s=float(_env("KEEPALIVE_S", "15")),
-            retry_ms=int(_env("RETRY_MS", "3000")),
-            max_message_bytes=int(_env("MAX_MESSAGE_BYTES", "65536")),
-            max_body_bytes=int(_env("MAX_BODY_BYTES", "1048576")),
-            max_json_depth=int(_env("MAX_JSON_DEPTH", "32")),
-            subscriber_queue=int(_env("SUBSCRIBER_QUEUE", "1024")),
-            coalesce_ms=float(_env("COALESCE_MS", "2")),
-            cors_origins=origins,
-            sqlite_synchronous=_env("SQLITE_SYNCHRONOUS", "NORMAL").upper(),
-            shutdown_timeout_s=float(_env("SHUTDOWN_TIMEOUT", "5")),
-            heartbeat_s=float(_env("HEARTBEAT_S", "5")),
-            presence_interval_s=float(_env("PRESENCE_INTERVAL_S", "1")),
-            hitokoto_url=_env("HITOKOTO_URL", "https://v1.hitokoto.cn/?encode=json"),
-            fallback_poll_s=float(_env("FALLBACK_POLL_S", "10")),
-            fallback_timeout_s=float(_env("FALLBACK_TIMEOUT_S", "3")),
-            llm_base_url=_env("LLM_BASE_URL", "https://api.openai.com/v1"),
-            llm_api_key=_env("LLM_API_KEY", ""),
-            llm_model=_env("LLM_MODEL", "gpt-4o-mini"),
-            llm_system_prompt=_env("LLM_SYSTEM_PROMPT", ""),
-            llm_max_tokens=int(_env("LLM_MAX_TOKENS", "1024")),
-            llm_connect_timeout_s=float(_env("LLM_CONNECT_TIMEOUT_S", "10")),
-            llm_read_timeout_s=float(_env("LLM_READ_TIMEOUT_S", "60")),
-            llm_timeout_s=float(_env("LLM_TIMEOUT_S", "300")),
-            demo_delay_s=float(_env("DEMO_DELAY_S", "0.05")),
-            max_prompt_chars=int(_env("MAX_PROMPT_CHARS", "16000")),
-            max_messages=int(_env("MAX_MESSAGES", "50")),
-            chat_rate_limit=int(_env("CHAT_RATE_LIMIT", "20")),
-            chat_rate_window_s=float(_env("CHAT_RATE_WINDOW_S", "60")),
-            chat_max_per_client=int(_env("CHAT_MAX_PER_CLIENT", "3")),
-            chat_max_total=int(_env("CHAT_MAX_TOTAL", "50")),
-            chat_require_login=_env("CHAT_REQUIRE_LOGIN", "false").lower() in TRUE_WORDS,
-            chat_ttl_s=float(_env("CHAT_TTL_S", "300")),
-            chat_idle_s=float(_env("CHAT_IDLE_S", "30")),
-            clock_interval_s=float(_env("CLOCK_INTERVAL_S", "1")),
-            secret_key=_env("SECRET_KEY", ""),
-            admin_username=_env("ADMIN_USERNAME", ""),
-            admin_password=_env("ADMIN_PASSWORD", ""),
-            cookie_secure=_env("COOKIE_SECURE", "false").lower() in TRUE_WORDS,
-            access_token_ttl_s=float(_env("ACCESS_TOKEN_TTL_S", str(6 * 3600))),
-            refresh_token_ttl_s=float(_env("REFRESH_TOKEN_TTL_S", str(14 * 86400))),
-            login_max_failures=int(_env("LOGIN_MAX_FAILURES", "10")),
-            login_max_failures_per_address=int(_env("LOGIN_MAX_FAILURES_PER_ADDRESS", "30")),
-            login_window_s=float(_env("LOGIN_WINDOW_S", "900")),
-            max_header_bytes=int(_env("MAX_HEADER_BYTES", "16384")),
-            body_timeout_s=float(_env("BODY_TIMEOUT_S", "10")),
-            trust_proxy=int(_env("TRUST_PROXY", "0")),
-            access_log=_env("ACCESS_LOG", "true").lower() in TRUE_WORDS,
-            frame_ancestors=_env("FRAME_ANCESTORS", "*"),
-            broker_url=_env("BROKER_URL", ""),
-            presence_ttl_s=float(_env("PRESENCE_TTL_S", "30")),
-        )
+    def from_env(cls, **overrides: Any) -> Settings:
+        """The settings of the environment (and .env), or ConfigError naming each bad one."""
+        try:
+            return cls(**overrides)
+        except ValidationError as error:
+            problems = []
+            for problem in error.errors(include_url=False):
+                name = str(problem["loc"][0]).upper() if problem["loc"] else ""
+                shown = name and name not in SECRET_SETTINGS and "input" in problem
+                given = f" (got {problem['input']!r})" if shown else ""
+                msg = problem["msg"].removeprefix("Value error, ")
+                problems.append(f"{name}: {msg}{given}" if name else msg)
+            raise ConfigError("config: " + "; ".join(problems)) from None
+
+    @property
+    def database(self) -> Path:
+        return self.data_dir / "streaming-message.db"
+
+    def secrets(self) -> tuple[str, ...]:
+        """The configured secrets, which no log line may show."""
+        return tuple(s for s in (self.sse_token, self.llm_api_key, self.admin_password) if s)
 
 
-settings = Settings.from_env()
+# ---------------------------------------------------------------------------------------
+# Core: JSON, errors and the reply envelope, log redaction, request models, metrics
+# ---------------------------------------------------------------------------------------
 
-ROOM_ID = re.compile(r"[a-zA-Z0-9]{1,64}")
 MAX_SPEAKER_CHARS = 64
 
 
@@ -258,57 +299,103 @@ def parse_json(text: bytes | str) -> Any:
     return value
 
 
-# Logs: every line of this logger (and, from main(), of every other one) goes through
-# redact(), so no call site can leak a credential: query and JSON fields named like
+# Logs: every line of the app's logger (and, from main(), of every other one) goes through
+# a Redactor, so no call site can leak a credential: query and JSON fields named like
 # secrets, Bearer values, API tokens and JWTs by their shape, and the configured secrets.
-CONFIGURED_SECRETS = tuple(
-    secret
-    for secret in (settings.sse_token, settings.llm_api_key, settings.admin_password)
-    if secret
-)
-SECRET = re.compile(
+SECRET_SHAPES = (
     r"""(?P<name>(?:access_|refresh_)?token|password|api_key|secret)"""
     r"""(?P<sep>["']?\s*[=:]\s*["']?)[^&\s"',}]+"""  # a field: keep its name
     r"|bearer\s+\S+|smt_[\w-]+|eyJ[\w-]*\.[\w-]+\.[\w-]*"  # API tokens, JWTs
-    + "".join("|" + re.escape(secret) for secret in CONFIGURED_SECRETS),
-    re.IGNORECASE,
 )
 SECRET_HINTS = ("token", "password", "api_key", "secret", "bearer", "smt_", "eyj")
-
-
-def redact(text: str) -> str:
-    folded = text.lower()  # most lines have no hint of a secret: no regex for them
-    if any(hint in folded for hint in SECRET_HINTS) or any(s in text for s in CONFIGURED_SECRETS):
-        text = SECRET.sub(
-            lambda m: f"{m['name']}{m['sep']}[redacted]" if m["name"] else "[redacted]", text
-        )
-    return text
 
 
 class Redactor(logging.Filter):
     """Redacts a record's message and traceback before any handler formats it (once: a
     record may pass the app's logger and a handler of the root logger)."""
 
+    def __init__(self, configured_secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.configured = tuple(configured_secrets)
+        alternatives = "".join("|" + re.escape(secret) for secret in self.configured)
+        self.pattern = re.compile(SECRET_SHAPES + alternatives, re.IGNORECASE)
+
+    def redact(self, text: str) -> str:
+        folded = text.lower()  # most lines have no hint of a secret: no regex for them
+        if any(hint in folded for hint in SECRET_HINTS) or any(s in text for s in self.configured):
+            text = self.pattern.sub(
+                lambda m: f"{m['name']}{m['sep']}[redacted]" if m["name"] else "[redacted]", text
+            )
+        return text
+
     def filter(self, record: logging.LogRecord) -> bool:
         if not getattr(record, "redacted", False):
-            record.msg, record.args, record.redacted = redact(record.getMessage()), None, True
+            record.msg, record.args = self.redact(record.getMessage()), None
+            record.redacted = True
             if record.exc_info and not record.exc_text:
-                record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+                trace = logging.Formatter().formatException(record.exc_info)
+                record.exc_text = self.redact(trace)
         return True
 
+    def install(self, *loggers: logging.Logger | logging.Handler) -> None:
+        """Filter these loggers or handlers through this redactor (instead of an earlier one)."""
+        for target in loggers:
+            for old in [f for f in target.filters if isinstance(f, Redactor)]:
+                target.removeFilter(old)
+            target.addFilter(self)
 
-log.addFilter(Redactor())
+
+# Errors and the reply envelope. Every reply, success or error, is the envelope
+# {"success", "code", "msg", ...}; an error is an ApiError wherever it is raised, and is
+# answered by the hot path or Quart's error handler alike.
+
+
+def envelope(code: int, msg: str, **fields: Any) -> dict[str, Any]:
+    """The JSON body of every reply."""
+    return {"success": code < 400, "code": code, "msg": msg, **fields}
 
 
 class ApiError(Exception):
-    """An error answered as the JSON envelope {"success": false, "code", "msg", ...}."""
+    """An error answered as the envelope; `extra` fields go in it too. `allow` (405) and
+    `retry_after` (429, 503) are also sent as their headers."""
 
     def __init__(self, status: int, msg: str, **extra: Any) -> None:
         super().__init__(msg)
         self.status, self.msg, self.extra = status, msg, extra
 
     def body(self) -> dict[str, Any]:
-        return {"success": False, "code": self.status, "msg": self.msg, **self.extra}
+        return envelope(self.status, self.msg, **self.extra)
+
+    def headers(self) -> list[tuple[str, str]]:
+        names = {"allow": "Allow", "retry_after": "Retry-After"}
+        return [(names[key], str(self.extra[key])) for key in names if key in self.extra]
+
+
+# The catalogue of errors raised in more than one place, each worded once.
+
+
+def shutting_down() -> ApiError:
+    return ApiError(503, "Server is shutting down")
+
+
+def broker_unavailable() -> ApiError:
+    return ApiError(503, "Message broker unavailable, try again")
+
+
+def body_too_large(limit: int) -> ApiError:
+    return ApiError(413, f"Request body too large (max {limit} bytes)")
+
+
+def body_too_slow(limit_s: float) -> ApiError:
+    return ApiError(408, f"Request body not received within {limit_s:g} s")
+
+
+def invalid_json(error: ValueError) -> ApiError:
+    return ApiError(400, "Invalid JSON body", detail=str(error))
+
+
+def method_not_allowed(method: str) -> ApiError:
+    return ApiError(405, f"Method not allowed: use {method}", allow=method)
 
 
 # The models of the OpenAPI document (/openapi.json). Requests are validated by them, as
@@ -338,16 +425,17 @@ class ErrorReply(Reply):
 
 
 def matching(pattern: str, words: str) -> Any:
-    """A string type that must match `pattern` (a JSON Schema pattern: anchor it for a whole
-    match); a string that does not is refused as "<field> must be <words>"."""
+    """A string type that must match `pattern` whole (the JSON Schema gets it anchored); a
+    string that does not is refused as "<field> must be <words>"."""
     regex = re.compile(pattern)
 
     def check(value: str) -> str:
-        if not regex.search(value):
+        if not regex.fullmatch(value):
             raise PydanticCustomError("format", words)
         return value
 
-    return Annotated[str, AfterValidator(check), Field(json_schema_extra={"pattern": pattern})]
+    schema = {"pattern": f"^(?:{pattern})$"}
+    return Annotated[str, AfterValidator(check), Field(json_schema_extra=schema)]
 
 
 EXPECTED_TYPES = {
@@ -423,15 +511,16 @@ class Metrics:
         return self.registry.get_sample_value(f"sm_{name}", labels) or 0.0
 
 
-metrics = Metrics()
-
-
 # ---------------------------------------------------------------------------------------
-# Storage: rooms and recent messages in SQLite (WAL), and the accounts of the Auth section.
-# One writer task commits every pending publish in one statement (group commit) before
-# anyone sees it; every other write goes through `Storage.transaction()`. All writes take
+# Storage: rooms, recent messages and accounts in SQLite (WAL). Every SQL statement of the
+# app is here; rows come back as aiosqlite.Row and leave as the records below. One writer
+# task (the hub's) commits every pending publish in one statement (group commit) before
+# anyone sees it; every other write is a transaction of its own. All writes take
 # `Storage.lock`, so none interleave.
 # ---------------------------------------------------------------------------------------
+
+TokenRight = Literal["publish", "subscribe"]
+Role = Literal["admin", "user"]
 
 
 @dataclass
@@ -445,27 +534,68 @@ class RoomRecord:
     last_id: int
     created_at: int
 
-    def public(self) -> dict[str, Any]:
+    @classmethod
+    def from_row(cls, row: aiosqlite.Row) -> RoomRecord:
+        fields = dict(row)
+        fields.update(private=bool(row["private"]), settings=json.loads(row["settings"]))
+        return cls(**fields)
+
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-DATABASE = settings.data_dir / "streaming-message.db"
+@dataclass(frozen=True)
+class User:
+    id: str
+    username: str
+    role: Role
+    disabled: bool
+    created_at: int
+
+    @classmethod
+    def from_row(cls, row: aiosqlite.Row) -> User:
+        return cls(
+            row["id"], row["username"], row["role"], bool(row["disabled"]), row["created_at"]
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    """An API token without its secret: whose it is and what it may do."""
+
+    id: str
+    user_id: str
+    name: str
+    rooms: frozenset[str] | None  # None: every room its user may use
+    rights: frozenset[TokenRight]
+    expires_at: int | None  # epoch ms
+    created_at: int
+
+    @classmethod
+    def from_row(cls, row: aiosqlite.Row) -> ApiToken:
+        rooms = None if row["rooms"] is None else frozenset(json.loads(row["rooms"]))
+        rights = frozenset(json.loads(row["rights"]))
+        fields = (row["id"], row["user_id"], row["name"], rooms, rights)
+        return cls(*fields, row["expires_at"], row["created_at"])
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "user_id": self.user_id,
+            "name": self.name,
+            "rooms": "*" if self.rooms is None else sorted(self.rooms),
+            "rights": sorted(self.rights),
+            "expires_at": self.expires_at,
+            "created_at": self.created_at,
+        }
+
+
 ROOM_COLUMNS = "id, owner, title, private, history_size, settings, last_id, created_at"
-
-
-def _room_from_row(row: tuple) -> RoomRecord:
-    id_, owner, title, private, history_size, settings_json, last_id, created_at = row
-    return RoomRecord(
-        id_,
-        owner,
-        title,
-        bool(private),
-        history_size,
-        json.loads(settings_json),
-        last_id,
-        created_at,
-    )
-
+USER_COLUMNS = "id, username, role, disabled, created_at"
+API_TOKEN_COLUMNS = "hash, id, user_id, name, rooms, rights, expires_at, created_at"
 
 # On the write connection only (TEMP, as it calls a function of this process): storing a
 # message advances its room's last id (MAX: other processes may be ahead) and trims the
@@ -486,8 +616,10 @@ class Storage:
     """The SQLite file: a write connection (used by the writer and admin changes) and a
     read connection, so a replay never sees a transaction that is not committed yet."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, history_size: int, synchronous: str = "NORMAL") -> None:
         self.path = path
+        self.history_size = history_size  # a room's, unless it has its own
+        self.synchronous = synchronous
         self.write: aiosqlite.Connection
         self.read: aiosqlite.Connection
         self.lock = asyncio.Lock()
@@ -498,7 +630,7 @@ class Storage:
         await self.write.executescript((ROOT / "schema.sql").read_text())
         await self.write.commit()
         await self.write.create_function(
-            "server_history_size", 0, lambda: settings.history_size, deterministic=True
+            "server_history_size", 0, lambda: self.history_size, deterministic=True
         )
         await self.write.execute(MESSAGE_STORED_TRIGGER)
         self.read = await self._connect()
@@ -506,10 +638,11 @@ class Storage:
     async def _connect(self) -> aiosqlite.Connection:
         # Autocommit: a statement outside `transaction()` is a transaction of its own.
         db = await aiosqlite.connect(self.path, isolation_level=None)
+        db.row_factory = aiosqlite.Row
         # First, so that processes starting together wait for each other's locks.
         await db.execute("PRAGMA busy_timeout=5000")
         await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute(f"PRAGMA synchronous={settings.sqlite_synchronous}")
+        await db.execute(f"PRAGMA synchronous={self.synchronous}")
         await db.execute("PRAGMA foreign_keys=ON")
         return db
 
@@ -530,24 +663,27 @@ class Storage:
         await self.read.close()
         await self.write.close()
 
+    async def _rows(self, sql: str, parameters: Iterable[Any] = ()) -> list[aiosqlite.Row]:
+        async with self.read.execute(sql, parameters) as cursor:
+            return list(await cursor.fetchall())
+
+    # Rooms and messages
+
     async def load_rooms(self) -> list[RoomRecord]:
-        async with self.read.execute(f"SELECT {ROOM_COLUMNS} FROM rooms") as cursor:
-            return [_room_from_row(row) async for row in cursor]
+        return [
+            RoomRecord.from_row(row)
+            for row in await self._rows(f"SELECT {ROOM_COLUMNS} FROM rooms")
+        ]
 
     async def insert_room(self, room: RoomRecord) -> None:
+        values = asdict(room) | {
+            "private": int(room.private),
+            "settings": compact_json(room.settings),
+        }
         async with self.transaction() as db:
             await db.execute(
                 f"INSERT INTO rooms ({ROOM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    room.id,
-                    room.owner,
-                    room.title,
-                    int(room.private),
-                    room.history_size,
-                    compact_json(room.settings),
-                    room.last_id,
-                    room.created_at,
-                ),
+                [values[column] for column in ROOM_COLUMNS.split(", ")],
             )
 
     async def update_room(self, room: RoomRecord) -> None:
@@ -572,19 +708,19 @@ class Storage:
     async def history(
         self, room: str, after: int, before: int = sys.maxsize
     ) -> list[tuple[int, str]]:
-        """Stored messages of a room with after < id < before, oldest first."""
-        async with self.read.execute(
+        """Stored messages of a room with after < id < before, oldest first: (id, payload)."""
+        rows = await self._rows(
             "SELECT id, payload FROM messages WHERE room = ? AND id > ? AND id < ? ORDER BY id",
             (room, after, before),
-        ) as cursor:
-            return list(await cursor.fetchall())
+        )
+        return [(row["id"], row["payload"]) for row in rows]
 
     async def last_ids(self, rooms: set[str]) -> dict[str, int]:
-        async with self.read.execute(
+        rows = await self._rows(
             "SELECT id, last_id FROM rooms WHERE id IN (SELECT value FROM json_each(?))",
             (compact_json(sorted(rooms)),),
-        ) as cursor:
-            return dict(await cursor.fetchall())
+        )
+        return {row["id"]: row["last_id"] for row in rows}
 
     async def write_messages(self, rows: list[tuple[str, int, str]]) -> None:
         """Store the messages (room, id, payload), all or none: one statement, so one
@@ -597,16 +733,170 @@ class Storage:
             (compact_json(rows),),
         )
 
+    # Accounts
+
+    async def load_users(self) -> dict[str, User]:
+        rows = await self._rows(f"SELECT {USER_COLUMNS} FROM users ORDER BY created_at")
+        return {row["id"]: User.from_row(row) for row in rows}
+
+    async def live_sessions(self, now: int) -> dict[str, tuple[str, int]]:
+        """Sessions not revoked with a refresh token not expired: id -> (user id, expiry)."""
+        rows = await self._rows(
+            "SELECT s.id, s.user_id, MAX(r.expires_at) AS expiry FROM sessions s"
+            " JOIN refresh_tokens r ON r.session_id = s.id WHERE s.revoked_at IS NULL"
+            " GROUP BY s.id HAVING MAX(r.expires_at) > ?",
+            (now,),
+        )
+        return {row["id"]: (row["user_id"], row["expiry"]) for row in rows}
+
+    async def load_api_tokens(self) -> dict[str, ApiToken]:
+        """Every API token, by the hash of its secret."""
+        rows = await self._rows(f"SELECT {API_TOKEN_COLUMNS} FROM api_tokens")
+        return {row["hash"]: ApiToken.from_row(row) for row in rows}
+
+    async def find_user(self, user_id: str) -> User | None:
+        rows = await self._rows(f"SELECT {USER_COLUMNS} FROM users WHERE id = ?", (user_id,))
+        return User.from_row(rows[0]) if rows else None
+
+    async def user_login(self, username: str) -> tuple[User, str] | None:
+        """The user of this username (any case) with their password hash."""
+        rows = await self._rows(
+            f"SELECT {USER_COLUMNS}, password_hash FROM users WHERE username = ?", (username,)
+        )
+        return (User.from_row(rows[0]), rows[0]["password_hash"]) if rows else None
+
+    async def insert_user(self, user: User, password_hash: str) -> None:
+        """Raises sqlite3.IntegrityError when the username is taken."""
+        async with self.transaction() as db:
+            await db.execute(
+                f"INSERT INTO users ({USER_COLUMNS}, password_hash) VALUES (?, ?, ?, ?, ?, ?)",
+                (user.id, user.username, user.role, 0, user.created_at, password_hash),
+            )
+
+    async def update_user(self, user: User, password_hash: str | None, end_sessions: bool) -> None:
+        """Role and disabled as in `user`; the password hash unless None; `end_sessions`
+        revokes every session of the user."""
+        async with self.transaction() as db:
+            await db.execute(
+                "UPDATE users SET role = ?, disabled = ?,"
+                " password_hash = COALESCE(?, password_hash) WHERE id = ?",
+                (user.role, int(user.disabled), password_hash, user.id),
+            )
+            if end_sessions:
+                await self._revoke_sessions(db, user_id=user.id)
+
+    async def delete_user(self, user_id: str) -> None:
+        """The user, their sessions and tokens (cascade); their rooms lose their owner."""
+        async with self.transaction() as db:
+            await db.execute("UPDATE rooms SET owner = NULL WHERE owner = ?", (user_id,))
+            await db.execute("DELETE FROM users WHERE id = ?", (user_id,))
+
+    async def insert_session(
+        self, session_id: str, user_id: str, refresh_hash: str, expiry: int, now: int
+    ) -> None:
+        async with self.transaction() as db:
+            # forget what can no longer be used: expired refresh tokens, then their sessions
+            await db.execute("DELETE FROM refresh_tokens WHERE expires_at <= ?", (now,))
+            await db.execute(
+                "DELETE FROM sessions WHERE id NOT IN (SELECT session_id FROM refresh_tokens)"
+            )
+            await db.execute(
+                "INSERT INTO sessions (id, user_id, created_at) VALUES (?, ?, ?)",
+                (session_id, user_id, now),
+            )
+            await db.execute(
+                "INSERT INTO refresh_tokens (hash, session_id, expires_at) VALUES (?, ?, ?)",
+                (refresh_hash, session_id, expiry),
+            )
+
+    async def rotate_refresh_token(
+        self, used_hash: str, new_hash: str, expiry: int, now: int
+    ) -> tuple[str, aiosqlite.Row | None]:
+        """Exchange a refresh token for a new one, in one transaction. Returns the outcome
+        ("rotated", "unknown" or expired, "ended" session, "reused": the token had been
+        exchanged already, so its session is revoked) and the token's row (session_id,
+        user_id)."""
+        async with self.transaction() as db:
+            async with db.execute(
+                "SELECT r.session_id, r.expires_at, r.rotated_at, s.user_id, s.revoked_at"
+                " FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id WHERE r.hash = ?",
+                (used_hash,),
+            ) as cursor:
+                row = await cursor.fetchone()
+            if row is None or row["expires_at"] <= now:
+                return "unknown", row
+            if row["revoked_at"] is not None:
+                return "ended", row
+            if row["rotated_at"] is not None:
+                await self._revoke_sessions(db, session_id=row["session_id"])
+                return "reused", row
+            await db.execute(
+                "UPDATE refresh_tokens SET rotated_at = ? WHERE hash = ?", (now, used_hash)
+            )
+            await db.execute(
+                "INSERT INTO refresh_tokens (hash, session_id, expires_at) VALUES (?, ?, ?)",
+                (new_hash, row["session_id"], expiry),
+            )
+            return "rotated", row
+
+    async def end_session(self, *, session_id: str | None, refresh_hash: str | None) -> str | None:
+        """Revoke a session, given by its id or the hash of one of its refresh tokens; returns
+        its id (None: no such session)."""
+        async with self.transaction() as db:
+            if refresh_hash is not None:
+                async with db.execute(
+                    "SELECT session_id FROM refresh_tokens WHERE hash = ?", (refresh_hash,)
+                ) as cursor:
+                    row = await cursor.fetchone()
+                session_id = row["session_id"] if row is not None else None
+            if session_id is not None:
+                await self._revoke_sessions(db, session_id=session_id)
+            return session_id
+
+    @staticmethod
+    async def _revoke_sessions(
+        db: aiosqlite.Connection, *, session_id: str | None = None, user_id: str | None = None
+    ) -> None:
+        """Within a transaction: revoke one session, or every session of a user."""
+        await db.execute(
+            "UPDATE sessions SET revoked_at = ?"
+            " WHERE revoked_at IS NULL AND (id = ? OR user_id = ?)",
+            (now_ms(), session_id, user_id),
+        )
+
+    async def insert_api_token(self, token_hash: str, token: ApiToken) -> None:
+        rooms = None if token.rooms is None else compact_json(sorted(token.rooms))
+        async with self.transaction() as db:
+            await db.execute(
+                f"INSERT INTO api_tokens ({API_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    token_hash,
+                    token.id,
+                    token.user_id,
+                    token.name,
+                    rooms,
+                    compact_json(sorted(token.rights)),
+                    token.expires_at,
+                    token.created_at,
+                ),
+            )
+
+    async def delete_api_token(self, token_id: str) -> None:
+        async with self.transaction() as db:
+            await db.execute("DELETE FROM api_tokens WHERE id = ?", (token_id,))
+
 
 # ---------------------------------------------------------------------------------------
-# Broker: live rooms in memory. Each room keeps one ring of encoded SSE frames shared by
-# all its subscribers (a subscriber is only a cursor into it). A publish appends a frame
+# Broker: live rooms in memory, their streams, and the hub. Each room keeps one ring of
+# encoded SSE frames shared by all its subscribers (a subscriber is only a cursor into it).
+# A publish appends a frame
 # and arms one short timer; when it fires, every subscriber behind the end gets all its
 # pending frames in one write, WAKE_SLICE subscribers per turn of the event loop so that
 # publishes go on meanwhile. A subscriber that falls a whole ring behind is dropped
 # (it resumes by Last-Event-ID) instead of growing the server's memory.
 # Presence and heartbeat frames go through the same ring, as does the quote feed that
-# invalid and unknown rooms get (FallbackFeed).
+# invalid and unknown rooms get (FallbackFeed). A stream's whole life (hello, replay, live
+# frames, its end) is `Hub.serve_stream`.
 # Where ids, history, fan-out and presence across processes come from is the hub's
 # `broker`: the LocalBroker (one process, SQLite) or, with BROKER_URL, the RedisBroker.
 # ---------------------------------------------------------------------------------------
@@ -630,6 +920,11 @@ def payload_with_id(message_id: int, body: str) -> str:
 
 
 KEEPALIVE_FRAME = b":\n\n"
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
 WAKE_SLICE = 8  # subscribers a room's wake-up writes to per turn of the event loop
 ASGISend = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -671,14 +966,14 @@ class Subscriber:
         self.cursor = cursor  # ring position of the next frame to send
         self.replayed_through = 0  # message ids up to this were sent by the replay
         self.flushing: asyncio.Task | None = None
-        self.ending: bytes | None = None  # set when the server ends the stream
+        self.ending: bytes | None = None  # set when the server finishes the stream
         self.live = False  # frames are flushed to it only after its hello (and replay)
         self.sent = 0  # bytes, for the log
 
-    def end(self, final_frame: bytes) -> None:
-        """The server ends the stream: with a final event (shutdown, room deleted or made
-        private) after the frames still due to it (see serve_stream); without one (it fell
-        too far behind) at once."""
+    def finish(self, final_frame: bytes) -> None:
+        """The server finishes the stream: with a final event (shutdown, room deleted or made
+        private) after the frames still due to it (see Hub.serve_stream); without one (it
+        fell too far behind) at once."""
         self.ending = final_frame  # the room writes no more to it
         if not final_frame and self.flushing is not None:
             self.flushing.cancel()
@@ -686,8 +981,11 @@ class Subscriber:
 
 
 class Room:
-    def __init__(self, record: RoomRecord) -> None:
+    """A live room: its record, its subscribers and its ring of encoded frames."""
+
+    def __init__(self, record: RoomRecord, settings: Settings, metrics: Metrics) -> None:
         self.record = record
+        self.settings, self.metrics = settings, metrics
         self.subscribers: set[Subscriber] = set()
         self.controllers = 0  # subscribers with role "controller"
         self.remote = {"players": 0, "controllers": 0}  # in other processes (the broker's)
@@ -706,12 +1004,13 @@ class Room:
         return self.record.id
 
     @property
-    def end(self) -> int:
+    def head(self) -> int:
+        """The ring position of the next frame appended."""
         return self.base + len(self.frames)
 
     @property
     def history_size(self) -> int:
-        return self.record.history_size or settings.history_size
+        return self.record.history_size or self.settings.history_size
 
     def local_presence(self) -> dict[str, int]:
         """This process's subscribers of the room, by role."""
@@ -733,8 +1032,8 @@ class Room:
             "room": self.id,
             "fallback": False,
             "last_id": self.record.last_id,
-            "keepalive_s": settings.keepalive_s,
-            "heartbeat_s": settings.heartbeat_s,
+            "keepalive_s": self.settings.keepalive_s,
+            "heartbeat_s": self.settings.heartbeat_s,
             "presence": self.presence(),
             "gap": False,
         }
@@ -764,14 +1063,14 @@ class Room:
         controllers = self.presence()["controllers"]
         heartbeat = {
             "controllers": controllers,
-            "interval_s": settings.heartbeat_s,
+            "interval_s": self.settings.heartbeat_s,
             "time": now_ms(),
         }
         self.append(event_frame("heartbeat", heartbeat))
         self._heartbeat = None
         if controllers:
             loop = asyncio.get_running_loop()
-            self._heartbeat = loop.call_later(settings.heartbeat_s, self._beat)
+            self._heartbeat = loop.call_later(self.settings.heartbeat_s, self._beat)
 
     def _presence_changed(self, before: dict[str, int]) -> None:
         """The first controller came or the last one left: a heartbeat at once (players
@@ -785,7 +1084,7 @@ class Room:
         if not self._presence_armed:
             self._presence_armed = True
             loop = asyncio.get_running_loop()
-            loop.call_later(settings.presence_interval_s, self._send_presence)
+            loop.call_later(self.settings.presence_interval_s, self._send_presence)
 
     def _send_presence(self) -> None:
         self._presence_armed = False
@@ -797,7 +1096,7 @@ class Room:
     def append(self, frame: bytes, message_id: int = 0) -> None:
         self.frames.append(frame)
         self.frame_ids.append(message_id)
-        if len(self.frames) >= 2 * settings.subscriber_queue:
+        if len(self.frames) >= 2 * self.settings.subscriber_queue:
             self._trim()
         if not self._wake_armed and self.subscribers:
             self._arm_wake()
@@ -806,7 +1105,7 @@ class Room:
         """Frames of a busy room wait COALESCE_MS to share a write; the first frame after a
         quiet window (low load) waits for nothing."""
         self._wake_armed = True
-        delay = settings.coalesce_ms / 1000 if time.monotonic() < self._busy_until else 0
+        delay = self.settings.coalesce_ms / 1000 if time.monotonic() < self._busy_until else 0
         asyncio.get_running_loop().call_later(delay, self._wake)
 
     def _trim(self) -> None:
@@ -814,7 +1113,7 @@ class Room:
         blocked on an earlier write that would miss some is a slow consumer: it is dropped
         (it resumes by Last-Event-ID). One that was not woken yet (one commit can append
         more than the queue) keeps its frames until its next write."""
-        cut = self.end - settings.subscriber_queue
+        cut = self.head - self.settings.subscriber_queue
         for subscriber in self.subscribers:
             if subscriber.cursor >= cut or subscriber.ending is not None:
                 continue
@@ -822,13 +1121,13 @@ class Room:
                 cut = subscriber.cursor
             else:
                 log.info("slow consumer dropped room=%s role=%s", self.id, subscriber.role)
-                metrics.slow_consumer_disconnects.inc()
-                subscriber.end(b"")
+                self.metrics.slow_consumer_disconnects.inc()
+                subscriber.finish(b"")
         del self.frames[: cut - self.base], self.frame_ids[: cut - self.base]
         self.base = cut
 
     def _wake(self) -> None:
-        self._write_slice(list(self.subscribers), 0, self.end)
+        self._write_slice(list(self.subscribers), 0, self.head)
 
     def _write_slice(self, subscribers: list[Subscriber], start: int, end_at_wake: int) -> None:
         """One turn of a wake: WAKE_SLICE subscribers get what they have not had. Between
@@ -844,22 +1143,29 @@ class Room:
                 if (
                     subscriber.live
                     and subscriber.ending is None
-                    and subscriber.cursor < self.end
+                    and subscriber.cursor < self.head
                     and subscriber.flushing is None
                     and subscriber in self.subscribers  # it may have left since the wake began
                 ):
-                    writes += self._write(subscriber, self.pending(subscriber))
+                    writes += self._write(subscriber, self.due(subscriber))
         finally:  # a send that raised must not leave the room's wake unfinished
             # Counted once per turn: the counter's lock, taken per write, was 5 % of a fan-out.
-            metrics.deliveries.inc(writes)
+            self.metrics.deliveries.inc(writes)
             if start + WAKE_SLICE < len(subscribers):
                 loop = asyncio.get_running_loop()
                 loop.call_soon(self._write_slice, subscribers, start + WAKE_SLICE, end_at_wake)
             else:
                 self._wake_armed = False
-                self._busy_until = time.monotonic() + settings.coalesce_ms / 1000
-                if self.end != end_at_wake and self.subscribers:
+                self._busy_until = time.monotonic() + self.settings.coalesce_ms / 1000
+                if self.head != end_at_wake and self.subscribers:
                     self._arm_wake()
+
+    def catch_up(self, subscriber: Subscriber) -> None:
+        """A stream that has had its hello and replay goes live: it gets what came meanwhile
+        (written to it alone, not by waking the whole room)."""
+        subscriber.live = subscriber.ending is None
+        if subscriber.live and subscriber.cursor < self.head:
+            self.metrics.deliveries.inc(self._write(subscriber, self.due(subscriber)))
 
     def _write(self, subscriber: Subscriber, chunk: bytes) -> bool:
         """Hand a chunk to the subscriber's connection; whether there was one. Hypercorn's
@@ -878,10 +1184,10 @@ class Room:
         subscriber.flushing = asyncio.create_task(self._flush(subscriber, sending, waiting_on))
         return True
 
-    def pending(self, subscriber: Subscriber) -> bytes:
+    def due(self, subscriber: Subscriber) -> bytes:
         """Every frame from the subscriber's cursor to the end, joined; advances the cursor.
         Most subscribers share a cursor, so the join is cached for the next one."""
-        start, end = subscriber.cursor, self.end
+        start, end = subscriber.cursor, self.head
         subscriber.cursor = end
         offset = start - self.base
         if subscriber.replayed_through:  # skip what the replay already sent
@@ -895,20 +1201,20 @@ class Room:
     async def _flush(self, subscriber: Subscriber, sending: Coroutine, waiting_on: Any) -> None:
         try:
             await resume(sending, waiting_on)
-            while subscriber.ending is None and subscriber.cursor < self.end:
-                chunk = self.pending(subscriber)
+            while subscriber.ending is None and subscriber.cursor < self.head:
+                chunk = self.due(subscriber)
                 if chunk:
                     await subscriber.send(
                         {"type": "http.response.body", "body": chunk, "more_body": True}
                     )
                     subscriber.sent += len(chunk)
-                    metrics.deliveries.inc()
+                    self.metrics.deliveries.inc()
         finally:
             subscriber.flushing = None
 
-    def end_streams(self, final_frame: bytes) -> None:
+    def finish_streams(self, final_frame: bytes) -> None:
         for subscriber in list(self.subscribers):
-            subscriber.end(final_frame)
+            subscriber.finish(final_frame)
 
 
 def quote_message(quote: Any) -> dict[str, Any]:
@@ -925,21 +1231,24 @@ def quote_message(quote: Any) -> dict[str, Any]:
     return {"speaker": speaker, "data": {"message": text, "from": source, "from_who": author}}
 
 
-BUNDLED_QUOTES = [
-    quote_message(quote) for quote in json.loads((ROOT / "quotes.json").read_text("utf-8"))
-]
+@functools.cache
+def bundled_quotes() -> list[dict[str, Any]]:
+    """quotes.json, for when the quote API fails."""
+    return [quote_message(quote) for quote in json.loads((ROOT / "quotes.json").read_text("utf-8"))]
+
+
 MAX_QUOTE_BYTES = 65536  # a Hitokoto reply is well under 1 KB
 
 
 class FallbackFeed(Room):
     """What a stream of an invalid or unknown room gets instead: quotes from the Hitokoto
-    API, or from quotes.json when the API fails. One pseudo-room (not in hub.rooms) shared
+    API, or from quotes.json when the API fails. One pseudo-room (not in the hub's rooms) shared
     by every such stream, so one poller serves them all, at most one request per
     FALLBACK_POLL_S, and only while someone listens. No presence or heartbeat: its
     listeners are strangers in different rooms."""
 
-    def __init__(self) -> None:
-        super().__init__(RoomRecord("fallback", None, "", False, None, {}, 0, 0))
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        super().__init__(RoomRecord("fallback", None, "", False, None, {}, 0, 0), settings, metrics)
         self._ids = itertools.count(1)  # quote ids are not stored, and not sent as `id:`
         self._poller: asyncio.Task | None = None
         self._next_poll = 0.0  # loop time; kept across poller restarts
@@ -950,7 +1259,7 @@ class FallbackFeed(Room):
             "api": {"version": API_VERSION},
             "room": self.id,
             "fallback": True,
-            "keepalive_s": settings.keepalive_s,
+            "keepalive_s": self.settings.keepalive_s,
         }
 
     def join(self, subscriber: Subscriber) -> None:
@@ -966,11 +1275,11 @@ class FallbackFeed(Room):
 
     async def _poll(self) -> None:
         loop = asyncio.get_running_loop()
-        async with httpx.AsyncClient(timeout=settings.fallback_timeout_s) as client:
+        async with httpx.AsyncClient(timeout=self.settings.fallback_timeout_s) as client:
             while True:
                 await asyncio.sleep(self._next_poll - loop.time())
-                self._next_poll = loop.time() + settings.fallback_poll_s
-                metrics.fallback_polls.inc()
+                self._next_poll = loop.time() + self.settings.fallback_poll_s
+                self.metrics.fallback_polls.inc()
                 message = await self._fetch(client)
                 payload = {"id": next(self._ids), "room": self.id, **message}
                 payload.update(meta="fallback", time=now_ms())
@@ -980,8 +1289,8 @@ class FallbackFeed(Room):
         """A quote from the API, else a bundled one; one warning per failure streak."""
         try:
             # httpx's timeouts bound each network step; this bounds the whole request
-            async with asyncio.timeout(settings.fallback_timeout_s):
-                async with client.stream("GET", settings.hitokoto_url) as response:
+            async with asyncio.timeout(self.settings.fallback_timeout_s):
+                async with client.stream("GET", self.settings.hitokoto_url) as response:
                     response.raise_for_status()
                     body = bytearray()
                     async for chunk in response.aiter_bytes():
@@ -997,7 +1306,7 @@ class FallbackFeed(Room):
                     type(error).__name__,
                     error,
                 )
-            return random.choice(BUNDLED_QUOTES)
+            return random.choice(bundled_quotes())
         if self._failing:
             self._failing = False
             log.info("quote API answers again")
@@ -1007,220 +1316,14 @@ class FallbackFeed(Room):
 IDLE_TURN_S = 50e-6  # a turn of the event loop that ran nothing else takes a few µs
 
 
-@dataclass
-class PendingPublish:
-    messages: list[tuple[Room, dict[str, Any]]]  # (room, {speaker, data, meta})
-    done: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-
-
-class Hub:
-    """The live rooms, the group-commit writer, the keepalive ticker and the broker."""
-
-    def __init__(self) -> None:
-        self.storage: Storage
-        self.broker = RedisBroker(settings.broker_url) if settings.broker_url else LocalBroker()
-        self.rooms: dict[str, Room] = {}
-        self.fallback = FallbackFeed()
-        self.pending: list[PendingPublish] = []
-        self._pending_ready = asyncio.Event()
-        self._writing: asyncio.Task
-        self._keeping_alive: asyncio.Task
-        self.closing = False
-        for role in ("player", "controller"):
-            metrics.subscribers.labels(role).set_function(lambda role=role: self.count(role))
-
-    def count(self, role: str) -> int:
-        """This process's subscribers with this role, in all rooms."""
-        return sum(room.local_presence()[f"{role}s"] for room in self.rooms.values())
-
-    async def start(self) -> None:
-        self._pending_ready = asyncio.Event()
-        self.storage = Storage(DATABASE)
-        await self.storage.open()
-        await self.broker.start()  # from here on, rooms changed by other processes are applied
-        await self._load_rooms()
-        if settings.default_room not in self.rooms:
-            try:
-                await self.create_room(settings.default_room, None)
-            except sqlite3.IntegrityError:  # another process, starting with this one, made it
-                await self._load_rooms()
-        self._writing = asyncio.create_task(self._writer())
-        self._keeping_alive = asyncio.create_task(self._keepalive())
-
-    async def _load_rooms(self) -> None:
-        for record in await self.storage.load_rooms():
-            self.apply_room(record)
-
-    async def create_room(self, room_id: str, owner: str | None, **fields: Any) -> RoomRecord:
-        record = RoomRecord(
-            id=room_id,
-            owner=owner,
-            title=fields.get("title", ""),
-            private=fields.get("private", False),
-            history_size=fields.get("history_size"),
-            settings=fields.get("settings", {}),
-            last_id=0,
-            created_at=now_ms(),
-        )
-        await self.storage.insert_room(record)
-        self.rooms[room_id] = Room(record)
-        await self.broker.room_changed(record)
-        return record
-
-    async def update_room(self, room: Room, changes: dict[str, Any]) -> None:
-        """Apply validated changes (title, private, history_size, settings)."""
-        record = replace(room.record, **changes)
-        await self.storage.update_room(record)
-        self.apply_room(record)
-        await self.broker.room_changed(record)
-
-    def apply_room(self, record: RoomRecord) -> None:
-        """Add a room, or take a changed record of one (made here or by another process). A
-        room turning private ends its streams: subscribers with a right to it reconnect and
-        resume."""
-        room = self.rooms.get(record.id)
-        if room is None:
-            self.rooms[record.id] = Room(record)
-            return
-        turns_private = record.private and not room.record.private
-        for name, value in asdict(record).items():  # in place: the writer advances last_id
-            if name != "last_id":
-                setattr(room.record, name, value)
-        if turns_private:
-            room.end_streams(event_frame("private", {"room": room.id}))
-
-    async def delete_room(self, room: Room) -> None:
-        """Remove the room and its history, then end its streams with a final event."""
-        del self.rooms[room.id]  # publishes still queued for it are refused by _commit
-        try:
-            await self.storage.delete_room(room.id)
-        except BaseException:
-            self.rooms[room.id] = room
-            raise
-        room.end_streams(event_frame("deleted", {"room": room.id}))
-        await self.broker.room_deleted(room.id)
-
-    def forget_room(self, room_id: str) -> None:
-        """Another process deleted the room: end its streams here too."""
-        if (room := self.rooms.pop(room_id, None)) is not None:
-            room.end_streams(event_frame("deleted", {"room": room_id}))
-
-    async def publish(self, messages: list[tuple[Room, dict[str, Any]]]) -> list[dict[str, Any]]:
-        """Commit messages (all or none) and fan them out; returns their payloads."""
-        if self.closing:
-            raise ApiError(503, "Server is shutting down")
-        started = time.perf_counter()
-        item = PendingPublish(messages)
-        self.pending.append(item)
-        self._pending_ready.set()
-        payloads = await asyncio.shield(item.done)  # a client hanging up can't undo a commit
-        metrics.publish_latency.observe(time.perf_counter() - started)
-        return payloads
-
-    async def _writer(self) -> None:
-        """Commits what is pending, batch after batch; once closing, what is left, then ends."""
-        while self.pending or not self.closing:
-            await self._pending_ready.wait()
-            await self._while_busy()
-            self._pending_ready.clear()
-            batch, self.pending = self.pending, []
-            if batch:
-                await self._commit(batch)
-
-    @staticmethod
-    async def _while_busy() -> None:
-        """Let publishes on their way join the commit: yield to the event loop until a turn
-        of it comes back at once (it had nothing else to do) or COALESCE_MS has passed. At
-        low load that is one turn; under load a commit takes several publishes and they
-        share its cost."""
-        started = time.perf_counter()
-        while True:
-            turn = time.perf_counter()
-            await asyncio.sleep(0)
-            now = time.perf_counter()
-            if now - turn < IDLE_TURN_S or now - started >= settings.coalesce_ms / 1000:
-                return
-
-    async def _commit(self, batch: list[PendingPublish]) -> None:
-        time_ms = now_ms()
-        try:
-            async with self.storage.lock:
-                # Checked under the lock: a room deleted meanwhile (gone from self.rooms,
-                # its rows deleted in an earlier transaction) takes nothing.
-                for item in batch:
-                    if any(self.rooms.get(room.id) is not room for room, _ in item.messages):
-                        item.done.set_exception(ApiError(404, "Room deleted"))
-                batch = [item for item in batch if not item.done.done()]
-                messages = [message for item in batch for message in item.messages]
-                bodies = [  # the payloads but their ids, which the broker gives
-                    (room, compact_json({"room": room.id, **message, "time": time_ms}))
-                    for room, message in messages
-                ]
-                ids = await self.broker.assign(bodies)
-                rows = [
-                    (room.id, message_id, payload_with_id(message_id, body))
-                    for (room, body), message_id in zip(bodies, ids, strict=True)
-                ]
-                await self.storage.write_messages(rows)
-        except Exception as error:
-            if not isinstance(error, ApiError):
-                log.exception("commit failed")
-                error = ApiError(500, "Could not store the message")
-            for item in batch:
-                if not item.done.done():
-                    item.done.set_exception(error)
-            return
-        self.broker.committed(bodies, ids, [payload for *_, payload in rows])
-        metrics.commits.inc()
-        metrics.published.inc(len(ids))
-        results = iter(
-            {"id": message_id, "room": room.id, **message, "time": time_ms}
-            for (room, message), message_id in zip(messages, ids, strict=True)
-        )
-        for item in batch:
-            item.done.set_result([next(results) for _ in item.messages])
-
-    async def presence_counts(self, room: Room) -> dict[str, int]:
-        """The room's subscribers by role, summed over every process serving it."""
-        return await self.broker.presence_counts(room)
-
-    def streams(self) -> list[Room]:
-        """Everything streams are served from: the rooms and the fallback feed."""
-        return [*self.rooms.values(), self.fallback]
-
-    async def _keepalive(self) -> None:
-        while True:
-            await asyncio.sleep(settings.keepalive_s)
-            for room in self.streams():
-                if room.subscribers:
-                    room.append(KEEPALIVE_FRAME)
-
-    async def close(self) -> None:
-        """Graceful shutdown: new publishes get 503; the writer commits what is pending (a
-        commit in progress is let finish: cancelled, its publishers would never get an
-        answer); then every stream ends with a final event."""
-        if self.closing:
-            return
-        self.closing = True
-        self._pending_ready.set()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._writing, settings.shutdown_timeout_s)
-        farewell = event_frame("shutdown", {"reconnect": True, "retry": settings.retry_ms})
-        for room in self.streams():
-            room.end_streams(farewell)
-        self._keeping_alive.cancel()
-        await asyncio.gather(self._keeping_alive, return_exceptions=True)
-        await self.broker.stop()
-
-    async def close_storage(self) -> None:
-        await self.storage.close()
-
-
 class LocalBroker:
     """One process: ids continue each room's last id, SQLite keeps the history, and a
     commit is fanned out at once."""
 
     name = "local"
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
 
     async def start(self) -> None:
         pass
@@ -1244,7 +1347,7 @@ class LocalBroker:
 
     async def history(self, room: Room, after: int) -> list[tuple[int, str]]:
         """The room's kept messages with id > after, oldest first: (id, payload)."""
-        return await hub.storage.history(room.id, after)
+        return await self.storage.history(room.id, after)
 
     async def joined(self, room: Room) -> None:
         """A subscriber of this process joined the room: deliver the room's messages here."""
@@ -1263,6 +1366,16 @@ class LocalBroker:
 
     async def accounts_changed(self) -> None:
         """Tell the other processes that users, sessions or API tokens changed."""
+
+
+@dataclass(frozen=True)
+class BrokerChanges:
+    """What a broker of several processes applies here when another process changed rooms
+    or accounts."""
+
+    room_changed: Callable[[RoomRecord], None]
+    room_deleted: Callable[[str], None]
+    accounts_changed: Callable[[], Awaitable[None]]
 
 
 # Redis keys, per room (sm:room:<room>:...): `seq` the message counter, `stream` the
@@ -1318,8 +1431,17 @@ class RedisBroker:
 
     name = "redis"
 
-    def __init__(self, url: str) -> None:
-        self.url = url
+    def __init__(
+        self,
+        url: str,
+        storage: Storage,
+        settings: Settings,
+        rooms: dict[str, Room],
+        changes: BrokerChanges,
+    ) -> None:
+        self.url, self.storage, self.settings = url, storage, settings
+        self.rooms = rooms  # the hub's live rooms, which the reader delivers to
+        self.changes = changes
         self.process_id = uuid.uuid4().hex
         self.wake_key = f"sm:wake:{self.process_id}"
         self.followed: dict[str, int] = {}  # room -> id of the last message read for it
@@ -1374,11 +1496,11 @@ class RedisBroker:
             except ResponseError as error:
                 if "NOSEQ" not in str(error):
                     raise
-                floors = await hub.storage.last_ids({room.id for room, _ in messages})
+                floors = await self.storage.last_ids({room.id for room, _ in messages})
                 return await self._append(messages, floors)
         except RedisError as error:
             log.warning("broker publish failed: %s", error)
-            raise ApiError(503, "Message broker unavailable, try again") from error
+            raise broker_unavailable() from error
 
     def committed(self, messages: list[tuple[Room, str]], ids: list[int], payloads: list[str]):
         """They are stored; the readers deliver them."""
@@ -1398,11 +1520,11 @@ class RedisBroker:
         try:
             entries = await self.redis.xrange(room_key(room.id, "stream"), f"({after}-0")
         except RedisError as error:
-            raise ApiError(503, "Message broker unavailable, try again") from error
+            raise broker_unavailable() from error
         rows = [(entry_number(i), payload_with_id(entry_number(i), f["p"])) for i, f in entries]
         if not rows or rows[0][0] > after + 1:
             before = rows[0][0] if rows else sys.maxsize
-            rows = await hub.storage.history(room.id, after, before) + rows
+            rows = await self.storage.history(room.id, after, before) + rows
         return rows
 
     async def joined(self, room: Room) -> None:
@@ -1426,13 +1548,13 @@ class RedisBroker:
             # The reader adds the room when this wakes it.
             await self.redis.xadd(self.wake_key, {"w": 1}, maxlen=1, approximate=False)
         except RedisError as error:
-            raise ApiError(503, "Message broker unavailable, try again") from error
+            raise broker_unavailable() from error
 
     def left(self, room: Room) -> None:
         self._count_changed(room)  # the reader stops following a room nobody here watches
 
     async def room_changed(self, record: RoomRecord) -> None:
-        await self._announce(room=compact_json(record.public()))
+        await self._announce(room=compact_json(record.as_dict()))
 
     async def room_deleted(self, room_id: str) -> None:
         parts = ("seq", "stream", "presence", "presence-changed")
@@ -1459,19 +1581,19 @@ class RedisBroker:
             if fields["by"] == self.process_id:
                 continue
             if "room" in fields:
-                hub.apply_room(RoomRecord(**json.loads(fields["room"])))
+                self.changes.room_changed(RoomRecord(**json.loads(fields["room"])))
             elif "deleted" in fields:
-                hub.forget_room(fields["deleted"])
+                self.changes.room_deleted(fields["deleted"])
             else:
                 reload_accounts = True
         if reload_accounts:
-            await accounts.reload()
+            await self.changes.accounts_changed()
 
     async def presence_counts(self, room: Room) -> dict[str, int]:
         try:
             others = self._others(await self.redis.hgetall(room_key(room.id, "presence")))
         except RedisError as error:
-            raise ApiError(503, "Message broker unavailable, try again") from error
+            raise broker_unavailable() from error
         local = room.local_presence()
         return {role: local[role] + others[role] for role in local}
 
@@ -1494,7 +1616,7 @@ class RedisBroker:
             for room_id in room_ids:
                 pipe.hgetall(room_key(room_id, "presence"))
             for room_id, counts in zip(room_ids, await pipe.execute(), strict=True):
-                if (room := hub.rooms.get(room_id)) is not None:
+                if (room := self.rooms.get(room_id)) is not None:
                     room.set_remote(self._others(counts))
 
     async def _read(self) -> None:
@@ -1503,7 +1625,7 @@ class RedisBroker:
         ring, in order."""
         while self._running:
             for room_id in list(self.followed):  # stop following rooms nobody here watches
-                room = hub.rooms.get(room_id)
+                room = self.rooms.get(room_id)
                 if room is None or not room.subscribers:
                     del self.followed[room_id], self.notices[room_id]
                 if room is not None and not room.subscribers:
@@ -1514,7 +1636,7 @@ class RedisBroker:
                 streams[room_key(room_id, "presence-changed")] = self.notices[room_id]
             try:
                 reply = await self.reader.xread(
-                    streams, count=settings.subscriber_queue, block=READ_BLOCK_MS
+                    streams, count=self.settings.subscriber_queue, block=READ_BLOCK_MS
                 )
                 recount = set()
                 for stream, entries in reply:
@@ -1539,14 +1661,14 @@ class RedisBroker:
                 await asyncio.sleep(1)
 
     def _deliver(self, room_id: str, entries: list) -> None:
-        last, room = self.followed.get(room_id), hub.rooms.get(room_id)
+        last, room = self.followed.get(room_id), self.rooms.get(room_id)
         if last is None or room is None:  # no longer followed, or deleted
             return
         for entry_id, fields in entries:
             message_id = entry_number(entry_id)
             if last and message_id > last + 1:  # trimmed before we read them
                 log.warning("room %s: missed messages %d-%d", room_id, last + 1, message_id - 1)
-                room.end_streams(b"")  # its subscribers resume by Last-Event-ID
+                room.finish_streams(b"")  # its subscribers resume by Last-Event-ID
             frame = message_frame(message_id, payload_with_id(message_id, fields["p"]))
             room.append(frame, message_id)
             last = message_id
@@ -1566,7 +1688,7 @@ class RedisBroker:
         the room when they change. Every third of PRESENCE_TTL_S, renew them and read the
         others' again: a count not renewed within PRESENCE_TTL_S (its process died) is not
         counted."""
-        refresh_s = settings.presence_ttl_s / 3
+        refresh_s = self.settings.presence_ttl_s / 3
         next_refresh = time.monotonic()
         while self._running:
             with contextlib.suppress(TimeoutError):  # (wait_for would swallow a cancellation)
@@ -1580,11 +1702,11 @@ class RedisBroker:
             rooms = changed | self.shared if refresh else changed
             nobody = {"players": 0, "controllers": 0}
             counts = {
-                room_id: room.local_presence() if (room := hub.rooms.get(room_id)) else nobody
+                room_id: room.local_presence() if (room := self.rooms.get(room_id)) else nobody
                 for room_id in rooms
             }
             present = {room_id for room_id, c in counts.items() if c["players"] or c["controllers"]}
-            expires = time.time() + settings.presence_ttl_s
+            expires = time.time() + self.settings.presence_ttl_s
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     for room_id, c in counts.items():
@@ -1592,7 +1714,7 @@ class RedisBroker:
                         if room_id in present:
                             value = f"{c['players']},{c['controllers']},{expires}"
                             pipe.hset(key, self.process_id, value)
-                            pipe.pexpire(key, int(settings.presence_ttl_s * 1000))
+                            pipe.pexpire(key, int(self.settings.presence_ttl_s * 1000))
                         else:
                             pipe.hdel(key, self.process_id)
                         if room_id in changed:
@@ -1607,7 +1729,310 @@ class RedisBroker:
             self.shared = (self.shared - rooms) | present
 
 
-hub = Hub()
+@dataclass
+class PendingPublish:
+    messages: list[tuple[Room, dict[str, Any]]]  # (room, {speaker, data, meta})
+    done: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class Hub:
+    """The live rooms and their streams, the group-commit writer, the keepalive ticker and
+    the broker. `accounts_changed` is called when another process changed the accounts."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        storage: Storage,
+        accounts_changed: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.settings, self.metrics, self.storage = settings, metrics, storage
+        self.rooms: dict[str, Room] = {}
+        self.broker: LocalBroker | RedisBroker = LocalBroker(storage)
+        if settings.broker_url:
+            changes = BrokerChanges(self.apply_room, self.forget_room, accounts_changed)
+            self.broker = RedisBroker(settings.broker_url, storage, settings, self.rooms, changes)
+        self.fallback = FallbackFeed(settings, metrics)
+        self.pending: list[PendingPublish] = []
+        self._pending_ready = asyncio.Event()
+        self._writing: asyncio.Task
+        self._keeping_alive: asyncio.Task
+        self.closing = False
+        for role in ("player", "controller"):
+            self.metrics.subscribers.labels(role).set_function(lambda role=role: self.count(role))
+
+    def count(self, role: str) -> int:
+        """This process's subscribers with this role, in all rooms."""
+        return sum(room.local_presence()[f"{role}s"] for room in self.rooms.values())
+
+    async def start(self) -> None:
+        """Open the storage, then serve: rooms, writer, keepalives."""
+        self._pending_ready = asyncio.Event()
+        await self.storage.open()
+        await self.broker.start()  # from here on, rooms changed by other processes are applied
+        await self._load_rooms()
+        if self.settings.default_room not in self.rooms:
+            try:
+                await self.create_room(self.settings.default_room, None)
+            except sqlite3.IntegrityError:  # another process, starting with this one, made it
+                await self._load_rooms()
+        self._writing = asyncio.create_task(self._writer())
+        self._keeping_alive = asyncio.create_task(self._keepalive())
+
+    async def _load_rooms(self) -> None:
+        for record in await self.storage.load_rooms():
+            self.apply_room(record)
+
+    async def create_room(self, room_id: str, owner: str | None, **fields: Any) -> RoomRecord:
+        record = RoomRecord(
+            id=room_id,
+            owner=owner,
+            title=fields.get("title", ""),
+            private=fields.get("private", False),
+            history_size=fields.get("history_size"),
+            settings=fields.get("settings", {}),
+            last_id=0,
+            created_at=now_ms(),
+        )
+        await self.storage.insert_room(record)
+        self.rooms[room_id] = Room(record, self.settings, self.metrics)
+        await self.broker.room_changed(record)
+        return record
+
+    async def update_room(self, room: Room, changes: dict[str, Any]) -> None:
+        """Apply validated changes (title, private, history_size, settings)."""
+        record = replace(room.record, **changes)
+        await self.storage.update_room(record)
+        self.apply_room(record)
+        await self.broker.room_changed(record)
+
+    def apply_room(self, record: RoomRecord) -> None:
+        """Add a room, or take a changed record of one (made here or by another process). A
+        room turning private ends its streams: subscribers with a right to it reconnect and
+        resume."""
+        room = self.rooms.get(record.id)
+        if room is None:
+            self.rooms[record.id] = Room(record, self.settings, self.metrics)
+            return
+        turns_private = record.private and not room.record.private
+        for name, value in asdict(record).items():  # in place: the writer advances last_id
+            if name != "last_id":
+                setattr(room.record, name, value)
+        if turns_private:
+            room.finish_streams(event_frame("private", {"room": room.id}))
+
+    def find_room(self, room_id: str | None) -> Room:
+        """A live room by id (any case; None: the default room), or 400 (not a room id) or
+        404 (no such room)."""
+        canonical = normalize_room(room_id) if room_id is not None else self.settings.default_room
+        if canonical is None:
+            raise ApiError(400, "Invalid room id: use 1-64 letters or digits", room=room_id)
+        room = self.rooms.get(canonical)
+        if room is None:
+            raise ApiError(404, f"Unknown room: {canonical}", room=canonical)
+        return room
+
+    def disown_rooms(self, user_id: str) -> None:
+        """A deleted user's rooms stay, without an owner (admins manage them)."""
+        for room in self.rooms.values():
+            if room.record.owner == user_id:
+                room.record.owner = None
+
+    async def delete_room(self, room: Room) -> None:
+        """Remove the room and its history, then end its streams with a final event."""
+        del self.rooms[room.id]  # publishes still queued for it are refused by _commit
+        try:
+            await self.storage.delete_room(room.id)
+        except BaseException:
+            self.rooms[room.id] = room
+            raise
+        room.finish_streams(event_frame("deleted", {"room": room.id}))
+        await self.broker.room_deleted(room.id)
+
+    def forget_room(self, room_id: str) -> None:
+        """Another process deleted the room: end its streams here too."""
+        if (room := self.rooms.pop(room_id, None)) is not None:
+            room.finish_streams(event_frame("deleted", {"room": room_id}))
+
+    async def publish(self, messages: list[tuple[Room, dict[str, Any]]]) -> list[dict[str, Any]]:
+        """Commit messages (all or none) and fan them out; returns their payloads."""
+        if self.closing:
+            raise shutting_down()
+        started = time.perf_counter()
+        item = PendingPublish(messages)
+        self.pending.append(item)
+        self._pending_ready.set()
+        payloads = await asyncio.shield(item.done)  # a client hanging up can't undo a commit
+        self.metrics.publish_latency.observe(time.perf_counter() - started)
+        return payloads
+
+    async def _writer(self) -> None:
+        """Commits what is pending, batch after batch; once closing, what is left, then ends."""
+        while self.pending or not self.closing:
+            await self._pending_ready.wait()
+            await self._while_busy()
+            self._pending_ready.clear()
+            batch, self.pending = self.pending, []
+            if batch:
+                await self._commit(batch)
+
+    async def _while_busy(self) -> None:
+        """Let publishes on their way join the commit: yield to the event loop until a turn
+        of it comes back at once (it had nothing else to do) or COALESCE_MS has passed. At
+        low load that is one turn; under load a commit takes several publishes and they
+        share its cost."""
+        started = time.perf_counter()
+        while True:
+            turn = time.perf_counter()
+            await asyncio.sleep(0)
+            now = time.perf_counter()
+            if now - turn < IDLE_TURN_S or now - started >= self.settings.coalesce_ms / 1000:
+                return
+
+    async def _commit(self, batch: list[PendingPublish]) -> None:
+        time_ms = now_ms()
+        try:
+            async with self.storage.lock:
+                # Checked under the lock: a room deleted meanwhile (gone from self.rooms,
+                # its rows deleted in an earlier transaction) takes nothing.
+                for item in batch:
+                    if any(self.rooms.get(room.id) is not room for room, _ in item.messages):
+                        item.done.set_exception(ApiError(404, "Room deleted"))
+                batch = [item for item in batch if not item.done.done()]
+                messages = [message for item in batch for message in item.messages]
+                bodies = [  # the payloads but their ids, which the broker gives
+                    (room, compact_json({"room": room.id, **message, "time": time_ms}))
+                    for room, message in messages
+                ]
+                ids = await self.broker.assign(bodies)
+                rows = [
+                    (room.id, message_id, payload_with_id(message_id, body))
+                    for (room, body), message_id in zip(bodies, ids, strict=True)
+                ]
+                await self.storage.write_messages(rows)
+        except Exception as error:
+            if not isinstance(error, ApiError):
+                log.exception("commit failed")
+                error = ApiError(500, "Could not store the message")
+            for item in batch:
+                if not item.done.done():
+                    item.done.set_exception(error)
+            return
+        self.broker.committed(bodies, ids, [payload for *_, payload in rows])
+        self.metrics.commits.inc()
+        self.metrics.published.inc(len(ids))
+        results = iter(
+            {"id": message_id, "room": room.id, **message, "time": time_ms}
+            for (room, message), message_id in zip(messages, ids, strict=True)
+        )
+        for item in batch:
+            item.done.set_result([next(results) for _ in item.messages])
+
+    async def serve_stream(
+        self,
+        start: ASGISend,
+        write: ASGISend,
+        receive: Callable[[], Awaitable[dict]],
+        room: Room,
+        role: str,
+        last_id: int | None = None,
+        client: str = "-",
+        **hello_extra: Any,
+    ) -> None:
+        """A stream of a room (or of the fallback feed), from its response's `start` until the
+        client leaves or the server finishes the stream; frames go out through `write`. The
+        hello is made after joining, so its presence counts this subscriber."""
+        await start({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+        shared = room is not self.fallback  # the quote feed is each process's own
+        subscriber = Subscriber(write, role, room.head)
+        room.join(subscriber)
+        log.info("stream open room=%s role=%s client=%s", room.id, role, client)
+        opened = time.monotonic()
+        try:
+            if shared:
+                await self.broker.joined(room)
+            await self._send_hello_and_replay(subscriber, room, last_id, hello_extra)
+            room.catch_up(subscriber)
+            while (await receive())["type"] != "http.disconnect":
+                pass
+        except ApiError as error:  # the broker failed: end the stream, the client reconnects
+            log.warning("stream of room %s ended: %s", room.id, error.msg)
+        except asyncio.CancelledError:
+            if subscriber.ending is None:
+                raise
+            asyncio.current_task().uncancel()
+            if subscriber.ending:  # the frames still due to it, then the final event
+                if subscriber.flushing is not None:  # a write in progress; then the flush stops
+                    await subscriber.flushing
+                # (unless the ring forgot some meanwhile: then resuming by id brings them all)
+                has_all = subscriber.live and subscriber.cursor >= room.base
+                due = room.due(subscriber) if has_all else b""
+                await write({"type": "http.response.body", "body": due + subscriber.ending})
+        finally:
+            room.leave(subscriber)
+            if shared:
+                self.broker.left(room)
+            if subscriber.flushing is not None:
+                subscriber.flushing.cancel()
+            log.info(
+                "stream close room=%s role=%s client=%s s=%.1f bytes=%d",
+                room.id,
+                role,
+                client,
+                time.monotonic() - opened,
+                subscriber.sent,
+            )
+
+    async def _send_hello_and_replay(
+        self, subscriber: Subscriber, room: Room, last_id: int | None, hello_extra: dict[str, Any]
+    ) -> None:
+        """A stream's first write: `retry:`, the hello and the messages after last_id. (A
+        function of its own so the replay is not kept alive for the life of the stream.)"""
+        hello = {**room.hello(), **hello_extra}
+        replay: list[bytes] = []
+        if last_id is not None:
+            rows = await self.broker.history(room, last_id)
+            # The first id after last_id is missing: trimmed, or everything up to last_id is.
+            hello["gap"] = (rows[0][0] if rows else room.record.last_id + 1) > last_id + 1
+            replay = [message_frame(message_id, payload) for message_id, payload in rows]
+            subscriber.replayed_through = rows[-1][0] if rows else 0
+        retry = b"retry: %d\n" % self.settings.retry_ms
+        first = retry + event_frame("meta", hello) + b"".join(replay)
+        await subscriber.send({"type": "http.response.body", "body": first, "more_body": True})
+        subscriber.sent += len(first)
+
+    async def presence_counts(self, room: Room) -> dict[str, int]:
+        """The room's subscribers by role, summed over every process serving it."""
+        return await self.broker.presence_counts(room)
+
+    def streams(self) -> list[Room]:
+        """Everything streams are served from: the rooms and the fallback feed."""
+        return [*self.rooms.values(), self.fallback]
+
+    async def _keepalive(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.keepalive_s)
+            for room in self.streams():
+                if room.subscribers:
+                    room.append(KEEPALIVE_FRAME)
+
+    async def close(self) -> None:
+        """Graceful shutdown: new publishes get 503; the writer commits what is pending (a
+        commit in progress is let finish: cancelled, its publishers would never get an
+        answer); then every stream ends with a final event. The storage stays open (the app
+        closes it last)."""
+        if self.closing:
+            return
+        self.closing = True
+        self._pending_ready.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._writing, self.settings.shutdown_timeout_s)
+        farewell = event_frame("shutdown", {"reconnect": True, "retry": self.settings.retry_ms})
+        for room in self.streams():
+            room.finish_streams(farewell)
+        self._keeping_alive.cancel()
+        await asyncio.gather(self._keeping_alive, return_exceptions=True)
+        await self.broker.stop()
 
 
 # ---------------------------------------------------------------------------------------
@@ -1624,10 +2049,7 @@ JWT_AUDIENCE = "streaming-message/api"
 REFRESH_COOKIE = "sm_refresh"  # path /api/v1/auth: only refresh and logout see it
 SESSION_COOKIE = "sm_session"  # path /api/v1/events: the access JWT, for EventSource
 USERNAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
-MIN_PASSWORD_CHARS, MAX_PASSWORD_CHARS = 8, 1024
 MAX_TOKEN_CHARS = 512  # ours are under 400 (a JWT); longer ones are refused before any work
-Role = Literal["admin", "user"]
-TokenRight = Literal["publish", "subscribe"]
 
 
 def bearer_token(headers: dict[bytes, bytes]) -> str | None:
@@ -1638,19 +2060,10 @@ def bearer_token(headers: dict[bytes, bytes]) -> str | None:
 
 
 def session_cookie(headers: dict[bytes, bytes]) -> str | None:
-    """The access JWT of the same-origin session cookie (sent by EventSource)."""
-    cookies = SimpleCookie()
-    try:
-        cookies.load(headers.get(b"cookie", b"").decode("latin-1"))
-    except CookieError:
-        return None
-    morsel = cookies.get(SESSION_COOKIE)
-    return morsel.value if morsel is not None else None
-
-
-def is_root_token(token: str) -> bool:
-    root = settings.sse_token
-    return bool(root) and hmac.compare_digest(token.encode(), root.encode())
+    """The access JWT of the same-origin session cookie (sent by EventSource). Werkzeug's
+    parser, as browsers send cookies: other cookies of the site with spaces or JSON in their
+    values do not hide it (http.cookies gives up on the whole header)."""
+    return parse_cookie(headers.get(b"cookie", b"").decode("latin-1")).get(SESSION_COOKIE)
 
 
 def sha256_hex(secret: str) -> str:
@@ -1670,62 +2083,6 @@ def check_password(value: Any, name: str = "password") -> str:
         limits = f"{MIN_PASSWORD_CHARS}-{MAX_PASSWORD_CHARS}"
         raise ApiError(400, f"{name} must be a string of {limits} characters")
     return value
-
-
-@dataclass(frozen=True)
-class User:
-    id: str
-    username: str
-    role: str  # "admin" or "user"
-    disabled: bool
-    created_at: int
-
-    def public(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-USER_COLUMNS = "id, username, role, disabled, created_at"
-
-
-def _user_from_row(row: tuple) -> User:
-    id_, username, role, disabled, created_at = row
-    return User(id_, username, role, bool(disabled), created_at)
-
-
-@dataclass(frozen=True)
-class ApiToken:
-    """An API token without its secret: whose it is and what it may do."""
-
-    id: str
-    user_id: str
-    name: str
-    rooms: frozenset[str] | None  # None: every room its user may use
-    rights: frozenset[TokenRight]
-    expires_at: int | None  # epoch ms
-    created_at: int
-
-    def public(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "user_id": self.user_id,
-            "name": self.name,
-            "rooms": "*" if self.rooms is None else sorted(self.rooms),
-            "rights": sorted(self.rights),
-            "expires_at": self.expires_at,
-            "created_at": self.created_at,
-        }
-
-
-API_TOKEN_COLUMNS = "hash, id, user_id, name, rooms, rights, expires_at, created_at"
-
-
-def _api_token_from_row(row: tuple) -> tuple[str, ApiToken]:
-    digest, id_, user_id, name, rooms, rights, expires_at, created_at = row
-    scope = None if rooms is None else frozenset(json.loads(rooms))
-    token = ApiToken(
-        id_, user_id, name, scope, frozenset(json.loads(rights)), expires_at, created_at
-    )
-    return digest, token
 
 
 @dataclass(frozen=True)
@@ -1760,8 +2117,8 @@ class Principal:
         in_scope = self.token.rooms is None or room.id in self.token.rooms
         return uses_room and in_scope and right in self.token.rights
 
-    def public(self) -> dict[str, Any]:
-        token = self.token.public() if self.token is not None else None
+    def as_dict(self) -> dict[str, Any]:
+        token = self.token.as_dict() if self.token is not None else None
         return {
             "kind": self.kind,
             "name": self.name,
@@ -1772,38 +2129,14 @@ class Principal:
 
 
 ROOT_PRINCIPAL = Principal("root", "root", "admin")
+REFRESH_FAILURES = {
+    "unknown": "Invalid or expired refresh token",
+    "ended": "Session ended: log in again",
+    "reused": "Refresh token reused: the session is revoked, log in again",
+}
 
 
-def authenticate(token: str | None) -> Principal:
-    """The principal a credential stands for. Raises 401 when it is missing or not valid."""
-    if not token:
-        raise ApiError(401, "Missing token: send Authorization: Bearer <token> or a token field")
-    if len(token) > MAX_TOKEN_CHARS:
-        raise ApiError(401, f"Invalid token: longer than {MAX_TOKEN_CHARS} characters")
-    if is_root_token(token):
-        return ROOT_PRINCIPAL
-    if token.startswith(API_TOKEN_PREFIX):
-        return accounts.api_token_principal(token)
-    return accounts.session_principal(token)
-
-
-def authorize(token: str | None, room: Room | None, right: str) -> Principal:
-    """The principal a token stands for, if it has `right` on `room` (see Principal.may;
-    room None: no particular room). Raises 401 (no or bad credentials) or 403 (valid
-    credentials without that right)."""
-    principal = authenticate(token)
-    if principal.may(room, right):
-        return principal
-    if right == "admin":
-        raise ApiError(403, "Admin rights required")
-    if right == "account":
-        raise ApiError(403, "Log in as a user: API tokens and the root token cannot do this")
-    if room is None:
-        raise ApiError(403, "API tokens cannot create rooms")
-    raise ApiError(403, f"No {right} right on room {room.id}", room=room.id)
-
-
-def load_secret_key() -> str:
+def load_secret_key(settings: Settings) -> str:
     """SECRET_KEY, else the key generated on the first start and kept in DATA_DIR (0600)."""
     key = settings.secret_key
     if not key:
@@ -1818,7 +2151,7 @@ def load_secret_key() -> str:
             draft.unlink()
         key = path.read_text().strip()
     if len(key) < 32:
-        raise RuntimeError("SECRET_KEY must be at least 32 characters")
+        raise ConfigError(f"{path} must hold a key of at least 32 characters")
     return key
 
 
@@ -1860,10 +2193,14 @@ class RateLimiter:
 
 
 class Accounts:
-    """Users, login sessions and API tokens."""
+    """Users, login sessions and API tokens: checks from the mirror in memory, changes
+    through Storage. `announce` tells the other processes (with BROKER_URL) that the
+    accounts changed."""
 
-    def __init__(self) -> None:
-        self.storage: Storage
+    def __init__(
+        self, settings: Settings, storage: Storage, announce: Callable[[], Awaitable[None]]
+    ) -> None:
+        self.settings, self.storage, self.announce = settings, storage, announce
         self.secret_key = ""
         self.hasher = PasswordHasher()  # argon2id
         self.dummy_hash = ""  # verified for unknown usernames: they cost what known ones do
@@ -1874,61 +2211,73 @@ class Accounts:
         # a login attempt counts when it starts (parallel guesses count too) and is given
         # back when it succeeds
         self.logins = RateLimiter(settings.login_window_s)
+        self.started = False
 
-    async def start(self, storage: Storage) -> None:
-        if len(settings.sse_token) > MAX_TOKEN_CHARS:
-            raise RuntimeError(f"SSE_TOKEN must be at most {MAX_TOKEN_CHARS} characters")
-        self.storage = storage
-        self.secret_key = load_secret_key()
+    async def start(self) -> None:
+        """Load the accounts (the storage is open) and make the first admin."""
+        self.secret_key = load_secret_key(self.settings)
         self.dummy_hash = await self.hash_password(secrets.token_urlsafe(16))
         await self.load()
+        self.started = True
         await self.create_first_admin()
 
     async def load(self) -> None:
-        """Users, live sessions and API tokens from SQLite (at start, and when another
-        process changed them)."""
-        read = self.storage.read
-        async with read.execute(f"SELECT {USER_COLUMNS} FROM users") as cursor:
-            self.users = {row[0]: _user_from_row(row) async for row in cursor}
-        async with read.execute(
-            "SELECT s.id, s.user_id, MAX(r.expires_at) FROM sessions s"
-            " JOIN refresh_tokens r ON r.session_id = s.id WHERE s.revoked_at IS NULL"
-            " GROUP BY s.id HAVING MAX(r.expires_at) > ?",
-            (now_ms(),),
-        ) as cursor:
-            self.sessions = {id_: (user_id, expiry) async for id_, user_id, expiry in cursor}
-        async with read.execute(f"SELECT {API_TOKEN_COLUMNS} FROM api_tokens") as cursor:
-            self.api_tokens = dict([_api_token_from_row(row) async for row in cursor])
+        """Users, live sessions and API tokens from SQLite."""
+        self.users = await self.storage.load_users()
+        self.sessions = await self.storage.live_sessions(now_ms())
+        self.api_tokens = await self.storage.load_api_tokens()
 
     async def reload(self) -> None:
         """Another process changed the accounts: load them again (before start(), which
         loads them, there is nothing to do)."""
-        if hasattr(self, "storage"):
+        if self.started:
             await self.load()
-
-    @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """A write transaction on the accounts; once committed, the other processes (with
-        BROKER_URL) load them again."""
-        async with self.storage.transaction() as db:
-            yield db
-        await hub.broker.accounts_changed()
 
     async def create_first_admin(self) -> None:
         """ADMIN_USERNAME/ADMIN_PASSWORD create an admin if that user does not exist yet."""
-        name, password = settings.admin_username, settings.admin_password
-        if password and not name:
-            raise RuntimeError("ADMIN_PASSWORD is set without ADMIN_USERNAME")
+        name, password = self.settings.admin_username, self.settings.admin_password
         if name and not any(user.username.lower() == name.lower() for user in self.users.values()):
             if not password:
-                raise RuntimeError(f"Set ADMIN_PASSWORD to create {name}: no default password")
+                raise ConfigError(f"set ADMIN_PASSWORD to create {name}: no default password")
             await self.create_user(name, password, "admin")
             log.info("created admin user %s", name)
         if not any(user.role == "admin" for user in self.users.values()):
             log.warning(
                 "no admin user: set ADMIN_USERNAME and ADMIN_PASSWORD, "
-                "or run python app.py create-user NAME --admin"
+                "or run `make user NAME=... ADMIN=1`"
             )
+
+    # Credentials
+
+    def authenticate(self, token: str | None) -> Principal:
+        """The principal a credential stands for. Raises 401 when it is missing or not valid."""
+        if not token:
+            raise ApiError(
+                401, "Missing token: send Authorization: Bearer <token> or a token field"
+            )
+        if len(token) > MAX_TOKEN_CHARS:
+            raise ApiError(401, f"Invalid token: longer than {MAX_TOKEN_CHARS} characters")
+        root = self.settings.sse_token
+        if root and hmac.compare_digest(token.encode(), root.encode()):
+            return ROOT_PRINCIPAL
+        if token.startswith(API_TOKEN_PREFIX):
+            return self.api_token_principal(token)
+        return self.session_principal(token)
+
+    def authorize(self, token: str | None, room: Room | None, right: str) -> Principal:
+        """The principal a token stands for, if it has `right` on `room` (see Principal.may;
+        room None: no particular room). Raises 401 (no or bad credentials) or 403 (valid
+        credentials without that right)."""
+        principal = self.authenticate(token)
+        if principal.may(room, right):
+            return principal
+        if right == "admin":
+            raise ApiError(403, "Admin rights required")
+        if right == "account":
+            raise ApiError(403, "Log in as a user: API tokens and the root token cannot do this")
+        if room is None:
+            raise ApiError(403, "API tokens cannot create rooms")
+        raise ApiError(403, f"No {right} right on room {room.id}", room=room.id)
 
     # Passwords: argon2 runs in a thread (it would stall every stream), a few at a time.
 
@@ -1948,16 +2297,13 @@ class Accounts:
         per username and per client address (429); an unknown username costs the same
         argon2 verification as a wrong password."""
         limits = {
-            f"user:{username.lower()}": settings.login_max_failures,
-            f"address:{address}": settings.login_max_failures_per_address,
+            f"user:{username.lower()}": self.settings.login_max_failures,
+            f"address:{address}": self.settings.login_max_failures_per_address,
         }
         stamp = self.logins.take(limits, "Too many failed logins: try again in {retry} s")
-        async with self.storage.read.execute(
-            f"SELECT {USER_COLUMNS}, password_hash FROM users WHERE username = ?", (username,)
-        ) as cursor:
-            row = await cursor.fetchone()
-        valid = await self.verify_password(row[-1] if row else self.dummy_hash, password)
-        user = _user_from_row(row[:-1]) if row else None
+        found = await self.storage.user_login(username)
+        user, password_hash = found if found else (None, self.dummy_hash)
+        valid = await self.verify_password(password_hash, password)
         if user is None or not valid or user.disabled:
             log.warning(
                 "failed login for %s from %s", user.username if user else "an unknown user", address
@@ -1969,34 +2315,22 @@ class Accounts:
 
     # Users
 
-    async def create_user(self, username: str, password: str, role: str) -> User:
+    async def create_user(self, username: str, password: str, role: Role) -> User:
         user = User(secrets.token_hex(8), check_username(username), role, False, now_ms())
         password_hash = await self.hash_password(check_password(password))
         try:
-            async with self.transaction() as db:
-                await db.execute(
-                    f"INSERT INTO users ({USER_COLUMNS}, password_hash) VALUES (?, ?, ?, ?, ?, ?)",
-                    (user.id, user.username, user.role, 0, user.created_at, password_hash),
-                )
+            await self.storage.insert_user(user, password_hash)
         except sqlite3.IntegrityError:
             raise ApiError(409, f"Username already taken: {username}") from None
         self.users[user.id] = user
+        await self.announce()
         return user
 
-    async def list_users(self) -> list[User]:
-        async with self.storage.read.execute(
-            f"SELECT {USER_COLUMNS} FROM users ORDER BY created_at"
-        ) as cursor:
-            return [_user_from_row(row) async for row in cursor]
-
     async def find_user(self, user_id: str) -> User:
-        async with self.storage.read.execute(
-            f"SELECT {USER_COLUMNS} FROM users WHERE id = ?", (user_id,)
-        ) as cursor:
-            row = await cursor.fetchone()
-        if row is None:
+        user = await self.storage.find_user(user_id)
+        if user is None:
             raise ApiError(404, f"Unknown user: {user_id}")
-        return _user_from_row(row)
+        return user
 
     async def update_user(self, user_id: str, changes: dict[str, Any]) -> User:
         """Apply validated changes (disabled, role, password). A new password or disabling
@@ -2005,30 +2339,22 @@ class Accounts:
         password = changes.get("password")
         password_hash = await self.hash_password(password) if password is not None else None
         updated = replace(user, **{k: v for k, v in changes.items() if k != "password"})
-        async with self.transaction() as db:
-            await db.execute(
-                "UPDATE users SET role = ?, disabled = ?,"
-                " password_hash = COALESCE(?, password_hash) WHERE id = ?",
-                (updated.role, int(updated.disabled), password_hash, user_id),
-            )
-            if password_hash is not None or updated.disabled:
-                await self.revoke_sessions(db, user_id=user_id)
+        end_sessions = password_hash is not None or updated.disabled
+        await self.storage.update_user(updated, password_hash, end_sessions)
+        if end_sessions:
+            self.sessions = {id_: s for id_, s in self.sessions.items() if s[0] != user_id}
         self.users[user_id] = updated
+        await self.announce()
         return updated
 
     async def delete_user(self, user_id: str) -> None:
-        """Delete a user with their sessions and API tokens; their rooms stay, without an
-        owner (admins manage them)."""
+        """Delete a user with their sessions and API tokens."""
         await self.find_user(user_id)
-        async with self.transaction() as db:
-            await db.execute("UPDATE rooms SET owner = NULL WHERE owner = ?", (user_id,))
-            await db.execute("DELETE FROM users WHERE id = ?", (user_id,))  # cascades
+        await self.storage.delete_user(user_id)
         self.users.pop(user_id, None)
         self.sessions = {id_: s for id_, s in self.sessions.items() if s[0] != user_id}
         self.api_tokens = {h: t for h, t in self.api_tokens.items() if t.user_id != user_id}
-        for room in hub.rooms.values():
-            if room.record.owner == user_id:
-                room.record.owner = None
+        await self.announce()
 
     # Sessions: an access JWT (short) and a refresh token (long, rotated on every use).
 
@@ -2041,7 +2367,7 @@ class Accounts:
             "role": user.role,
             "sid": session_id,
             "iat": now,
-            "exp": now + int(settings.access_token_ttl_s),
+            "exp": now + int(self.settings.access_token_ttl_s),
             "jti": secrets.token_hex(16),
         }
         return jwt.encode(claims, self.secret_key, algorithm="HS256")
@@ -2050,23 +2376,11 @@ class Accounts:
         """A new login session: (access token, refresh token)."""
         session_id, refresh = secrets.token_hex(16), secrets.token_urlsafe(32)
         now = now_ms()
-        expiry = now + int(settings.refresh_token_ttl_s * 1000)
-        async with self.transaction() as db:
-            # forget what can no longer be used: expired refresh tokens, then their sessions
-            await db.execute("DELETE FROM refresh_tokens WHERE expires_at <= ?", (now,))
-            await db.execute(
-                "DELETE FROM sessions WHERE id NOT IN (SELECT session_id FROM refresh_tokens)"
-            )
-            await db.execute(
-                "INSERT INTO sessions (id, user_id, created_at) VALUES (?, ?, ?)",
-                (session_id, user.id, now),
-            )
-            await db.execute(
-                "INSERT INTO refresh_tokens (hash, session_id, expires_at) VALUES (?, ?, ?)",
-                (sha256_hex(refresh), session_id, expiry),
-            )
+        expiry = now + int(self.settings.refresh_token_ttl_s * 1000)
+        await self.storage.insert_session(session_id, user.id, sha256_hex(refresh), expiry, now)
         self.sessions = {id_: s for id_, s in self.sessions.items() if s[1] > now}
         self.sessions[session_id] = (user.id, expiry)
+        await self.announce()
         return self.access_token(user, session_id), refresh
 
     async def refresh_session(self, refresh_token: str) -> tuple[User, str, str]:
@@ -2074,66 +2388,30 @@ class Accounts:
         means someone else has it too: the whole session is revoked."""
         now = now_ms()
         refresh = secrets.token_urlsafe(32)
-        expiry = now + int(settings.refresh_token_ttl_s * 1000)
-        async with self.transaction() as db:
-            async with db.execute(
-                "SELECT r.session_id, r.expires_at, r.rotated_at, s.user_id, s.revoked_at"
-                " FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id WHERE r.hash = ?",
-                (sha256_hex(refresh_token),),
-            ) as cursor:
-                row = await cursor.fetchone()
-            if row is None or row[1] <= now:
-                failure = "Invalid or expired refresh token"
-            elif row[4] is not None:
-                failure = "Session ended: log in again"
-            elif row[2] is not None:
-                await self.revoke_sessions(db, session_id=row[0])
-                failure = "Refresh token reused: the session is revoked, log in again"
-            else:
-                failure = None
-                await db.execute(
-                    "UPDATE refresh_tokens SET rotated_at = ? WHERE hash = ?",
-                    (now, sha256_hex(refresh_token)),
-                )
-                await db.execute(
-                    "INSERT INTO refresh_tokens (hash, session_id, expires_at) VALUES (?, ?, ?)",
-                    (sha256_hex(refresh), row[0], expiry),
-                )
-        if failure is not None:  # raised after the commit: a revocation must stick
-            if row is not None and row[2] is not None and row[4] is None:
-                log.warning("refresh token reused: revoked a session of %s", row[3])
-            raise ApiError(401, failure)
-        session_id, user = row[0], self.users[row[3]]
+        expiry = now + int(self.settings.refresh_token_ttl_s * 1000)
+        outcome, row = await self.storage.rotate_refresh_token(
+            sha256_hex(refresh_token), sha256_hex(refresh), expiry, now
+        )
+        if outcome == "reused":
+            log.warning("refresh token reused: revoked a session of %s", row["user_id"])
+            self.sessions.pop(row["session_id"], None)
+            await self.announce()
+        if outcome != "rotated":
+            raise ApiError(401, REFRESH_FAILURES[outcome])
+        session_id, user = row["session_id"], self.users[row["user_id"]]
         self.sessions[session_id] = (user.id, expiry)
+        await self.announce()
         return user, self.access_token(user, session_id), refresh
 
     async def end_session(
         self, *, session_id: str | None = None, refresh_token: str | None = None
     ) -> None:
         """Logout: revoke a session, given by its id or one of its refresh tokens."""
-        async with self.transaction() as db:
-            if refresh_token is not None:
-                async with db.execute(
-                    "SELECT session_id FROM refresh_tokens WHERE hash = ?",
-                    (sha256_hex(refresh_token),),
-                ) as cursor:
-                    row = await cursor.fetchone()
-                session_id = row[0] if row is not None else None
-            if session_id is not None:
-                await self.revoke_sessions(db, session_id=session_id)
-
-    async def revoke_sessions(
-        self, db: aiosqlite.Connection, *, session_id: str | None = None, user_id: str | None = None
-    ) -> None:
-        """Within a transaction: revoke one session, or every session of a user."""
-        await db.execute(
-            "UPDATE sessions SET revoked_at = ?"
-            " WHERE revoked_at IS NULL AND (id = ? OR user_id = ?)",
-            (now_ms(), session_id, user_id),
-        )
-        self.sessions = {
-            id_: s for id_, s in self.sessions.items() if id_ != session_id and s[0] != user_id
-        }
+        refresh_hash = sha256_hex(refresh_token) if refresh_token is not None else None
+        ended = await self.storage.end_session(session_id=session_id, refresh_hash=refresh_hash)
+        if ended is not None:
+            self.sessions.pop(ended, None)
+        await self.announce()
 
     def session_principal(self, token: str) -> Principal:
         try:
@@ -2175,28 +2453,15 @@ class Accounts:
         user_id: str,
         name: str,
         rooms: frozenset[str] | None,
-        rights: frozenset[str],
+        rights: frozenset[TokenRight],
         expires_at: int | None,
     ) -> tuple[str, ApiToken]:
         """A new token: (the secret, shown this once; the record)."""
         secret = API_TOKEN_PREFIX + secrets.token_urlsafe(32)
         token = ApiToken(secrets.token_hex(8), user_id, name, rooms, rights, expires_at, now_ms())
-        scope = None if rooms is None else compact_json(sorted(rooms))
-        async with self.transaction() as db:
-            await db.execute(
-                f"INSERT INTO api_tokens ({API_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    sha256_hex(secret),
-                    token.id,
-                    user_id,
-                    name,
-                    scope,
-                    compact_json(sorted(rights)),
-                    expires_at,
-                    token.created_at,
-                ),
-            )
+        await self.storage.insert_api_token(sha256_hex(secret), token)
         self.api_tokens[sha256_hex(secret)] = token
+        await self.announce()
         return secret, token
 
     def user_api_tokens(self, user_id: str) -> list[ApiToken]:
@@ -2213,50 +2478,46 @@ class Accounts:
         ]
         if not found:
             raise ApiError(404, f"Unknown API token: {token_id}")
-        async with self.transaction() as db:
-            await db.execute("DELETE FROM api_tokens WHERE id = ?", (token_id,))
+        await self.storage.delete_api_token(token_id)
         del self.api_tokens[found[0]]
-
-
-accounts = Accounts()
+        await self.announce()
 
 
 # ---------------------------------------------------------------------------------------
-# Hot path: the event stream and publish, as plain ASGI in front of Quart. Each request
-# costs one Hypercorn request and none of Quart's; validation, auth and storage are the
-# same functions the Quart routes use.
+# HTTP: the hot path and the Quart routes. The event stream and publish are served as
+# plain ASGI in front of Quart (StreamingMessage.__call__, from the HOT_ROUTES table): each
+# costs one Hypercorn request and none of Quart's. Everything else is a Quart route. Both
+# reach the app's settings, hub, accounts and relay through the app: the hot path is given
+# it, a Quart route has it as `current_app`.
 # ---------------------------------------------------------------------------------------
 
-SSE_HEADERS = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),
-]
 JSON_HEADERS = [(b"content-type", b"application/json")]
-EVENTS_PATH = re.compile(rb"/api/v1/events(?:/([^/]*))?/?")  # on the raw path: %2F is no "/"
-SEND_PREFIX = b"/api/v1/send/"
 
 
-def cors_headers(headers: dict[bytes, bytes]) -> list[tuple[bytes, bytes]]:
+def cors_headers(
+    origins: tuple[str, ...], headers: dict[bytes, bytes]
+) -> list[tuple[bytes, bytes]]:
     """CORS_ORIGINS: a listed origin is echoed and may send credentials (cookies); with
     "*", any other origin may read replies, but never with credentials."""
     origin = headers.get(b"origin")
     if origin is None:
         return []
-    if origin.decode("latin-1") in settings.cors_origins:
+    if origin.decode("latin-1") in origins:
         return [
             (b"access-control-allow-origin", origin),
             (b"access-control-allow-credentials", b"true"),
             (b"vary", b"Origin"),
         ]
-    if "*" in settings.cors_origins:
+    if "*" in origins:
         return [(b"access-control-allow-origin", b"*")]
     return []
 
 
-def preflight_headers(headers: dict[bytes, bytes]) -> list[tuple[bytes, bytes]]:
+def preflight_headers(
+    origins: tuple[str, ...], headers: dict[bytes, bytes]
+) -> list[tuple[bytes, bytes]]:
     """What a preflight's answer adds to cors_headers (which the hot path adds to every reply)."""
-    if not cors_headers(headers):
+    if not cors_headers(origins, headers):
         return []
     return [
         (b"access-control-allow-methods", b"GET, POST, PUT, PATCH, DELETE, OPTIONS"),
@@ -2283,8 +2544,8 @@ CONTENT_SECURITY_POLICY = (
 EMBEDDABLE = "embeddable"  # a scope key: set by a page that other sites may frame
 
 
-def page_policy(scope: dict[str, Any]) -> tuple[bytes, bytes]:
-    ancestors = settings.frame_ancestors if scope.get(EMBEDDABLE) else "'self'"
+def page_policy(scope: dict[str, Any], frame_ancestors: str) -> tuple[bytes, bytes]:
+    ancestors = frame_ancestors if scope.get(EMBEDDABLE) else "'self'"
     policy = f"{CONTENT_SECURITY_POLICY}; frame-ancestors {ancestors}"
     return b"content-security-policy", policy.encode()
 
@@ -2298,15 +2559,7 @@ async def send_json(
     await send({"type": "http.response.body", "body": data})
 
 
-def body_too_large() -> ApiError:
-    return ApiError(413, f"Request body too large (max {settings.max_body_bytes} bytes)")
-
-
-def body_too_slow() -> ApiError:
-    return ApiError(408, f"Request body not received within {settings.body_timeout_s:g} s")
-
-
-async def read_body(receive: Callable[[], Awaitable[dict]]) -> bytes:
+async def read_body(receive: Callable[[], Awaitable[dict]], settings: Settings) -> bytes:
     """The request body, within MAX_BODY_BYTES (413) and BODY_TIMEOUT_S (408)."""
     chunks, size = [], 0
     try:
@@ -2318,19 +2571,19 @@ async def read_body(receive: Callable[[], Awaitable[dict]]) -> bytes:
                 chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > settings.max_body_bytes:
-                    raise body_too_large()
+                    raise body_too_large(settings.max_body_bytes)
                 chunks.append(chunk)
                 if not message.get("more_body", False):
                     return b"".join(chunks)
     except TimeoutError:
-        raise body_too_slow() from None
+        raise body_too_slow(settings.body_timeout_s) from None
 
 
 def request_json(body: bytes) -> Any:
     try:
         return parse_json(body)
     except ValueError as error:  # UnicodeDecodeError is one too
-        raise ApiError(400, "Invalid JSON body", detail=str(error)) from None
+        raise invalid_json(error) from None
 
 
 def query_params(scope: dict[str, Any]) -> dict[str, str]:
@@ -2340,18 +2593,9 @@ def query_params(scope: dict[str, Any]) -> dict[str, str]:
     return {key: values[0] for key, values in parsed.items()}
 
 
-def find_room(room_id: str | None) -> Room:
-    canonical = normalize_room(room_id) if room_id is not None else settings.default_room
-    if canonical is None:
-        raise ApiError(400, "Invalid room id: use 1-64 letters or digits", room=room_id)
-    room = hub.rooms.get(canonical)
-    if room is None:
-        raise ApiError(404, f"Unknown room: {canonical}", room=canonical)
-    return room
-
-
 Speaker = Annotated[
-    matching(r"\S", "a non-blank string"), Field(min_length=1, max_length=MAX_SPEAKER_CHARS)
+    matching(r"[\s\S]*\S[\s\S]*", "a non-blank string"),
+    Field(min_length=1, max_length=MAX_SPEAKER_CHARS),
 ]
 
 
@@ -2426,7 +2670,9 @@ def json_depth(value: Any) -> int:
     return depth
 
 
-def validate_message(item: Any) -> tuple[dict[str, Any], str | None, str | None]:
+def validate_message(
+    item: Any, settings: Settings
+) -> tuple[dict[str, Any], str | None, str | None]:
     """A publish body object -> (message, room id, token). Raises 400/413."""
     if not isinstance(item, dict):
         raise ApiError(400, "Each message must be a JSON object")
@@ -2443,66 +2689,32 @@ def validate_message(item: Any) -> tuple[dict[str, Any], str | None, str | None]
     return message, fields.room, fields.token
 
 
-@document_request(PublishBody)
-@document_response(PublishReply, 202)
-async def publish_request(
-    headers: dict[bytes, bytes], body: Any, query_token: str | None = None
+async def publish(
+    app: StreamingMessage, headers: dict[bytes, bytes], body: Any, query_token: str | None
 ) -> dict[str, Any]:
-    """Publish one message, or a batch (all or none)"""
+    """Publish one message, or a batch (all or none): the 202 reply."""
     items = body if isinstance(body, list) else [body]
     if not items:
         raise ApiError(400, "Empty batch")
     header_token = bearer_token(headers)
     messages = []
     for item in items:
-        message, room_id, body_token = validate_message(item)
-        room = find_room(room_id)
-        authorize(header_token or body_token or query_token, room, "publish")
+        message, room_id, body_token = validate_message(item, app.settings)
+        room = app.hub.find_room(room_id)
+        app.accounts.authorize(header_token or body_token or query_token, room, "publish")
         messages.append((room, message))
-    payloads = await hub.publish(messages)
-    if not isinstance(body, list):
-        return sent_reply(payloads[0])
-    return {
-        "success": True,
-        "code": 202,
-        "msg": "Message Events Sent",
-        "target": {"rooms": sorted({p["room"] for p in payloads})},
-        "events": payloads,
-        "ids": [p["id"] for p in payloads],
-    }
+    payloads = await app.hub.publish(messages)
+    return sent_reply(payloads, batch=isinstance(body, list))
 
 
-def sent_reply(payload: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "success": True,
-        "code": 202,
-        "msg": "Message Event Sent",
-        "target": {"room": payload["room"]},
-        "event": payload,
-        "id": payload["id"],
-    }
-
-
-@document_querystring(SendQuery)
-@document_response(SentReply, 202)
-async def publish_get(raw_speaker: bytes, params: dict[str, str]) -> dict[str, Any]:
-    """Publish a message: the seed's form, ?token=&msg=[&room=]"""
-    speaker = unquote(raw_speaker.decode("latin-1"), errors="replace")
-    if "msg" not in params:
-        raise ApiError(400, "Missing msg parameter")
-    message, room_id, token = validate_message(
-        {
-            "speaker": speaker,
-            "data": {"message": params["msg"]},
-            "meta": "message",
-            "room": params.get("room"),
-            "token": params.get("token"),
-        }
-    )
-    room = find_room(room_id)
-    authorize(token, room, "publish")
-    (payload,) = await hub.publish([(room, message)])
-    return sent_reply(payload)
+def sent_reply(payloads: list[dict[str, Any]], batch: bool) -> dict[str, Any]:
+    if not batch:
+        (payload,) = payloads
+        target = {"room": payload["room"]}
+        return envelope(202, "Message Event Sent", target=target, event=payload, id=payload["id"])
+    rooms = sorted({payload["room"] for payload in payloads})
+    ids = [payload["id"] for payload in payloads]
+    return envelope(202, "Message Events Sent", target={"rooms": rooms}, events=payloads, ids=ids)
 
 
 LAST_EVENT_ID = re.compile(r"[0-9]{1,18}")  # ASCII digits only, and it fits SQLite's INTEGER
@@ -2528,100 +2740,88 @@ def event_stream(description: str, others: dict[int, str] | None = None) -> Call
     return document
 
 
+# The hot path's views: (app, scope, receive, send, headers, the path's match) -> the
+# coroutine that answers. Plain functions returning it, so a stream keeps one coroutine
+# frame less alive for its whole life. Their decorators document them in /openapi.json.
+
+
 @document_querystring(EventsQuery)
 @event_stream("`event: meta` (the hello), the replay, then messages as they come")
-def stream_events(scope, receive, send, room_id: str | None, headers) -> Awaitable[None]:
+def stream_events(app: StreamingMessage, scope, receive, send, headers, match) -> Awaitable[None]:
     """Subscribe to a room's events: hello, replay after Last-Event-ID, then live
-    messages. An invalid or unknown room id is not an error: it streams the quote feed.
-    (A plain function returning the stream's coroutine: one frame less per stream.)"""
+    messages. An invalid or unknown room id is not an error: it streams the quote feed."""
+    segment = match.group(1) if match.re.groups else None  # b"": the default room too
+    room_id = unquote(segment.decode("ascii")) if segment else None
     params = query_params(scope)
+    client = scope["client"][0] if scope.get("client") else "-"
+    hub = app.hub
     try:
-        room = find_room(room_id)
+        room = hub.find_room(room_id)
     except ApiError as error:
         reason = "invalid room id" if error.status == 400 else "unknown room"
-        return serve_stream(
-            scope, send, receive, hub.fallback, "player", reason=reason, requested=room_id
+        fallback = hub.fallback
+        return hub.serve_stream(
+            send,
+            send.raw,
+            receive,
+            fallback,
+            "player",
+            None,
+            client,
+            reason=reason,
+            requested=room_id,
         )
     role = "controller" if params.get("role") == "controller" else "player"
     if role == "controller" or room.record.private:  # a controller may publish here
         token = bearer_token(headers) or params.get("token") or session_cookie(headers)
-        authorize(token, room, "publish" if role == "controller" else "subscribe")
+        app.accounts.authorize(token, room, "publish" if role == "controller" else "subscribe")
     last_id = parse_last_event_id(headers, params)
-    return serve_stream(scope, send, receive, room, role, last_id)
+    return hub.serve_stream(send, send.raw, receive, room, role, last_id, client)
 
 
-async def serve_stream(
-    scope: dict[str, Any],
-    send: HeaderedSend,
-    receive: Callable[[], Awaitable[dict]],
-    room: Room,
-    role: str,
-    last_id: int | None = None,
-    **hello_extra: Any,
-) -> None:
-    """Stream a room (or the fallback feed) until the client leaves or the server ends the
-    stream. The hello is made after joining, so its presence counts this subscriber."""
-    await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-    shared = room is not hub.fallback  # the quote feed is each process's own
-    subscriber = Subscriber(send.raw, role, room.end)
-    room.join(subscriber)
-    client = scope["client"][0] if scope.get("client") else "-"
-    log.info("stream open room=%s role=%s client=%s", room.id, role, client)
-    opened = time.monotonic()
-    try:
-        if shared:
-            await hub.broker.joined(room)
-        await send_hello_and_replay(subscriber, room, last_id, hello_extra)
-        subscriber.live = subscriber.ending is None
-        if subscriber.live and subscriber.cursor < room.end:  # frames came during the replay
-            metrics.deliveries.inc(room._write(subscriber, room.pending(subscriber)))
-        while (await receive())["type"] != "http.disconnect":
-            pass
-    except ApiError as error:  # the broker failed: end the stream, the client reconnects
-        log.warning("stream of room %s ended: %s", room.id, error.msg)
-    except asyncio.CancelledError:
-        if subscriber.ending is None:
-            raise
-        asyncio.current_task().uncancel()
-        if subscriber.ending:  # the frames still due to it, then the final event
-            if subscriber.flushing is not None:  # a write in progress; then the flush stops
-                await subscriber.flushing
-            # (unless the ring forgot some meanwhile: then resuming by id brings them all)
-            has_all = subscriber.live and subscriber.cursor >= room.base
-            due = room.pending(subscriber) if has_all else b""
-            await send({"type": "http.response.body", "body": due + subscriber.ending})
-    finally:
-        room.leave(subscriber)
-        if shared:
-            hub.broker.left(room)
-        if subscriber.flushing is not None:
-            subscriber.flushing.cancel()
-        log.info(
-            "stream close room=%s role=%s client=%s s=%.1f bytes=%d",
-            room.id,
-            role,
-            client,
-            time.monotonic() - opened,
-            subscriber.sent,
-        )
+@document_request(PublishBody)
+@document_response(PublishReply, 202)
+async def publish_post(app: StreamingMessage, scope, receive, send, headers, match) -> None:
+    """Publish one message, or a batch (all or none)"""
+    body = request_json(await read_body(receive, app.settings))
+    reply = await publish(app, headers, body, query_params(scope).get("token"))
+    await send_json(send, 202, reply)
 
 
-async def send_hello_and_replay(
-    subscriber: Subscriber, room: Room, last_id: int | None, hello_extra: dict[str, Any]
-) -> None:
-    """A stream's first write: `retry:`, the hello and the messages after last_id. (A
-    function of its own so the replay is not kept alive for the life of the stream.)"""
-    hello = {**room.hello(), **hello_extra}
-    replay: list[bytes] = []
-    if last_id is not None:
-        rows = await hub.broker.history(room, last_id)
-        # The first id after last_id is missing: trimmed, or everything up to last_id is.
-        hello["gap"] = (rows[0][0] if rows else room.record.last_id + 1) > last_id + 1
-        replay = [message_frame(message_id, payload) for message_id, payload in rows]
-        subscriber.replayed_through = rows[-1][0] if rows else 0
-    first = b"retry: %d\n" % settings.retry_ms + event_frame("meta", hello) + b"".join(replay)
-    await subscriber.send({"type": "http.response.body", "body": first, "more_body": True})
-    subscriber.sent += len(first)
+@document_querystring(SendQuery)
+@document_response(SentReply, 202)
+async def publish_get(app: StreamingMessage, scope, receive, send, headers, match) -> None:
+    """Publish a message: the seed's form, ?token=&msg=[&room=]"""
+    params = query_params(scope)
+    if "msg" not in params:
+        raise ApiError(400, "Missing msg parameter")
+    message = {
+        "speaker": unquote(match.group(1).decode("latin-1"), errors="replace"),
+        "data": {"message": params["msg"]},
+        "meta": "message",
+        "room": params.get("room"),
+        "token": params.get("token"),
+    }
+    await send_json(send, 202, await publish(app, headers, message, None))
+
+
+@dataclass(frozen=True)
+class HotRoute:
+    rule: str  # as Quart writes it: for the OpenAPI document
+    method: str
+    path: re.Pattern[bytes]  # matched on the raw path: %2F is no "/"
+    view: Callable[..., Awaitable[None]]
+
+
+# One table, for dispatch and for the OpenAPI document.
+HOT_ROUTES = (
+    HotRoute("/api/v1/events", "GET", re.compile(rb"/api/v1/events/?"), stream_events),
+    HotRoute(
+        "/api/v1/events/<room>", "GET", re.compile(rb"/api/v1/events/([^/]*)/?"), stream_events
+    ),
+    HotRoute("/api/v1/send", "POST", re.compile(rb"/api/v1/send/?"), publish_post),
+    HotRoute("/api/v1/send/<speaker>", "GET", re.compile(rb"/api/v1/send/(.+?)/*"), publish_get),
+)
 
 
 class HeaderedSend:
@@ -2629,10 +2829,17 @@ class HeaderedSend:
     HTML page's) and keeps the status for the log. A stream writes its frames with `raw`,
     which saves a call per frame."""
 
-    __slots__ = ("raw", "scope", "extra", "status")
+    __slots__ = ("raw", "scope", "extra", "frame_ancestors", "status")
 
-    def __init__(self, raw: ASGISend, scope: dict[str, Any], extra: list[tuple[bytes, bytes]]):
+    def __init__(
+        self,
+        raw: ASGISend,
+        scope: dict[str, Any],
+        extra: list[tuple[bytes, bytes]],
+        frame_ancestors: str,
+    ) -> None:
         self.raw, self.scope, self.extra, self.status = raw, scope, extra, 0
+        self.frame_ancestors = frame_ancestors
 
     async def __call__(self, message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
@@ -2642,26 +2849,49 @@ class HeaderedSend:
                 name == b"content-type" and value.startswith(b"text/html")
                 for name, value in message["headers"]
             ):
-                headers.append(page_policy(self.scope))
+                headers.append(page_policy(self.scope, self.frame_ancestors))
             message = {**message, "headers": headers}
         await self.raw(message)
+
+
+class ApiRequest(Request):
+    async def get_json(self, force: bool = False, silent: bool = False, cache: bool = True):
+        """Every body is read as JSON whatever its Content-Type (`curl -d` says it is a
+        form) and as strictly as the hot path reads it; an empty body is {} (a body whose
+        fields are all optional may be left out)."""
+        try:
+            body = await self.get_data(cache=cache)
+        except RequestEntityTooLarge:  # as the hot path words them
+            raise body_too_large(current_app.settings.max_body_bytes) from None
+        except RequestTimeout:
+            raise body_too_slow(current_app.settings.body_timeout_s) from None
+        return request_json(body) if body else {}
 
 
 class StreamingMessage(Quart):
     """Quart with the hot path in front: streams, publishes and API preflights are served
     as plain ASGI (one Hypercorn request and none of Quart's); the rest goes on to Quart.
     Every request comes through here, so it is also where every response gets its CORS
-    and security headers and where each request is logged (ACCESS_LOG)."""
+    and security headers and where each request is logged (ACCESS_LOG). It holds what the
+    routes serve: settings, hub, accounts, relay (see create_app)."""
+
+    request_class = ApiRequest
+    settings: Settings
+    metrics: Metrics
+    hub: Hub
+    accounts: Accounts
+    relay: Relay
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.asgi_app(scope, receive, send)
+        settings = self.settings
         started = time.perf_counter()
         headers = dict(scope["headers"])
-        extra = cors_headers(headers) + SECURITY_HEADERS
+        extra = cors_headers(settings.cors_origins, headers) + SECURITY_HEADERS
         if scope["scheme"] == "https":
             extra.append(HSTS)
-        send_with_headers = HeaderedSend(send, scope, extra)
+        send_with_headers = HeaderedSend(send, scope, extra, settings.frame_ancestors)
         try:
             # Hypercorn bounds the headers it buffers (MAX_HEADER_BYTES), but not headers
             # that arrive at once
@@ -2669,15 +2899,12 @@ class StreamingMessage(Quart):
                 settings.max_header_bytes
             ):
                 msg = f"Request headers too large (max {settings.max_header_bytes} bytes)"
-                await send_json(send_with_headers, 431, ApiError(431, msg).body())
+                await send_error(send_with_headers, ApiError(431, msg))
             elif scope["path"].startswith("/api/v1/"):
                 try:
                     await self.hot_route(scope, receive, send_with_headers, headers)
                 except ApiError as error:
-                    allow = (
-                        [(b"allow", error.extra["allow"].encode())] if error.status == 405 else []
-                    )
-                    await send_json(send_with_headers, error.status, error.body(), allow)
+                    await send_error(send_with_headers, error)
             else:
                 await self.asgi_app(scope, receive, send_with_headers)
         finally:
@@ -2696,159 +2923,49 @@ class StreamingMessage(Quart):
     def hot_route(self, scope, receive, send, headers: dict[bytes, bytes]) -> Awaitable[None]:
         """The coroutine that answers an /api/v1/ request, or ApiError. (A plain function,
         so a stream keeps one coroutine frame less alive for its whole life.)"""
-        method, path = scope["method"], scope["path"]
+        method = scope["method"]
         if method == "OPTIONS":
-            return send_preflight(send, headers)
-        if events := EVENTS_PATH.fullmatch(scope["raw_path"]):
-            if method != "GET":
-                raise ApiError(405, "Method not allowed: use GET", allow="GET")
-            segment = events.group(1)  # None or b"" (`/api/v1/events/`): the default room
-            room_id = unquote(segment.decode("ascii")) if segment else None
-            return stream_events(scope, receive, send, room_id, headers)
-        if path.rstrip("/") == "/api/v1/send":
-            if method != "POST":
-                raise ApiError(405, "Method not allowed: use POST", allow="POST")
-            token = query_params(scope).get("token")
-            return accepted(send, publish_body(receive, headers, token))
-        if scope["raw_path"].startswith(SEND_PREFIX):
-            if method != "GET":
-                raise ApiError(405, "Method not allowed: use GET", allow="GET")
-            raw_speaker = scope["raw_path"][len(SEND_PREFIX) :].rstrip(b"/")
-            return accepted(send, publish_get(raw_speaker, query_params(scope)))
+            return send_preflight(send, preflight_headers(self.settings.cors_origins, headers))
+        for route in HOT_ROUTES:
+            if match := route.path.fullmatch(scope["raw_path"]):
+                if method != route.method:
+                    raise method_not_allowed(route.method)
+                return route.view(self, scope, receive, send, headers, match)
         return self.asgi_app(scope, receive, send)
 
+    async def end_streams(self) -> None:
+        """Shutdown: new publishes and chats get 503, pending publishes are committed and
+        every stream ends with its final event (`event: shutdown`). Once: later calls wait
+        for nothing."""
+        if not self.hub.closing:
+            log.info("shutting down")
+        await self.relay.close()
+        await self.hub.close()
 
-async def send_preflight(send: ASGISend, headers: dict[bytes, bytes]) -> None:
-    preflight = preflight_headers(headers)
-    await send({"type": "http.response.start", "status": 204, "headers": preflight})
+
+async def send_error(send: ASGISend, error: ApiError) -> None:
+    headers = [(name.lower().encode(), value.encode()) for name, value in error.headers()]
+    await send_json(send, error.status, error.body(), headers)
+
+
+async def send_preflight(send: ASGISend, headers: list[tuple[bytes, bytes]]) -> None:
+    await send({"type": "http.response.start", "status": 204, "headers": headers})
     await send({"type": "http.response.body", "body": b""})
-
-
-async def publish_body(receive, headers: dict[bytes, bytes], query_token: str | None) -> dict:
-    """POST /api/v1/send: read the body, then publish it."""
-    return await publish_request(headers, request_json(await read_body(receive)), query_token)
-
-
-async def accepted(send: ASGISend, publishing: Awaitable[dict[str, Any]]) -> None:
-    await send_json(send, 202, await publishing)
-
-
-# The hot path's routes, for the OpenAPI document only: this app is never served.
-hot_path_routes = Quart("hot_path", static_folder=None)
-hot_path_routes.config.update(
-    QUART_SCHEMA_CONVERSION_PREFERENCE=None, QUART_SCHEMA_CONVERT_CASING=False
-)
-for rule, method, view in [
-    ("/api/v1/events", "GET", stream_events),
-    ("/api/v1/events/<room>", "GET", stream_events),
-    ("/api/v1/send", "POST", publish_request),
-    ("/api/v1/send/<speaker>", "GET", publish_get),
-]:
-    hot_path_routes.add_url_rule(rule, rule, view, methods=[method])
-
-
-def accept_utf8_request_targets() -> None:
-    """h11 answers 400 to raw UTF-8 in a request line; curl sends it as typed (the Bun
-    project's README does: `msg=冲！冲刺！`). Accept it, as nginx, Node and Bun do, and
-    percent-encode those bytes so everything after the parser sees a valid ASCII target.
-    h11 only calls `fullmatch(line).groupdict()` on its request-line regex, so a stand-in
-    with that interface is the whole shim."""
-    readers = h11._readers
-    utf8_request_line = re.compile(
-        readers.request_line_re.pattern.replace(rb"\x21-\x7e", rb"\x21-\x7e\x80-\xff")
-    )
-    visible_ascii = bytes(range(0x21, 0x7F))
-
-    class RequestLine:
-        @staticmethod
-        def fullmatch(line: bytes) -> SimpleNamespace | None:
-            match = utf8_request_line.fullmatch(line)
-            if match is None:
-                return None
-            groups = match.groupdict()
-            if not groups["target"].isascii():
-                groups["target"] = quote(groups["target"], safe=visible_ascii).encode()
-            return SimpleNamespace(groupdict=lambda: groups)
-
-    readers.request_line_re = RequestLine
-
-
-accept_utf8_request_targets()
-
-
-class KeepAliveTimer:
-    """Hypercorn's keep-alive timeout, cheaper. Hypercorn's own (an `AsyncioSingleTask` that
-    `hypercorn.asyncio.tcp_server.TCPServer` restarts with its `_idle_timeout`) starts a task,
-    and `wait_for` a second one, each time a connection goes idle, and cancels both when the
-    next request comes: about 35 µs of every request. This one keeps one watcher per idle
-    connection, which a request only marks busy; it closes a connection idle for
-    KEEP_ALIVE_TIMEOUT, or at once when the server shuts down, as Hypercorn's does."""
-
-    def __init__(self) -> None:
-        self.idle_since: float | None = None
-        self.watching = False
-
-    async def restart(self, task_group: Any, action: Callable) -> None:
-        """The connection went idle: `action` is its TCPServer's `_idle_timeout`."""
-        self.idle_since = asyncio.get_running_loop().time()
-        if not self.watching:
-            self.watching = True
-            task_group._task_group.create_task(self._watch(action.__self__))
-
-    async def stop(self) -> None:
-        """A request came (or the connection closes): the watcher ends when it next wakes."""
-        self.idle_since = None
-
-    async def _watch(self, server: Any) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while self.idle_since is not None:
-                remaining = self.idle_since + server.config.keep_alive_timeout - loop.time()
-                if remaining <= 0 or server.context.terminated.is_set():
-                    await server._initiate_server_close()
-                    return
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(server.context.terminated.wait(), remaining)
-        finally:
-            self.watching = False
-
-
-hypercorn.asyncio.tcp_server.AsyncioSingleTask = KeepAliveTimer
-
-
-# ---------------------------------------------------------------------------------------
-# Routes (Quart)
-# ---------------------------------------------------------------------------------------
-
-
-class ApiRequest(Request):
-    async def get_json(self, force: bool = False, silent: bool = False, cache: bool = True):
-        """Every body is read as JSON whatever its Content-Type (`curl -d` says it is a
-        form) and as strictly as the hot path reads it; an empty body is {} (a body whose
-        fields are all optional may be left out)."""
-        try:
-            body = await self.get_data(cache=cache)
-        except RequestEntityTooLarge:  # as the hot path words them
-            raise body_too_large() from None
-        except RequestTimeout:
-            raise body_too_slow() from None
-        return request_json(body) if body else {}
-
-
-app = StreamingMessage(__name__, static_folder=None)
-app.request_class = ApiRequest
-app.config["RESPONSE_TIMEOUT"] = None  # SSE responses last for hours
-app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-app.config["BODY_TIMEOUT"] = settings.body_timeout_s
 
 
 class ApiDocs(OpenAPIProvider):
     """quart-schema's OpenAPI document of the Quart routes, plus what it cannot see: the
-    hot path's routes (from `hot_path_routes`), event-stream replies, and the error
-    envelope that any operation may answer."""
+    hot path's routes (from HOT_ROUTES), event-stream replies, and the error envelope that
+    any operation may answer."""
 
     def schema(self) -> dict[str, Any]:
         spec = super().schema()
+        hot_path_routes = Quart("hot_path", static_folder=None)  # documented, never served
+        hot_path_routes.config.update(
+            QUART_SCHEMA_CONVERSION_PREFERENCE=None, QUART_SCHEMA_CONVERT_CASING=False
+        )
+        for route in HOT_ROUTES:
+            hot_path_routes.add_url_rule(route.rule, route.rule, route.view, methods=[route.method])
         hot_path = ApiDocs(hot_path_routes, self._extension)
         for rule in hot_path.generate_rules():  # as super().schema() does for Quart's
             paths, components = hot_path.build_paths(rule)
@@ -2886,47 +3003,16 @@ class ApiDocs(OpenAPIProvider):
         return method.lower() + re.sub(r"[^a-z0-9]+", "_", path.lower()).rstrip("_")
 
 
-QuartSchema(
-    app,
-    info={"title": "streaming-message", "version": API_VERSION},
-    swagger_ui_path=None,  # the UIs load scripts from CDNs: not under this site's CSP
-    redoc_ui_path=None,
-    scalar_ui_path=None,
-    security_schemes={
-        "bearer": {"type": "http", "scheme": "bearer"},
-        "query_token": {"type": "apiKey", "in_": "query", "name": "token"},
-    },
-    security=[{"bearer": []}, {"query_token": []}, {}],  # {}: some routes need none
-    openapi_provider_class=ApiDocs,
-)
+# The Quart routes, on one blueprint that create_app registers.
+routes = Blueprint("routes", __name__)
 
 
-@app.before_serving
-async def startup() -> None:
-    log.debug("settings: %r", settings)  # the secrets are fields with repr=False
-    await hub.start()
-    try:
-        await accounts.start(hub.storage)
-    except BaseException:  # e.g. a bad SECRET_KEY: stop, or the database's threads linger
-        await shutdown()
-        raise
-
-
-@app.after_serving
-async def shutdown() -> None:
-    await hub.close()
-    await hub.close_storage()
-
-
-@app.errorhandler(ApiError)
+@routes.app_errorhandler(ApiError)
 async def api_error(error: ApiError):
-    response = jsonify(error.body())
-    if "retry_after" in error.extra:  # 429: when to try again
-        response.headers["Retry-After"] = str(error.extra["retry_after"])
-    return response, error.status
+    return error.body(), error.status, error.headers()
 
 
-@app.errorhandler(RequestSchemaValidationError)
+@routes.app_errorhandler(RequestSchemaValidationError)
 async def schema_error(error: RequestSchemaValidationError):
     cause = error.validation_error
     if isinstance(cause, ValidationError):
@@ -2934,16 +3020,15 @@ async def schema_error(error: RequestSchemaValidationError):
     return await api_error(ApiError(400, "Invalid request", detail=str(cause)))
 
 
-@app.errorhandler(HTTPException)
+@routes.app_errorhandler(HTTPException)
 async def http_error(error: HTTPException):
     """Quart's own errors (404, 405, 413, 408...) in the envelope, with their headers."""
-    body = {"success": False, "code": error.code, "msg": error.description}
     headers = [(name, value) for name, value in error.get_headers() if name != "Content-Type"]
-    return jsonify(body), error.code, headers
+    return envelope(error.code, error.description), error.code, headers
 
 
 def ok(msg: str = "OK", code: int = 200, **fields: Any) -> tuple[dict[str, Any], int]:
-    return {"success": True, "code": code, "msg": msg, **fields}, code
+    return envelope(code, msg, **fields), code
 
 
 def request_token(body_token: str | None = None) -> str | None:
@@ -2964,30 +3049,30 @@ class HealthReply(Reply):
     slow_consumer_disconnects: int
 
 
-@app.get("/healthz")
+@routes.get("/healthz")
 @validate_response(HealthReply)
 async def healthz():
     """This process's health and counters (each process of a multi-process hub has its own)."""
     return ok(
-        broker=hub.broker.name,
+        broker=current_app.hub.broker.name,
         pid=os.getpid(),
-        rooms=len(hub.rooms),
-        subscribers=sum(len(room.subscribers) for room in hub.rooms.values()),
-        fallback_subscribers=len(hub.fallback.subscribers),
-        published=int(metrics.value("messages_published_total")),
-        commits=int(metrics.value("commits_total")),
-        deliveries=int(metrics.value("deliveries_total")),
-        slow_consumer_disconnects=int(metrics.value("slow_consumer_disconnects_total")),
+        rooms=len(current_app.hub.rooms),
+        subscribers=sum(len(room.subscribers) for room in current_app.hub.rooms.values()),
+        fallback_subscribers=len(current_app.hub.fallback.subscribers),
+        published=int(current_app.metrics.value("messages_published_total")),
+        commits=int(current_app.metrics.value("commits_total")),
+        deliveries=int(current_app.metrics.value("deliveries_total")),
+        slow_consumer_disconnects=int(current_app.metrics.value("slow_consumer_disconnects_total")),
     )
 
 
-@app.get("/metrics")
+@routes.get("/metrics")
 @hide  # Prometheus text, not JSON: for scrapers, not in the OpenAPI document
 async def prometheus_metrics():
     """This process's metrics, in the format the scraper asks for (Prometheus text 0.0.4
     by default, or OpenMetrics)."""
     encode, content_type = choose_encoder(request.headers.get("Accept", ""))
-    return Response(encode(metrics.registry), content_type=content_type)
+    return Response(encode(current_app.metrics.registry), content_type=content_type)
 
 
 # Auth: login answers an access JWT and a refresh token in JSON and as HttpOnly cookies:
@@ -3019,9 +3104,9 @@ def session_reply(user: User, access: str, refresh: str, msg: str):
         access_token=access,
         refresh_token=refresh,
         token_type="Bearer",
-        expires_in=int(settings.access_token_ttl_s),
-        refresh_expires_in=int(settings.refresh_token_ttl_s),
-        user=user.public(),
+        expires_in=int(current_app.settings.access_token_ttl_s),
+        refresh_expires_in=int(current_app.settings.refresh_token_ttl_s),
+        user=user.as_dict(),
     )
     return reply, status, session_cookies((refresh, access))
 
@@ -3029,8 +3114,8 @@ def session_reply(user: User, access: str, refresh: str, msg: str):
 def session_cookies(values: tuple[str, str] | None) -> Headers:
     """Headers setting (refresh token, access token) as cookies, or clearing them (None)."""
     cookies = [
-        (REFRESH_COOKIE, "/api/v1/auth", settings.refresh_token_ttl_s),
-        (SESSION_COOKIE, "/api/v1/events", settings.access_token_ttl_s),
+        (REFRESH_COOKIE, "/api/v1/auth", current_app.settings.refresh_token_ttl_s),
+        (SESSION_COOKIE, "/api/v1/events", current_app.settings.access_token_ttl_s),
     ]
     headers = Headers([("Cache-Control", "no-store")])  # not a list: it keeps both cookies
     for index, (name, path, ttl) in enumerate(cookies):
@@ -3039,7 +3124,7 @@ def session_cookies(values: tuple[str, str] | None) -> Headers:
             values[index] if values else "",
             max_age=int(ttl) if values else 0,
             path=path,
-            secure=settings.cookie_secure or request.scheme == "https",
+            secure=current_app.settings.cookie_secure or request.scheme == "https",
             httponly=True,
             samesite="Strict",
         )
@@ -3055,7 +3140,11 @@ def cookie_credential(name: str) -> str | None:
     know it (TRUST_PROXY)."""
     value = request.cookies.get(name)
     origin = request.headers.get("Origin")
-    if value and origin not in settings.cors_origins and urlsplit(origin).netloc != request.host:
+    if (
+        value
+        and origin not in current_app.settings.cors_origins
+        and urlsplit(origin).netloc != request.host
+    ):
         raise ApiError(403, "Cookie credentials need an Origin header of this site (CSRF)")
     return value
 
@@ -3068,22 +3157,24 @@ class LoginRequest(Body):
     password: str
 
 
-@app.post("/api/v1/auth/login")
+@routes.post("/api/v1/auth/login")
 @validate_request(LoginRequest)
 @validate_response(SessionReply)
 async def login(data: LoginRequest):
     """Log in: an access JWT and a refresh token (also set as HttpOnly cookies)"""
-    user = await accounts.verify_login(data.username, data.password, request.remote_addr or "")
+    user = await current_app.accounts.verify_login(
+        data.username, data.password, request.remote_addr or ""
+    )
     if user is None:
         raise ApiError(401, "Invalid username or password")
-    return session_reply(user, *await accounts.start_session(user), "Logged In")
+    return session_reply(user, *await current_app.accounts.start_session(user), "Logged In")
 
 
 class RefreshRequest(Body):
     refresh_token: str | None = Field(default=None, max_length=MAX_TOKEN_CHARS)
 
 
-@app.post("/api/v1/auth/refresh")
+@routes.post("/api/v1/auth/refresh")
 @validate_request(RefreshRequest)
 @validate_response(SessionReply)
 async def refresh(data: RefreshRequest):
@@ -3091,11 +3182,11 @@ async def refresh(data: RefreshRequest):
     token = data.refresh_token or cookie_credential(REFRESH_COOKIE)
     if not token:
         raise ApiError(401, "Missing refresh token: send refresh_token or the cookie")
-    user, access, refresh_token = await accounts.refresh_session(token)
+    user, access, refresh_token = await current_app.accounts.refresh_session(token)
     return session_reply(user, access, refresh_token, "Token Refreshed")
 
 
-@app.post("/api/v1/auth/logout")
+@routes.post("/api/v1/auth/logout")
 @validate_request(RefreshRequest)
 @validate_response(Reply)
 async def logout(data: RefreshRequest):
@@ -3103,9 +3194,11 @@ async def logout(data: RefreshRequest):
     Bearer access token, and clears the cookies."""
     token = data.refresh_token or cookie_credential(REFRESH_COOKIE)
     if token:
-        await accounts.end_session(refresh_token=token)
+        await current_app.accounts.end_session(refresh_token=token)
     else:
-        await accounts.end_session(session_id=authenticate(request_token()).session_id)
+        await current_app.accounts.end_session(
+            session_id=current_app.accounts.authenticate(request_token()).session_id
+        )
     return *ok("Logged Out"), session_cookies(None)
 
 
@@ -3131,11 +3224,11 @@ class MeReply(Reply):
     principal: PrincipalOut
 
 
-@app.get("/api/v1/auth/me")
+@routes.get("/api/v1/auth/me")
 @validate_response(MeReply)
 async def me():
     """Who the credential is"""
-    return ok(principal=authenticate(request_token()).public())
+    return ok(principal=current_app.accounts.authenticate(request_token()).as_dict())
 
 
 class PasswordRequest(Body):
@@ -3143,17 +3236,22 @@ class PasswordRequest(Body):
     new_password: Password
 
 
-@app.post("/api/v1/auth/password")
+@routes.post("/api/v1/auth/password")
 @validate_request(PasswordRequest)
 @validate_response(SessionReply)
 async def change_password(data: PasswordRequest):
     """Change one's password: ends every session, starts a new one"""
-    principal = authorize(request_token(), None, "account")
+    principal = current_app.accounts.authorize(request_token(), None, "account")
     address = request.remote_addr or ""
-    if await accounts.verify_login(principal.name, data.current_password, address) is None:
+    if (
+        await current_app.accounts.verify_login(principal.name, data.current_password, address)
+        is None
+    ):
         raise ApiError(401, "current_password is wrong")
-    user = await accounts.update_user(principal.user_id, {"password": data.new_password})
-    return session_reply(user, *await accounts.start_session(user), "Password Changed")
+    user = await current_app.accounts.update_user(
+        principal.user_id, {"password": data.new_password}
+    )
+    return session_reply(user, *await current_app.accounts.start_session(user), "Password Changed")
 
 
 # Rooms
@@ -3189,7 +3287,7 @@ class RoomChanges(Body):
 
 
 class RoomCreate(RoomChanges):
-    id: matching(f"^{ROOM_ID.pattern}$", "1-64 letters or digits (any case)")
+    id: matching(ROOM_ID.pattern, "1-64 letters or digits (any case)")
 
 
 class Presence(BaseModel):
@@ -3223,84 +3321,84 @@ class RoomDeletedReply(Reply):
 
 
 async def room_summary(room: Room) -> dict[str, Any]:
-    return {**room.record.public(), "subscribers": await hub.presence_counts(room)}
+    return {**room.record.as_dict(), "subscribers": await current_app.hub.presence_counts(room)}
 
 
-@app.get("/api/v1/rooms")
+@routes.get("/api/v1/rooms")
 @validate_response(RoomsReply)
 async def list_rooms():
     """Public rooms, and the private ones the caller may subscribe to"""
     token = request_token()
-    principal = authenticate(token) if token else None
+    principal = current_app.accounts.authenticate(token) if token else None
     rooms = [
         await room_summary(room)
-        for room in hub.rooms.values()
+        for room in current_app.hub.rooms.values()
         if not room.record.private or (principal and principal.may(room, "subscribe"))
     ]
     return ok(rooms=rooms)
 
 
-@app.post("/api/v1/rooms")
+@routes.post("/api/v1/rooms")
 @validate_request(RoomCreate)
 @validate_response(RoomCreatedReply, 201)
 async def create_room(data: RoomCreate):
     """Create a room (owned by the caller)"""
-    principal = authorize(request_token(data.token), None, "manage")
+    principal = current_app.accounts.authorize(request_token(data.token), None, "manage")
     canonical = data.id.lower()
     conflict = ApiError(409, f"Room already exists: {canonical}", room=canonical)
-    if canonical in hub.rooms:
+    if canonical in current_app.hub.rooms:
         raise conflict
     fields = data.fields({})
     try:
-        record = await hub.create_room(canonical, principal.user_id, **fields)
+        record = await current_app.hub.create_room(canonical, principal.user_id, **fields)
     except sqlite3.IntegrityError:
         raise conflict from None
-    return ok("Room Created", 201, room=record.public())
+    return ok("Room Created", 201, room=record.as_dict())
 
 
 def readable_room(room_id: str) -> Room:
     """A room the request may read: public, or private with a subscribe right."""
-    room = find_room(room_id)
+    room = current_app.hub.find_room(room_id)
     if room.record.private:
-        authorize(request_token(), room, "subscribe")
+        current_app.accounts.authorize(request_token(), room, "subscribe")
     return room
 
 
-@app.get("/api/v1/rooms/<room_id>")
+@routes.get("/api/v1/rooms/<room_id>")
 @validate_response(RoomReply)
 async def get_room(room_id: str):
     """A room, with its presence"""
     return ok(room=await room_summary(readable_room(room_id)))
 
 
-@app.get("/api/v1/rooms/<room_id>/presence")
+@routes.get("/api/v1/rooms/<room_id>/presence")
 @validate_response(PresenceReply)
 async def get_presence(room_id: str):
     """How many players and controllers are connected"""
     room = readable_room(room_id)
-    return ok(room=room.id, **await hub.presence_counts(room))
+    return ok(room=room.id, **await current_app.hub.presence_counts(room))
 
 
-@app.patch("/api/v1/rooms/<room_id>")
+@routes.patch("/api/v1/rooms/<room_id>")
 @validate_request(RoomChanges)
 @validate_response(RoomReply)
 async def update_room(room_id: str, data: RoomChanges):
     """Room settings: title, private, history_size, settings.typewriter_speed and theme"""
-    room = find_room(room_id)
-    authorize(request_token(data.token), room, "manage")
-    await hub.update_room(room, data.fields(room.record.settings))
+    room = current_app.hub.find_room(room_id)
+    current_app.accounts.authorize(request_token(data.token), room, "manage")
+    await current_app.hub.update_room(room, data.fields(room.record.settings))
     return ok("Room Updated", room=await room_summary(room))
 
 
-@app.delete("/api/v1/rooms/<room_id>")
+@routes.delete("/api/v1/rooms/<room_id>")
 @validate_response(RoomDeletedReply)
 async def delete_room(room_id: str):
     """Delete a room: its streams end with `event: deleted`, its history goes"""
-    room = find_room(room_id)
-    authorize(request_token(), room, "manage")
-    if room.id == settings.default_room:
+    room = current_app.hub.find_room(room_id)
+    current_app.accounts.authorize(request_token(), room, "manage")
+    if room.id == current_app.settings.default_room:
         raise ApiError(409, "The default room cannot be deleted", room=room.id)
-    await hub.delete_room(room)
+    await current_app.hub.delete_room(room)
     return ok("Room Deleted", room=room.id)
 
 
@@ -3329,45 +3427,45 @@ class IdReply(Reply):
     id: str
 
 
-@app.get("/api/v1/tokens")
+@routes.get("/api/v1/tokens")
 @validate_response(TokensReply)
 async def list_api_tokens():
     """The caller's API tokens"""
-    principal = authorize(request_token(), None, "account")
-    tokens = [token.public() for token in accounts.user_api_tokens(principal.user_id)]
+    principal = current_app.accounts.authorize(request_token(), None, "account")
+    tokens = [token.as_dict() for token in current_app.accounts.user_api_tokens(principal.user_id)]
     return ok(tokens=tokens)
 
 
-@app.post("/api/v1/tokens")
+@routes.post("/api/v1/tokens")
 @validate_request(TokenCreate)
 @validate_response(TokenCreatedReply, 201)
 async def create_api_token(data: TokenCreate):
     """Create an API token; its secret is in this reply only"""
-    principal = authorize(request_token(), None, "account")
+    principal = current_app.accounts.authorize(request_token(), None, "account")
     rooms = None
     if data.rooms != "*":
         rooms = frozenset(authorize_room(principal, room_id) for room_id in data.rooms)
     expires_at = None if data.expires_in is None else now_ms() + int(data.expires_in * 1000)
-    secret, token = await accounts.create_api_token(
+    secret, token = await current_app.accounts.create_api_token(
         principal.user_id, data.name, rooms, frozenset(data.rights), expires_at
     )
-    return ok("Token Created", 201, token=secret, api_token=token.public())
+    return ok("Token Created", 201, token=secret, api_token=token.as_dict())
 
 
 def authorize_room(principal: Principal, room_id: str) -> str:
     """A room a user may put in a token's scope: one they may publish to."""
-    room = find_room(room_id)
+    room = current_app.hub.find_room(room_id)
     if not principal.may(room, "publish"):
         raise ApiError(403, f"Not your room: {room.id}", room=room.id)
     return room.id
 
 
-@app.delete("/api/v1/tokens/<token_id>")
+@routes.delete("/api/v1/tokens/<token_id>")
 @validate_response(IdReply)
 async def revoke_api_token(token_id: str):
     """Revoke an API token"""
-    principal = authorize(request_token(), None, "account")
-    await accounts.revoke_api_token(principal, token_id)
+    principal = current_app.accounts.authorize(request_token(), None, "account")
+    await current_app.accounts.revoke_api_token(principal, token_id)
     return ok("Token Revoked", id=token_id)
 
 
@@ -3376,7 +3474,7 @@ async def revoke_api_token(token_id: str):
 
 class UserCreate(Body):
     token: str | None = None
-    username: matching(f"^{USERNAME.pattern}$", "1-32 letters, digits, '.', '_' or '-'")
+    username: matching(USERNAME.pattern, "1-32 letters, digits, '.', '_' or '-'")
     password: Password
     role: Role = "user"
 
@@ -3396,46 +3494,48 @@ class UserReply(Reply):
     user: UserOut
 
 
-@app.get("/api/v1/users")
+@routes.get("/api/v1/users")
 @validate_response(UsersReply)
 async def list_users():
     """Every user (admins)"""
-    authorize(request_token(), None, "admin")
-    return ok(users=[user.public() for user in await accounts.list_users()])
+    current_app.accounts.authorize(request_token(), None, "admin")
+    users = await current_app.storage.load_users()
+    return ok(users=[user.as_dict() for user in users.values()])
 
 
-@app.post("/api/v1/users")
+@routes.post("/api/v1/users")
 @validate_request(UserCreate)
 @validate_response(UserReply, 201)
 async def create_user(data: UserCreate):
     """Create a user (admins)"""
-    authorize(request_token(data.token), None, "admin")
-    user = await accounts.create_user(data.username, data.password, data.role)
-    return ok("User Created", 201, user=user.public())
+    current_app.accounts.authorize(request_token(data.token), None, "admin")
+    user = await current_app.accounts.create_user(data.username, data.password, data.role)
+    return ok("User Created", 201, user=user.as_dict())
 
 
-@app.patch("/api/v1/users/<user_id>")
+@routes.patch("/api/v1/users/<user_id>")
 @validate_request(UserChanges)
 @validate_response(UserReply)
 async def update_user(user_id: str, data: UserChanges):
     """Disable or enable a user, change the role, reset the password (admins). Disabling
     or a new password ends the user's sessions."""
-    principal = authorize(request_token(data.token), None, "admin")
+    principal = current_app.accounts.authorize(request_token(data.token), None, "admin")
     changes = data.model_dump(exclude_unset=True, exclude={"token"})
     if user_id == principal.user_id and (changes.get("disabled") or changes.get("role") == "user"):
         raise ApiError(400, "You cannot disable or demote your own account")
-    user = await accounts.update_user(user_id, changes)
-    return ok("User Updated", user=user.public())
+    user = await current_app.accounts.update_user(user_id, changes)
+    return ok("User Updated", user=user.as_dict())
 
 
-@app.delete("/api/v1/users/<user_id>")
+@routes.delete("/api/v1/users/<user_id>")
 @validate_response(IdReply)
 async def delete_user(user_id: str):
     """Delete a user (admins); their rooms stay, without an owner"""
-    principal = authorize(request_token(), None, "admin")
+    principal = current_app.accounts.authorize(request_token(), None, "admin")
     if user_id == principal.user_id:
         raise ApiError(400, "You cannot delete your own account")
-    await accounts.delete_user(user_id)
+    await current_app.accounts.delete_user(user_id)
+    current_app.hub.disown_rooms(user_id)
     return ok("User Deleted", id=user_id)
 
 
@@ -3444,29 +3544,29 @@ async def delete_user(user_id: str):
 # dist/ also works as a static site. Static files: not in the OpenAPI document.
 
 
-@app.get("/static/js/sse-client.js")  # the Bun project's path
-@app.get("/sse-client.js")  # the pages' (relative) path
+@routes.get("/static/js/sse-client.js")  # the Bun project's path
+@routes.get("/sse-client.js")  # the pages' (relative) path
 @hide
 async def sse_client_js():
     return await send_from_directory(DIST, "sse-client.js", mimetype="text/javascript")
 
 
-@app.get("/assets/<path:name>")
+@routes.get("/assets/<path:name>")
 @hide
 async def assets(name: str):
     return await send_from_directory(DIST / "assets", name)
 
 
-@app.get("/admin")
-@app.get("/chat")
+@routes.get("/admin")
+@routes.get("/chat")
 @hide
 async def app_page():
     """dist/admin.html or dist/chat.html."""
     return await send_from_directory(DIST, f"{request.path[1:]}.html")
 
 
-@app.get("/")
-@app.get("/<room_id>")
+@routes.get("/")
+@routes.get("/<room_id>")
 @hide
 async def player_page(room_id: str | None = None):
     if room_id is not None and normalize_room(room_id) is None:
@@ -3483,13 +3583,46 @@ async def player_page(room_id: str | None = None):
 # ---------------------------------------------------------------------------------------
 
 CHAT_UID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-CHAT_ROLES = ("user", "assistant")  # the system prompt is the server's (LLM_SYSTEM_PROMPT)
 BUSY_RETRY_AFTER_S = 5  # a cap frees up when some chat ends, which nothing predicts
 DEMO_ANSWER = (
     "[Demo model] Hello! This server has no LLM_API_KEY, so this answer comes from its "
     "built-in demo model, word by word, with no AI service involved. You wrote: “{prompt}”. "
     "Set LLM_API_KEY (and LLM_BASE_URL, LLM_MODEL) to talk to a real model."
 )
+
+
+class ChatMessage(Body):
+    role: Literal["user", "assistant"]
+    content: str
+
+
+class ChatRequest(Body):
+    """A prompt, or a conversation: `messages` (at most MAX_MESSAGES, MAX_PROMPT_CHARS in
+    all, else 413)."""
+
+    token: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+
+
+class ChatStart(ChatRequest):
+    uid: matching(CHAT_UID.pattern, "1-64 letters, digits, '-' or '_'") | None = None
+
+
+class RoomAiRequest(ChatRequest):
+    speaker: Speaker = "AI"
+
+
+class ChatReply(Reply):
+    uid: str
+
+
+class RoomTarget(BaseModel):
+    room: str
+
+
+class RoomAiReply(ChatReply):
+    target: RoomTarget
 
 
 def sse_response(frames: AsyncIterator[bytes]) -> Response:
@@ -3504,7 +3637,7 @@ def sse_response(frames: AsyncIterator[bytes]) -> Response:
     return Response(body(), headers={name.decode(): value.decode() for name, value in SSE_HEADERS})
 
 
-def chat_messages(data: ChatRequest) -> list[dict[str, str]]:
+def chat_messages(data: ChatRequest, settings: Settings) -> list[dict[str, str]]:
     """The conversation of a chat request: `prompt` or `messages`. Raises 400, or 413 past
     MAX_MESSAGES/MAX_PROMPT_CHARS."""
     if (data.prompt is None) == (data.messages is None):
@@ -3524,81 +3657,6 @@ def chat_messages(data: ChatRequest) -> list[dict[str, str]]:
     return conversation
 
 
-async def complete(messages: list[dict[str, str]], on_delta: Callable[[str], None]) -> dict:
-    """Stream an answer, calling on_delta(text) for each piece; returns the `done` event's
-    data. Any failure is an ApiError whose msg is safe to show: no key, no upstream body."""
-    model = openai_answer if settings.llm_api_key else demo_answer
-    try:
-        async with asyncio.timeout(settings.llm_timeout_s):
-            return await model(messages, on_delta)
-    except (TimeoutError, ApiError) as error:
-        metrics.relay_upstream_errors.inc()
-        if isinstance(error, ApiError):
-            raise
-        raise ApiError(504, "The AI service timed out") from None
-
-
-async def demo_answer(messages: list[dict[str, str]], on_delta: Callable[[str], None]) -> dict:
-    prompt = textwrap.shorten(messages[-1]["content"], 200, placeholder=" …")
-    for index, word in enumerate(DEMO_ANSWER.format(prompt=prompt).split(" ")):
-        await asyncio.sleep(settings.demo_delay_s)
-        on_delta(word if index == 0 else " " + word)
-    return {"finish_reason": "stop", "usage": None, "model": "demo"}
-
-
-async def openai_answer(messages: list[dict[str, str]], on_delta: Callable[[str], None]) -> dict:
-    """POST {LLM_BASE_URL}/chat/completions with stream: true and read its SSE chunks."""
-    system = [{"role": "system", "content": settings.llm_system_prompt}]
-    body: dict[str, Any] = {
-        "model": settings.llm_model,
-        "messages": (system if settings.llm_system_prompt else []) + messages,
-        "stream": True,
-        "stream_options": {"include_usage": True},  # the usage chunk, where supported
-    }
-    if settings.llm_max_tokens:
-        body["max_tokens"] = settings.llm_max_tokens
-    done: dict[str, Any] = {"finish_reason": None, "usage": None, "model": settings.llm_model}
-    try:
-        async with aconnect_sse(
-            relay.client,
-            "POST",
-            settings.llm_base_url.rstrip("/") + "/chat/completions",
-            json=body,
-            headers={"Authorization": f"Bearer {settings.llm_api_key}"},
-        ) as source:
-            if source.response.status_code != 200:
-                raise await upstream_refusal(source.response)
-            async for event in source.aiter_sse():
-                if event.data == "[DONE]":
-                    return done
-                chunk = parse_json(event.data)
-                if chunk.get("error"):
-                    log.warning("AI service error in stream: %s", event.data[:300])
-                    raise ApiError(502, "The AI service reported an error")
-                done["usage"] = chunk.get("usage") or done["usage"]
-                for choice in chunk.get("choices") or []:
-                    content = (choice.get("delta") or {}).get("content")
-                    if not isinstance(content, str | None):
-                        raise ValueError("delta content is not a string")
-                    if content:
-                        on_delta(content)
-                    done["finish_reason"] = choice.get("finish_reason") or done["finish_reason"]
-    except httpx.TimeoutException:
-        raise ApiError(504, "The AI service timed out") from None
-    except httpx.ConnectError as error:
-        log.warning("AI service unreachable: %s", error)
-        raise ApiError(502, "Could not reach the AI service") from None
-    except (SSEError, ValueError, AttributeError, TypeError) as error:  # not the format we know
-        log.warning("AI service sent an invalid response: %s", type(error).__name__)
-        raise ApiError(502, "The AI service sent an invalid response") from None
-    except httpx.HTTPError as error:
-        log.warning("AI service connection lost: %s: %s", type(error).__name__, error)
-        raise ApiError(502, "The connection to the AI service was lost") from None
-    if done["finish_reason"] is None:  # the body ended cleanly but the answer did not
-        raise ApiError(502, "The AI service ended the answer early")
-    return done
-
-
 async def upstream_refusal(response: httpx.Response) -> ApiError:
     """The error for a non-200 answer. Its body goes to the log (without the key), never to
     the client."""
@@ -3616,7 +3674,8 @@ class Chat:
     """One answer: its frames so far (ids 1..n), its task, who follows it. In a room (the AI
     speaker) the answer is also streamed there live and stored there once complete."""
 
-    def __init__(self, uid: str, client: str, room: Room | None, speaker: str) -> None:
+    def __init__(self, relay: Relay, uid: str, client: str, room: Room | None, speaker: str):
+        self.relay = relay
         self.uid, self.client, self.room, self.speaker = uid, client, room, speaker
         self.frames: list[bytes] = []
         self.text: list[str] = []
@@ -3629,21 +3688,21 @@ class Chat:
 
     async def answer(self, messages: list[dict[str, str]]) -> None:
         try:
-            done = await complete(messages, self.delta)
+            done = await self.relay.complete(messages, self.delta)
             if self.room is not None:
                 data = {"message": "".join(self.text), "stream": self.uid}
                 message, _, _ = validate_message(
-                    {"speaker": self.speaker, "data": data, "meta": "ai"}
+                    {"speaker": self.speaker, "data": data, "meta": "ai"}, self.relay.settings
                 )
-                (payload,) = await hub.publish([(self.room, message)])
+                (payload,) = await self.relay.hub.publish([(self.room, message)])
                 done["id"] = payload["id"]
             self.end("done", done)
         except ApiError as error:
             log.warning("chat %s failed: %s", self.uid, error.msg)
             self.fail(error)
         except asyncio.CancelledError:
-            if relay.closing.is_set():
-                self.fail(ApiError(503, "Server is shutting down"))
+            if self.relay.closing.is_set():
+                self.fail(shutting_down())
             else:
                 self.fail(ApiError(499, "Chat cancelled"))
             raise
@@ -3688,7 +3747,7 @@ class Chat:
                     return
                 else:
                     try:
-                        async with asyncio.timeout(settings.keepalive_s):
+                        async with asyncio.timeout(self.relay.settings.keepalive_s):
                             await self._grown.wait()
                     except TimeoutError:
                         yield KEEPALIVE_FRAME
@@ -3698,11 +3757,13 @@ class Chat:
 
 
 class Relay:
-    """The chats in memory, the one upstream HTTP client, the limits and the reaper."""
+    """The chats in memory, the one upstream HTTP client, the limits and the reaper. A room's
+    AI speaker publishes its answer through the hub."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, hub: Hub) -> None:
+        self.settings, self.metrics, self.hub = settings, metrics, hub
         self.chats: dict[str, Chat] = {}
-        self.starts = RateLimiter(settings.chat_rate_window_s)  # chat starts per client
+        self.starts = RateLimiter(self.settings.chat_rate_window_s)  # chat starts per client
         self.client: httpx.AsyncClient
         self.closing = asyncio.Event()
         self._reaper: asyncio.Task
@@ -3711,13 +3772,13 @@ class Relay:
         self.closing = asyncio.Event()
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(
-                settings.llm_read_timeout_s, connect=settings.llm_connect_timeout_s
+                self.settings.llm_read_timeout_s, connect=self.settings.llm_connect_timeout_s
             ),
-            limits=httpx.Limits(max_connections=settings.chat_max_total),
+            limits=httpx.Limits(max_connections=self.settings.chat_max_total),
         )
         self._reaper = asyncio.create_task(self._reap())
-        if settings.llm_api_key:
-            log.info("AI relay: %s at %s", settings.llm_model, settings.llm_base_url)
+        if self.settings.llm_api_key:
+            log.info("AI relay: %s at %s", self.settings.llm_model, self.settings.llm_base_url)
         else:
             log.info("AI relay: demo model (LLM_API_KEY is not set)")
 
@@ -3730,30 +3791,31 @@ class Relay:
         speaker: str = "",
     ) -> Chat:
         if self.closing.is_set():
-            raise ApiError(503, "Server is shutting down")
+            raise shutting_down()
         if uid in self.chats:
             raise ApiError(409, f"Chat already exists: {uid}", uid=uid)
         self.admit(client)
-        chat = Chat(uid or uuid.uuid4().hex, client, room, speaker)
+        chat = Chat(self, uid or uuid.uuid4().hex, client, room, speaker)
         self.chats[chat.uid] = chat
         chat.task = asyncio.create_task(chat.answer(messages))
-        metrics.relay_streams.inc()
+        self.metrics.relay_streams.inc()
         return chat
 
     def admit(self, client: str) -> None:
         """Count a chat start for `client`, or raise 429 when a limit says no."""
         running = [chat for chat in self.chats.values() if chat.state == "running"]
-        if len(running) >= settings.chat_max_total:
+        if len(running) >= self.settings.chat_max_total:
             raise ApiError(
                 429, "The server is busy with other chats", retry_after=BUSY_RETRY_AFTER_S
             )
-        if sum(chat.client == client for chat in running) >= settings.chat_max_per_client:
+        if sum(chat.client == client for chat in running) >= self.settings.chat_max_per_client:
             raise ApiError(
                 429,
-                f"Too many chats at once (max {settings.chat_max_per_client}): wait for one to end",
+                f"Too many chats at once (max {self.settings.chat_max_per_client}): "
+                "wait for one to end",
                 retry_after=BUSY_RETRY_AFTER_S,
             )
-        limit, window = settings.chat_rate_limit, settings.chat_rate_window_s
+        limit, window = self.settings.chat_rate_limit, self.settings.chat_rate_window_s
         self.starts.take({client: limit}, f"Rate limited: at most {limit} chats per {window:g} s")
 
     def find(self, uid: str) -> Chat:
@@ -3766,16 +3828,16 @@ class Relay:
         """Free ended chats after CHAT_TTL_S; cancel running ones (but a room's, which the
         room's players follow) that nobody has followed for CHAT_IDLE_S."""
         while True:
-            await asyncio.sleep(min(settings.chat_ttl_s, settings.chat_idle_s) / 2)
+            await asyncio.sleep(min(self.settings.chat_ttl_s, self.settings.chat_idle_s) / 2)
             now = time.monotonic()
             for chat in list(self.chats.values()):
                 if chat.state != "running":
-                    if now - chat.ended_at >= settings.chat_ttl_s:
+                    if now - chat.ended_at >= self.settings.chat_ttl_s:
                         del self.chats[chat.uid]
                 elif (
                     chat.room is None
                     and not chat.listeners
-                    and now - chat.last_listened >= settings.chat_idle_s
+                    and now - chat.last_listened >= self.settings.chat_idle_s
                 ):
                     log.info("chat %s: nobody is listening, cancelled", chat.uid)
                     chat.cancel()
@@ -3791,75 +3853,112 @@ class Relay:
         await asyncio.gather(*tasks, self._reaper, return_exceptions=True)
         await self.client.aclose()
 
+    async def complete(
+        self, messages: list[dict[str, str]], on_delta: Callable[[str], None]
+    ) -> dict:
+        """Stream an answer, calling on_delta(text) for each piece; returns the `done` event's
+        data. Any failure is an ApiError whose msg is safe to show: no key, no upstream body."""
+        model = self._openai_answer if self.settings.llm_api_key else self._demo_answer
+        try:
+            async with asyncio.timeout(self.settings.llm_timeout_s):
+                return await model(messages, on_delta)
+        except (TimeoutError, ApiError) as error:
+            self.metrics.relay_upstream_errors.inc()
+            if isinstance(error, ApiError):
+                raise
+            raise ApiError(504, "The AI service timed out") from None
 
-relay = Relay()
+    async def _demo_answer(
+        self, messages: list[dict[str, str]], on_delta: Callable[[str], None]
+    ) -> dict:
+        prompt = textwrap.shorten(messages[-1]["content"], 200, placeholder=" …")
+        for index, word in enumerate(DEMO_ANSWER.format(prompt=prompt).split(" ")):
+            await asyncio.sleep(self.settings.demo_delay_s)
+            on_delta(word if index == 0 else " " + word)
+        return {"finish_reason": "stop", "usage": None, "model": "demo"}
 
-
-@app.before_serving
-async def start_relay() -> None:
-    await relay.start()
-
-
-@app.after_serving
-async def stop_relay() -> None:
-    await relay.close()
-
-
-class ChatMessage(Body):
-    role: Literal["user", "assistant"]
-    content: str
-
-
-class ChatRequest(Body):
-    """A prompt, or a conversation: `messages` (at most MAX_MESSAGES, MAX_PROMPT_CHARS in
-    all, else 413)."""
-
-    token: str | None = None
-    prompt: str | None = None
-    messages: list[ChatMessage] | None = None
-
-
-class ChatStart(ChatRequest):
-    uid: matching(f"^{CHAT_UID.pattern}$", "1-64 letters, digits, '-' or '_'") | None = None
-
-
-class RoomAiRequest(ChatRequest):
-    speaker: Speaker = "AI"
-
-
-class ChatReply(Reply):
-    uid: str
-
-
-class RoomTarget(BaseModel):
-    room: str
-
-
-class RoomAiReply(ChatReply):
-    target: RoomTarget
+    async def _openai_answer(
+        self, messages: list[dict[str, str]], on_delta: Callable[[str], None]
+    ) -> dict:
+        """POST {LLM_BASE_URL}/chat/completions with stream: true and read its SSE chunks."""
+        system = [{"role": "system", "content": self.settings.llm_system_prompt}]
+        body: dict[str, Any] = {
+            "model": self.settings.llm_model,
+            "messages": (system if self.settings.llm_system_prompt else []) + messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},  # the usage chunk, where supported
+        }
+        if self.settings.llm_max_tokens:
+            body["max_tokens"] = self.settings.llm_max_tokens
+        done: dict[str, Any] = {
+            "finish_reason": None,
+            "usage": None,
+            "model": self.settings.llm_model,
+        }
+        try:
+            async with aconnect_sse(
+                self.client,
+                "POST",
+                self.settings.llm_base_url.rstrip("/") + "/chat/completions",
+                json=body,
+                headers={"Authorization": f"Bearer {self.settings.llm_api_key}"},
+            ) as source:
+                if source.response.status_code != 200:
+                    raise await upstream_refusal(source.response)
+                async for event in source.aiter_sse():
+                    if event.data == "[DONE]":
+                        return done
+                    chunk = parse_json(event.data)
+                    if chunk.get("error"):
+                        log.warning("AI service error in stream: %s", event.data[:300])
+                        raise ApiError(502, "The AI service reported an error")
+                    done["usage"] = chunk.get("usage") or done["usage"]
+                    for choice in chunk.get("choices") or []:
+                        content = (choice.get("delta") or {}).get("content")
+                        if not isinstance(content, str | None):
+                            raise ValueError("delta content is not a string")
+                        if content:
+                            on_delta(content)
+                        done["finish_reason"] = choice.get("finish_reason") or done["finish_reason"]
+        except httpx.TimeoutException:
+            raise ApiError(504, "The AI service timed out") from None
+        except httpx.ConnectError as error:
+            log.warning("AI service unreachable: %s", error)
+            raise ApiError(502, "Could not reach the AI service") from None
+        except (SSEError, ValueError, AttributeError, TypeError) as error:  # not the format we know
+            log.warning("AI service sent an invalid response: %s", type(error).__name__)
+            raise ApiError(502, "The AI service sent an invalid response") from None
+        except httpx.HTTPError as error:
+            log.warning("AI service connection lost: %s: %s", type(error).__name__, error)
+            raise ApiError(502, "The connection to the AI service was lost") from None
+        if done["finish_reason"] is None:  # the body ended cleanly but the answer did not
+            raise ApiError(502, "The AI service ended the answer early")
+        return done
 
 
 def require_chat_login(data: ChatRequest) -> None:
-    if settings.chat_require_login:
-        authorize(request_token(data.token), None, "subscribe")
+    if current_app.settings.chat_require_login:
+        current_app.accounts.authorize(request_token(data.token), None, "subscribe")
 
 
-@app.post("/api/v1/chat")
+@routes.post("/api/v1/chat")
 @validate_request(ChatStart)
 @validate_response(ChatReply, 202)
 async def start_chat(data: ChatStart):
     """Start an answer (two-step flow); the browser follows /api/v1/chat/{uid}/events"""
     require_chat_login(data)
-    chat = relay.start_chat(request.remote_addr, chat_messages(data), data.uid)
+    chat = current_app.relay.start_chat(
+        request.remote_addr, chat_messages(data, current_app.settings), data.uid
+    )
     return ok("Chat Started", 202, uid=chat.uid)
 
 
-@app.get("/api/v1/chat/<uid>/events")
+@routes.get("/api/v1/chat/<uid>/events")
 @document_querystring(ResumeQuery)
 @event_stream("`event: delta`s, then `event: done` or `error`", {204: "Over, all sent"})
 async def chat_events(uid: str):
     """Follow an answer (two-step flow); resumes by Last-Event-ID"""
-    chat = relay.find(uid)
+    chat = current_app.relay.find(uid)
     headers = dict(request.scope["headers"])
     after = parse_last_event_id(headers, query_params(request.scope)) or 0
     if chat.state != "running" and after >= len(chat.frames):
@@ -3867,21 +3966,23 @@ async def chat_events(uid: str):
     return sse_response(chat.follow(after))
 
 
-@app.delete("/api/v1/chat/<uid>")
+@routes.delete("/api/v1/chat/<uid>")
 @validate_response(ChatReply)
 async def cancel_chat(uid: str):
     """Cancel an answer"""
-    relay.find(uid).cancel()
+    current_app.relay.find(uid).cancel()
     return ok("Chat Cancelled", uid=uid)
 
 
-@app.post("/api/v1/chat/stream")
+@routes.post("/api/v1/chat/stream")
 @validate_request(ChatRequest)
 @event_stream("`event: delta`s, then `event: done` or `error`")
 async def chat_stream(data: ChatRequest):
     """An answer as the reply itself (one-step flow); cancelled when the client leaves"""
     require_chat_login(data)
-    chat = relay.start_chat(request.remote_addr, chat_messages(data))
+    chat = current_app.relay.start_chat(
+        request.remote_addr, chat_messages(data, current_app.settings)
+    )
 
     async def follow_alone() -> AsyncIterator[bytes]:
         try:
@@ -3893,74 +3994,323 @@ async def chat_stream(data: ChatRequest):
     return sse_response(follow_alone())
 
 
-@app.post("/api/v1/rooms/<room_id>/ai")
+@routes.post("/api/v1/rooms/<room_id>/ai")
 @validate_request(RoomAiRequest)
 @validate_response(RoomAiReply, 202)
 async def room_ai(room_id: str, data: RoomAiRequest):
     """The AI speaker: streams an answer into the room (`event: delta` keyed by `stream`),
     then stores it as one normal message with the same `stream` key."""
-    room = find_room(room_id)
-    authorize(request_token(data.token), room, "publish")
-    messages = chat_messages(data)
-    chat = relay.start_chat(request.remote_addr, messages, room=room, speaker=data.speaker)
+    room = current_app.hub.find_room(room_id)
+    current_app.accounts.authorize(request_token(data.token), room, "publish")
+    messages = chat_messages(data, current_app.settings)
+    chat = current_app.relay.start_chat(
+        request.remote_addr, messages, room=room, speaker=data.speaker
+    )
     return ok("AI Answer Started", 202, uid=chat.uid, target={"room": room.id})
 
 
-@app.get("/api/v1/clock")
+@routes.get("/api/v1/clock")
 @event_stream("a message with the time every CLOCK_INTERVAL_S")
 async def clock():
     """The seed tutorial's sample: the server time every CLOCK_INTERVAL_S"""
 
+    closing, interval_s = current_app.relay.closing, current_app.settings.clock_interval_s
+
     async def ticks() -> AsyncIterator[bytes]:
-        while not relay.closing.is_set():
+        while not closing.is_set():
             ms = now_ms()
             iso = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
             yield message_frame(ms, compact_json({"time": ms, "iso": iso}))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(relay.closing.wait(), settings.clock_interval_s)
+                await asyncio.wait_for(closing.wait(), interval_s)
 
     return sse_response(ticks())
 
 
 # ---------------------------------------------------------------------------------------
-# Entry point
+# Server: three adaptations of Hypercorn and h11, each for a reason told below, all in
+# this section. install() puts them in place when the app starts serving (never at
+# import). Each was written for h11 0.16.0 and Hypercorn 0.18.0 (both pinned in
+# requirements.txt) and first checks that the code it adapts is still as it was then: if
+# not, the hub refuses to start and says which one (tests/unit/test_server.py checks them
+# against the installed versions too).
 # ---------------------------------------------------------------------------------------
 
-# Behind a trusted proxy the client's address and scheme come from the proxy's headers.
-# The fix must come before everything (security headers, logs, cookies), so it wraps the
-# finished app: what Hypercorn serves, `hypercorn app:app` included.
-if settings.trust_proxy:
-    app = ProxyFixMiddleware(app, trusted_hops=settings.trust_proxy)
+
+class AdaptationError(RuntimeError):
+    """A dependency changed under one of the server adaptations."""
+
+
+def accept_utf8_request_targets() -> None:
+    """h11 answers 400 to raw UTF-8 in a request line; curl sends it as typed (the Bun
+    project's README does: `msg=冲！冲刺！`). Accept it, as nginx, Node and Bun do, and
+    percent-encode those bytes so everything after the parser sees a valid ASCII target.
+    h11 only calls `fullmatch(line).groupdict()` on its request-line regex, so a stand-in
+    with that interface is the whole shim."""
+    readers = h11._readers
+    if getattr(readers.request_line_re, "utf8", False):
+        return  # installed already
+    visible = rb"\x21-\x7e"  # what h11 accepts in a target: visible ASCII only
+    if not isinstance(readers.request_line_re, re.Pattern) or (
+        visible not in readers.request_line_re.pattern
+    ):
+        raise AdaptationError("h11._readers.request_line_re is not the regex the shim edits")
+    utf8_request_line = re.compile(
+        readers.request_line_re.pattern.replace(visible, visible + rb"\x80-\xff")
+    )
+    visible_ascii = bytes(range(0x21, 0x7F))
+
+    class RequestLine:
+        utf8 = True
+
+        @staticmethod
+        def fullmatch(line: bytes) -> SimpleNamespace | None:
+            match = utf8_request_line.fullmatch(line)
+            if match is None:
+                return None
+            groups = match.groupdict()
+            if not groups["target"].isascii():
+                groups["target"] = quote(groups["target"], safe=visible_ascii).encode()
+            return SimpleNamespace(groupdict=lambda: groups)
+
+    readers.request_line_re = RequestLine
+    # h11 must now read a UTF-8 target through the stand-in, percent-encoded
+    parser = h11.Connection(h11.SERVER)
+    parser.receive_data("GET /?msg=冲 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    event = parser.next_event()
+    if not isinstance(event, h11.Request) or event.target != b"/?msg=%E5%86%B2":
+        raise AdaptationError("h11 no longer parses request lines with request_line_re")
+
+
+class KeepAliveTimer:
+    """Hypercorn's keep-alive timeout, cheaper. Hypercorn's own (an `AsyncioSingleTask` that
+    `hypercorn.asyncio.tcp_server.TCPServer` restarts with its `_idle_timeout`) starts a task,
+    and `wait_for` a second one, each time a connection goes idle, and cancels both when the
+    next request comes: about 35 µs of every request. This one keeps one watcher per idle
+    connection, which a request only marks busy; it closes a connection idle for
+    KEEP_ALIVE_TIMEOUT, or at once when the server shuts down, as Hypercorn's does."""
+
+    def __init__(self) -> None:
+        self.idle_since: float | None = None
+        self.watching = False
+
+    async def restart(self, task_group: Any, action: Callable) -> None:
+        """The connection went idle: `action` is its TCPServer's `_idle_timeout`."""
+        self.idle_since = asyncio.get_running_loop().time()
+        if not self.watching:
+            self.watching = True
+            task_group._task_group.create_task(self._watch(action.__self__))
+
+    async def stop(self) -> None:
+        """A request came (or the connection closes): the watcher ends when it next wakes."""
+        self.idle_since = None
+
+    async def _watch(self, server: Any) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self.idle_since is not None:
+                remaining = self.idle_since + server.config.keep_alive_timeout - loop.time()
+                if remaining <= 0 or server.context.terminated.is_set():
+                    await server._initiate_server_close()
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(server.context.terminated.wait(), remaining)
+        finally:
+            self.watching = False
+
+
+def use_keep_alive_timer() -> None:
+    tcp_server = hypercorn.asyncio.tcp_server
+    if tcp_server.AsyncioSingleTask is KeepAliveTimer:
+        return
+    source = inspect.getsource(tcp_server.TCPServer)
+    expected = (
+        "self.idle_task = AsyncioSingleTask()",
+        "self.idle_task.restart(task_group, self._idle_timeout)",
+        "self.context.terminated.wait()",
+        "async def _initiate_server_close(self)",
+    )
+    if not all(line in source for line in expected):
+        raise AdaptationError("hypercorn's TCPServer no longer uses AsyncioSingleTask as written")
+    tcp_server.AsyncioSingleTask = KeepAliveTimer
 
 
 class StreamsEnd(hypercorn.asyncio.worker_context.EventWrapper):
-    """A Hypercorn worker's `terminated` event, set when the worker stops (SIGTERM or SIGINT,
-    under `python app.py` and `hypercorn app:app` alike). Before it is set, new publishes get
-    503, every stream ends with a final event and the writer commits what is pending: so
-    Hypercorn has no open stream to wait out its graceful timeout for."""
+    """A Hypercorn worker's `terminated` event, set when the worker stops (SIGTERM or SIGINT
+    under `hypercorn app:app`, where Hypercorn owns the signals). Before it is set, the app
+    ends its streams (`end_streams`: new publishes get 503, every stream ends with a final
+    event, the writer commits what is pending), so Hypercorn has no open stream to wait
+    out its graceful timeout for. (`python app.py` ends them by its shutdown trigger.)"""
+
+    def __init__(self, end_streams: Callable[[], Awaitable[None]]) -> None:
+        super().__init__()
+        self.end_streams = end_streams
 
     async def set(self) -> None:
         if not self.is_set():
-            log.info("shutting down")
-            await relay.close()
-            await hub.close()
+            await self.end_streams()
         await super().set()
 
 
-class WorkerContext(hypercorn.asyncio.worker_context.WorkerContext):
-    def __init__(self, max_requests: int | None) -> None:
+class StreamsEndingContext(hypercorn.asyncio.worker_context.WorkerContext):
+    def __init__(self, end_streams: Callable[[], Awaitable[None]], max_requests: int | None):
         super().__init__(max_requests)
-        self.terminated = StreamsEnd()
+        self.terminated = StreamsEnd(end_streams)
 
 
-hypercorn.asyncio.run.WorkerContext = WorkerContext
+def end_streams_when_workers_stop(end_streams: Callable[[], Awaitable[None]]) -> None:
+    run = hypercorn.asyncio.run
+    source = inspect.getsource(run.worker_serve)
+    if "context = WorkerContext(" not in source or "await context.terminated.set()" not in source:
+        raise AdaptationError("hypercorn's worker_serve no longer makes its WorkerContext so")
+    run.WorkerContext = functools.partial(StreamsEndingContext, end_streams)
 
 
-async def serve() -> None:
-    """Run under Hypercorn, which stops on SIGTERM or SIGINT (see StreamsEnd)."""
+def install(end_streams: Callable[[], Awaitable[None]]) -> None:
+    """Put the three adaptations in place (again: the last app's `end_streams` wins)."""
+    accept_utf8_request_targets()
+    use_keep_alive_timer()
+    end_streams_when_workers_stop(end_streams)
+
+
+# ---------------------------------------------------------------------------------------
+# App factory: builds the app from its settings and wires its parts, each given what it
+# uses. Building does no I/O; starting to serve opens the storage and starts the rest.
+# ---------------------------------------------------------------------------------------
+
+# Tokens from READMEs and examples: fine on a laptop, an open door on a public address.
+PLACEHOLDER_TOKENS = {"your_super_secret_token_here", "changeme", "change-me", "secret", "token"}
+
+
+class BehindProxy(ProxyFixMiddleware):
+    """The app behind a trusted proxy (TRUST_PROXY): the client's address and scheme come
+    from the proxy's headers. The fix must come before everything (security headers, logs,
+    cookies), so it wraps the finished app; its attributes are the app's."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.app, name)
+
+
+def check_data_dir(settings: Settings) -> None:
+    """DATA_DIR must be a directory this process can write (a volume mounted with root's
+    ownership, say, is not): ConfigError naming it and the uid otherwise."""
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        probe = settings.data_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        uid = os.getuid() if hasattr(os, "getuid") else "?"
+        raise ConfigError(
+            f"DATA_DIR {settings.data_dir} is not writable by uid {uid} ({error.strerror})"
+        ) from None
+
+
+def create_app(settings: Settings) -> StreamingMessage:
+    metrics = Metrics()
+    storage = Storage(settings.database, settings.history_size, settings.sqlite_synchronous)
+    hub = Hub(settings, metrics, storage, accounts_changed=lambda: accounts.reload())
+    accounts = Accounts(settings, storage, announce=hub.broker.accounts_changed)
+    relay = Relay(settings, metrics, hub)
+
+    app = StreamingMessage(__name__, static_folder=None)
+    app.settings, app.metrics, app.storage = settings, metrics, storage
+    app.hub, app.accounts, app.relay = hub, accounts, relay
+    app.config.update(
+        RESPONSE_TIMEOUT=None,  # SSE responses last for hours
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        BODY_TIMEOUT=settings.body_timeout_s,
+    )
+    app.register_blueprint(routes)
+    QuartSchema(
+        app,
+        info={"title": "streaming-message", "version": API_VERSION},
+        swagger_ui_path=None,  # the UIs load scripts from CDNs: not under this site's CSP
+        redoc_ui_path=None,
+        scalar_ui_path=None,
+        security_schemes={
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "query_token": {"type": "apiKey", "in_": "query", "name": "token"},
+        },
+        security=[{"bearer": []}, {"query_token": []}, {}],  # {}: some routes need none
+        openapi_provider_class=ApiDocs,
+    )
+    Redactor(settings.secrets()).install(log)
+
+    @app.before_serving
+    async def start() -> None:
+        log.debug("settings: %r", settings)  # the secrets are fields with repr=False
+        check_data_dir(settings)
+        install(app.end_streams)
+        if settings.sse_token in PLACEHOLDER_TOKENS and not is_loopback(settings.host):
+            log.warning(
+                "SSE_TOKEN is a well-known placeholder and the hub listens on %s: "
+                "anyone can publish; set a secret of your own",
+                settings.host,
+            )
+        await hub.start()
+        try:
+            await accounts.start()
+            await relay.start()
+        except BaseException:  # e.g. no ADMIN_PASSWORD: stop, or the database's threads linger
+            await stop()
+            raise
+
+    @app.after_serving
+    async def stop() -> None:
+        await app.end_streams()
+        await storage.close()
+
+    return app
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def served(app: StreamingMessage) -> StreamingMessage | BehindProxy:
+    """What Hypercorn serves: the app, behind the proxy fix with TRUST_PROXY."""
+    if app.settings.trust_proxy:
+        return BehindProxy(app, trusted_hops=app.settings.trust_proxy)
+    return app
+
+
+# ---------------------------------------------------------------------------------------
+# Global objects: the one app of `hypercorn app:app`, built from the environment
+# ---------------------------------------------------------------------------------------
+
+app = served(create_app(Settings.from_env()))
+
+
+# ---------------------------------------------------------------------------------------
+# Entry point: `python app.py` serves the same app; `python app.py create-user` adds a user
+# ---------------------------------------------------------------------------------------
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse at once, in one line, when the port is taken (Hypercorn would find out only
+    after the app has started, and hang)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise ConfigError(f"port {port} is in use; set PORT") from None
+            raise ConfigError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+
+
+async def serve(app: StreamingMessage | BehindProxy) -> None:
+    """Serve under Hypercorn until SIGTERM or SIGINT. Hypercorn's documented shutdown
+    trigger ends the streams first (app.end_streams), so Hypercorn has none to wait for."""
     from hypercorn.asyncio import serve as hypercorn_serve
     from hypercorn.config import Config
 
+    settings = app.settings
     config = Config()
     config.bind = [f"{settings.host}:{settings.port}"]
     config.accesslog = None  # StreamingMessage.__call__ logs each request (ACCESS_LOG), redacted
@@ -3970,10 +4320,23 @@ async def serve() -> None:
     config.h11_max_incomplete_size = settings.max_header_bytes  # request line + headers
     config.h2_max_header_list_size = settings.max_header_bytes
     config.graceful_timeout = settings.shutdown_timeout_s
-    await hypercorn_serve(app, config)
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for name in ("SIGINT", "SIGTERM"):
+        try:
+            loop.add_signal_handler(getattr(signal, name), stopping.set)
+        except NotImplementedError:  # Windows
+            signal.signal(getattr(signal, name), lambda *_: loop.call_soon_threadsafe(stopping.set))
+
+    async def shutdown_trigger() -> None:
+        await stopping.wait()
+        await app.end_streams()
+
+    await hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger)
 
 
-def create_user_command(username: str, admin: bool) -> None:
+def create_user_command(app: StreamingMessage, username: str, admin: bool) -> None:
     """`create-user`: the password comes from a prompt (a terminal) or the first line of
     stdin; nothing secret is printed. Safe while the server runs (SQLite WAL)."""
     if sys.stdin.isatty():
@@ -3984,28 +4347,28 @@ def create_user_command(username: str, admin: bool) -> None:
         password = sys.stdin.readline().rstrip("\r\n")
 
     async def create() -> User:
-        accounts.storage = Storage(DATABASE)
-        await accounts.storage.open()
+        await app.storage.open()
         try:
-            return await accounts.create_user(username, password, "admin" if admin else "user")
+            return await app.accounts.create_user(username, password, "admin" if admin else "user")
         finally:
-            await accounts.storage.close()
+            await app.storage.close()
 
     try:
+        check_data_dir(app.settings)
         user = asyncio.run(create())
     except ApiError as error:
         sys.exit(f"create-user: {error.msg}")
     print(f"created {user.role} {user.username}")
 
 
-def main(argv: list[str]) -> None:
+def main(app: StreamingMessage | BehindProxy, argv: list[str]) -> None:
     logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO"),
+        level=app.settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     logging.getLogger("aiosqlite").setLevel(logging.INFO)  # its debug lines show SQL values
-    for handler in logging.getLogger().handlers:  # Quart's and Hypercorn's lines too
-        handler.addFilter(Redactor())
+    # Quart's and Hypercorn's lines too
+    Redactor(app.settings.secrets()).install(*logging.getLogger().handlers)
     parser = argparse.ArgumentParser(prog="app.py", description="Run the hub, or a command.")
     commands = parser.add_subparsers(dest="command")
     user_command = commands.add_parser("create-user", help="create a user (asks the password)")
@@ -4013,10 +4376,15 @@ def main(argv: list[str]) -> None:
     user_command.add_argument("--admin", action="store_true", help="with the admin role")
     args = parser.parse_args(argv)
     if args.command == "create-user":
-        create_user_command(args.username, args.admin)
+        create_user_command(app, args.username, args.admin)
+        return
+    check_data_dir(app.settings)
+    check_port(app.settings.host, app.settings.port)
+    if uvloop is not None:
+        uvloop.run(serve(app))  # `hypercorn -k uvloop app:app` is the same loop
     else:
-        uvloop.run(serve())  # `hypercorn -k uvloop app:app` is the same loop
+        asyncio.run(serve(app))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main(app, sys.argv[1:])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -138,10 +137,11 @@ def make_server(tmp_path: Path) -> Iterator:
 
 
 @pytest.fixture(scope="session")
-def redis_db() -> int:
-    """A Redis database number of this test run's own, on the Redis at 127.0.0.1:6379. Tests
-    that need it skip with the reason when it is not there, and fail when REQUIRE_REDIS=1."""
-    db = random.randint(1, 15)
+def redis_db(worker_id: str) -> int:
+    """A Redis database number of this test process's own (one per pytest-xdist worker), on
+    the Redis at 127.0.0.1:6379. Tests that need it skip with the reason when it is not
+    there, and fail when REQUIRE_REDIS=1."""
+    db = 1 + int(worker_id.removeprefix("gw")) % 15 if worker_id != "master" else 15
     try:
         redis.Redis(host="127.0.0.1", port=6379, db=db, socket_timeout=2).ping()
     except redis.RedisError as error:

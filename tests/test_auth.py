@@ -907,7 +907,7 @@ def test_sql_is_built_only_with_parameters():
         for node in ast.walk(tree)
         if isinstance(node, ast.Call)
         and isinstance(node.func, ast.Attribute)
-        and node.func.attr in ("execute", "executemany")
+        and node.func.attr in ("execute", "executemany", "_rows")
         and node.args  # (a Redis pipeline's execute() has no SQL)
     ]
     assert len(calls) > 20
@@ -922,6 +922,8 @@ def test_sql_is_built_only_with_parameters():
         sql = call.args[0]
         if isinstance(sql, ast.Constant) or (isinstance(sql, ast.Name) and sql.id in literals):
             continue
+        if ast.unparse(call) == "self.read.execute(sql, parameters)":
+            continue  # Storage._rows: its callers' SQL is checked where they call it
         assert isinstance(sql, ast.JoinedStr), ast.unparse(sql)
         text = "".join(p.value for p in sql.values if isinstance(p, ast.Constant))
         for part in sql.values:

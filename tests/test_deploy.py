@@ -96,7 +96,7 @@ def test_fly_toml_agrees_with_the_image_and_the_app(server: Server):
     outside = {k: v for k, v in os.environ.items() if k != "SHUTDOWN_TIMEOUT"}
     app_env = {**outside, **env, **config.get("env", {})}  # as on Fly
     shutdown_timeout = subprocess.run(
-        [sys.executable, "-c", "import app; print(app.settings.shutdown_timeout_s)"],
+        [sys.executable, "-c", "import app; print(app.app.settings.shutdown_timeout_s)"],
         cwd=ROOT,
         env=app_env,
         capture_output=True,
