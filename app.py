@@ -104,7 +104,8 @@ from quart_schema.openapi import OpenAPIProvider
 from redis.exceptions import RedisError, ResponseError
 from werkzeug.datastructures import Headers
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTimeout
-from werkzeug.http import dump_cookie, parse_cookie
+from werkzeug.http import dump_cookie
+from werkzeug.sansio.http import parse_cookie
 
 try:  # the fastest event loop where it exists (not on Windows, where OBS users often are)
     import uvloop
@@ -425,8 +426,9 @@ class ErrorReply(Reply):
 
 
 def matching(pattern: str, words: str) -> Any:
-    """A string type that must match `pattern` whole (the JSON Schema gets it anchored); a
-    string that does not is refused as "<field> must be <words>"."""
+    """A string type that must match `pattern` as a whole (fullmatch: with search, `$` also
+    matches before a final newline, so "abc\\n" passed for `^[a-z]+$`); a string that does
+    not is refused as "<field> must be <words>"."""
     regex = re.compile(pattern)
 
     def check(value: str) -> str:
@@ -434,7 +436,7 @@ def matching(pattern: str, words: str) -> Any:
             raise PydanticCustomError("format", words)
         return value
 
-    schema = {"pattern": f"^(?:{pattern})$"}
+    schema = {"pattern": f"^(?:{pattern})$"}  # a JSON Schema pattern is searched for
     return Annotated[str, AfterValidator(check), Field(json_schema_extra=schema)]
 
 
@@ -675,16 +677,24 @@ class Storage:
             for row in await self._rows(f"SELECT {ROOM_COLUMNS} FROM rooms")
         ]
 
-    async def insert_room(self, room: RoomRecord) -> None:
-        values = asdict(room) | {
-            "private": int(room.private),
-            "settings": compact_json(room.settings),
-        }
+    async def insert_room(self, room: RoomRecord) -> int:
+        """Store a new room; returns its last id: 0, or for the id of a deleted room, that
+        room's (see deleted_rooms in schema.sql)."""
         async with self.transaction() as db:
+            async with db.execute(
+                "SELECT last_id FROM deleted_rooms WHERE id = ?", (room.id,)
+            ) as cursor:
+                deleted = await cursor.fetchone()
+            values = asdict(room) | {
+                "private": int(room.private),
+                "settings": compact_json(room.settings),
+                "last_id": deleted["last_id"] if deleted else 0,
+            }
             await db.execute(
                 f"INSERT INTO rooms ({ROOM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [values[column] for column in ROOM_COLUMNS.split(", ")],
             )
+        return values["last_id"]
 
     async def update_room(self, room: RoomRecord) -> None:
         async with self.transaction() as db:
@@ -702,6 +712,11 @@ class Storage:
 
     async def delete_room(self, room_id: str) -> None:
         async with self.transaction() as db:
+            await db.execute(
+                "INSERT OR REPLACE INTO deleted_rooms (id, last_id)"
+                " SELECT id, last_id FROM rooms WHERE id = ?",
+                (room_id,),
+            )
             await db.execute("DELETE FROM messages WHERE room = ?", (room_id,))
             await db.execute("DELETE FROM rooms WHERE id = ?", (room_id,))
 
@@ -731,6 +746,14 @@ class Storage:
             "INSERT INTO messages (room, id, payload)"
             " SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?) ORDER BY key",
             (compact_json(rows),),
+        )
+
+    async def raise_last_ids(self, last_ids: dict[str, int]) -> None:
+        """Advance rooms' last ids to at least these ({room: id}). The caller holds `lock`."""
+        await self.write.execute(
+            "UPDATE rooms SET last_id = MAX(rooms.last_id, ids.value)"
+            " FROM json_each(?) AS ids WHERE rooms.id = ids.key",
+            (compact_json(last_ids),),
         )
 
     # Accounts
@@ -1345,6 +1368,9 @@ class LocalBroker:
             room.record.last_id = message_id
             room.append(message_frame(message_id, payload), message_id)
 
+    async def not_stored(self, messages: list[tuple[Room, str]], ids: list[int]) -> None:
+        """Their commit failed. Nothing was delivered: the next commit takes their ids."""
+
     async def history(self, room: Room, after: int) -> list[tuple[int, str]]:
         """The room's kept messages with id > after, oldest first: (id, payload)."""
         return await self.storage.history(room.id, after)
@@ -1489,14 +1515,19 @@ class RedisBroker:
         """Give (room, body) messages their ids and append them to their rooms' streams, in
         one step: from here on every process delivers them (they are in Redis before
         SQLite has them: if the commit that follows fails, the publisher is told 500
-        although they were delivered)."""
+        although they were delivered; see not_stored)."""
         try:
             try:
                 return await self._append(messages, {})
             except ResponseError as error:
                 if "NOSEQ" not in str(error):
                     raise
-                floors = await self.storage.last_ids({room.id for room, _ in messages})
+                stored = await self.storage.last_ids({room.id for room, _ in messages})
+                floors = {  # and this process's, which may be past SQLite's (see not_stored)
+                    room.id: max(stored[room.id], room.record.last_id)
+                    for room, _ in messages
+                    if room.id in stored
+                }
                 return await self._append(messages, floors)
         except RedisError as error:
             log.warning("broker publish failed: %s", error)
@@ -1506,6 +1537,21 @@ class RedisBroker:
         """They are stored; the readers deliver them."""
         for (room, _), message_id in zip(messages, ids, strict=True):
             room.record.last_id = max(room.record.last_id, message_id)
+
+    async def not_stored(self, messages: list[tuple[Room, str]], ids: list[int]) -> None:
+        """Their commit failed after `assign` delivered them: their ids must never be given
+        again (subscribers that saw one would skip the next message with it). Redis may
+        lose its counters (a restart without persistence), and a lost counter goes on from
+        the room's last id in SQLite (PUBLISH_SCRIPT): so that last id is raised past them,
+        in SQLite and in this process (which also counts, should SQLite fail this too)."""
+        last_ids = {}
+        for (room, _), message_id in zip(messages, ids, strict=True):
+            room.record.last_id = max(room.record.last_id, message_id)
+            last_ids[room.id] = room.record.last_id
+        try:
+            await self.storage.raise_last_ids(last_ids)
+        except Exception:
+            log.exception("could not record the ids of messages delivered but not stored")
 
     async def _append(self, messages: list[tuple[Room, str]], floors: dict[str, int]) -> list:
         keys, args = [], []
@@ -1558,7 +1604,8 @@ class RedisBroker:
 
     async def room_deleted(self, room_id: str) -> None:
         parts = ("seq", "stream", "presence", "presence-changed")
-        with contextlib.suppress(RedisError):  # a room made again with this id starts afresh
+        # A room made again with this id goes on from the last id SQLite kept of this one.
+        with contextlib.suppress(RedisError):
             await self.redis.delete(*(room_key(room_id, part) for part in parts))
         await self._announce(deleted=room_id)
 
@@ -1794,7 +1841,7 @@ class Hub:
             last_id=0,
             created_at=now_ms(),
         )
-        await self.storage.insert_room(record)
+        record.last_id = await self.storage.insert_room(record)
         self.rooms[room_id] = Room(record, self.settings, self.metrics)
         await self.broker.room_changed(record)
         return record
@@ -1909,7 +1956,11 @@ class Hub:
                     (room.id, message_id, payload_with_id(message_id, body))
                     for (room, body), message_id in zip(bodies, ids, strict=True)
                 ]
-                await self.storage.write_messages(rows)
+                try:
+                    await self.storage.write_messages(rows)
+                except Exception:
+                    await self.broker.not_stored(bodies, ids)
+                    raise
         except Exception as error:
             if not isinstance(error, ApiError):
                 log.exception("commit failed")
@@ -1992,8 +2043,10 @@ class Hub:
         replay: list[bytes] = []
         if last_id is not None:
             rows = await self.broker.history(room, last_id)
-            # The first id after last_id is missing: trimmed, or everything up to last_id is.
-            hello["gap"] = (rows[0][0] if rows else room.record.last_id + 1) > last_id + 1
+            # The first id after last_id is missing (trimmed, or everything up to last_id is),
+            # or the client is ahead of the room: it has ids the room has not (from another
+            # server, or whose commit failed when even its id could not be recorded).
+            hello["gap"] = (rows[0][0] if rows else room.record.last_id + 1) != last_id + 1
             replay = [message_frame(message_id, payload) for message_id, payload in rows]
             subscriber.replayed_through = rows[-1][0] if rows else 0
         retry = b"retry: %d\n" % self.settings.retry_ms
@@ -2060,9 +2113,10 @@ def bearer_token(headers: dict[bytes, bytes]) -> str | None:
 
 
 def session_cookie(headers: dict[bytes, bytes]) -> str | None:
-    """The access JWT of the same-origin session cookie (sent by EventSource). Werkzeug's
-    parser, as browsers send cookies: other cookies of the site with spaces or JSON in their
-    values do not hide it (http.cookies gives up on the whole header)."""
+    """The access JWT of the same-origin session cookie (sent by EventSource). Parsed as
+    Quart parses `request.cookies` (werkzeug, sans-IO: werkzeug.http's wrapper raises on
+    bytes that are not UTF-8), which skips the cookies it cannot read, where SimpleCookie
+    gave up on the whole header for one other cookie with a space or JSON in its value."""
     return parse_cookie(headers.get(b"cookie", b"").decode("latin-1")).get(SESSION_COOKIE)
 
 
@@ -2594,7 +2648,7 @@ def query_params(scope: dict[str, Any]) -> dict[str, str]:
 
 
 Speaker = Annotated[
-    matching(r"[\s\S]*\S[\s\S]*", "a non-blank string"),
+    matching(r"\s*\S[\s\S]*", "a non-blank string"),
     Field(min_length=1, max_length=MAX_SPEAKER_CHARS),
 ]
 
@@ -2655,7 +2709,8 @@ class ResumeQuery(BaseModel):
 
 class EventsQuery(ResumeQuery):
     role: Literal["player", "controller"] = Field(
-        default="player", description="a controller needs a publish right (token or cookie)"
+        default="player",
+        description="a controller needs the publish and subscribe rights (token or cookie)",
     )
     token: str | None = Field(default=None, description="for a controller or a private room")
 
@@ -2772,9 +2827,11 @@ def stream_events(app: StreamingMessage, scope, receive, send, headers, match) -
             requested=room_id,
         )
     role = "controller" if params.get("role") == "controller" else "player"
-    if role == "controller" or room.record.private:  # a controller may publish here
+    if role == "controller" or room.record.private:
         token = bearer_token(headers) or params.get("token") or session_cookie(headers)
-        app.accounts.authorize(token, room, "publish" if role == "controller" else "subscribe")
+        if role == "controller":  # it may publish here; and it reads the room as players do
+            app.accounts.authorize(token, room, "publish")
+        app.accounts.authorize(token, room, "subscribe")
     last_id = parse_last_event_id(headers, params)
     return hub.serve_stream(send, send.raw, receive, room, role, last_id, client)
 
@@ -3405,13 +3462,18 @@ async def delete_room(room_id: str):
 # API tokens: a user's tokens for scripts, bots and OBS.
 
 
+MAX_TOKEN_LIFETIME_S = 10 * 365 * 86400  # ten years
+
+
 class TokenCreate(Body):
     name: str = Field(min_length=1, max_length=100)
     rooms: Annotated[list[str], Field(min_length=1)] | Literal["*"] = Field(
         description='room ids, or "*": every room of the user'
     )
     rights: list[TokenRight] = Field(min_length=1)
-    expires_in: float | None = Field(default=None, gt=0, description="seconds; null: never")
+    expires_in: float | None = Field(  # bounded: epoch ms past 2^63 overflow SQLite's INTEGER
+        default=None, gt=0, le=MAX_TOKEN_LIFETIME_S, description="seconds; null: never"
+    )
 
 
 class TokensReply(Reply):
@@ -3936,6 +3998,12 @@ class Relay:
         return done
 
 
+class ChatEventsQuery(ResumeQuery):
+    token: str | None = Field(
+        default=None, description="the AI speaker's chat: publish rights on its room"
+    )
+
+
 def require_chat_login(data: ChatRequest) -> None:
     if current_app.settings.chat_require_login:
         current_app.accounts.authorize(request_token(data.token), None, "subscribe")
@@ -3953,12 +4021,23 @@ async def start_chat(data: ChatStart):
     return ok("Chat Started", 202, uid=chat.uid)
 
 
+def controlled_chat(uid: str) -> Chat:
+    """A chat the request may follow or cancel. A two-step chat's uid is its key: whoever
+    knows it may. The AI speaker's is not a secret (its room's players see it in every
+    delta): it takes the publish right on the room, as starting it did."""
+    chat = current_app.relay.find(uid)
+    if chat.room is not None:
+        current_app.accounts.authorize(request_token(), chat.room, "publish")
+    return chat
+
+
 @routes.get("/api/v1/chat/<uid>/events")
-@document_querystring(ResumeQuery)
+@document_querystring(ChatEventsQuery)
 @event_stream("`event: delta`s, then `event: done` or `error`", {204: "Over, all sent"})
 async def chat_events(uid: str):
-    """Follow an answer (two-step flow); resumes by Last-Event-ID"""
-    chat = current_app.relay.find(uid)
+    """Follow an answer (two-step flow; the AI speaker's: with publish rights on its room);
+    resumes by Last-Event-ID"""
+    chat = controlled_chat(uid)
     headers = dict(request.scope["headers"])
     after = parse_last_event_id(headers, query_params(request.scope)) or 0
     if chat.state != "running" and after >= len(chat.frames):
@@ -3969,8 +4048,8 @@ async def chat_events(uid: str):
 @routes.delete("/api/v1/chat/<uid>")
 @validate_response(ChatReply)
 async def cancel_chat(uid: str):
-    """Cancel an answer"""
-    current_app.relay.find(uid).cancel()
+    """Cancel an answer (the AI speaker's: with publish rights on its room)"""
+    controlled_chat(uid).cancel()
     return ok("Chat Cancelled", uid=uid)
 
 

@@ -11,6 +11,13 @@ CREATE TABLE IF NOT EXISTS rooms (
     created_at   INTEGER NOT NULL             -- epoch ms
 );
 
+-- The last id of each deleted room. A room made again with its id goes on from there: a
+-- client resuming with an id of the old room gets every message of the new one.
+CREATE TABLE IF NOT EXISTS deleted_rooms (
+    id      TEXT PRIMARY KEY,
+    last_id INTEGER NOT NULL
+);
+
 -- Recent messages per room, trimmed to the room's history size. payload is the
 -- compact JSON exactly as sent on the wire, so a replay re-frames it without re-encoding.
 CREATE TABLE IF NOT EXISTS messages (

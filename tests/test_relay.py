@@ -361,7 +361,7 @@ async def test_room_ai_speaker_streams_deltas_and_stores_one_message(
     assert "".join(d["content"] for d in deltas) == llm.answer()
     assert final["speaker"] == "Narrator" and final["meta"] == "ai" and final["id"] == int(event.id)
     assert final["data"] == {"message": llm.answer(), "stream": uid}
-    controller = await read_chat(f"{relay_server.url}/api/v1/chat/{uid}/events")
+    controller = await read_chat(f"{relay_server.url}/api/v1/chat/{uid}/events", **auth)
     assert last_data(controller)["id"] == final["id"]
 
     async with subscribe(

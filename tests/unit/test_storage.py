@@ -83,3 +83,13 @@ async def test_api_tokens_are_stored_by_hash(storage: Storage):
     assert await storage.load_api_tokens() == {sha256_hex("smt_secret"): token}
     await storage.delete_api_token("t1")
     assert await storage.load_api_tokens() == {}
+
+
+async def test_a_room_made_again_goes_on_from_the_deleted_ones_last_id(storage: Storage):
+    assert await storage.insert_room(room("a")) == 0
+    await write(storage, [("a", 1, "{}"), ("a", 2, "{}")])
+    async with storage.lock:
+        await storage.raise_last_ids({"a": 7})  # ids delivered by a commit that failed
+    await storage.delete_room("a")
+    assert await storage.insert_room(room("a")) == 7
+    assert await storage.history("a", 0) == []
