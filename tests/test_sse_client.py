@@ -580,7 +580,8 @@ def messages(result: dict[str, Any]) -> list[tuple[str, str, str]]:
 def as_native(log: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The log without timings and without the fields only SSEClient's events have."""
     native_fields = ("type", "readyState", "data", "lastEventId", "origin")
-    return [{key: e[key] for key in native_fields if key in e} for e in log]
+    event_fields = ("shape", "afterDispatch")  # what kind of object, what dispatching set
+    return [{key: e[key] for key in native_fields + event_fields if key in e} for e in log]
 
 
 def request_view(requests: list[Request]) -> list[tuple[str, str, str | None, str | None]]:
@@ -622,6 +623,85 @@ async def test_conformance(page: Page, server: StreamServer, case: Case) -> None
             assert resumed_from == sorted(set(resumed_from))
         else:
             assert request_view(requests[client]) == request_view(requests["native"]), client
+
+
+async def test_events_are_dom_events_as_eventsources(page: Page, server: StreamServer) -> None:
+    """A stream's events are MessageEvents, open and error plain Events; none bubbles or can be
+    cancelled; the source is their target. Also in the XHR runs, where the Event constructors
+    are hidden (document.createEvent makes them, as in Internet Explorer)."""
+    case = Case(
+        "event-objects", [stream("data: a\n\nevent: custom\ndata: b\n\n")], types=("custom",)
+    )
+    results, _ = await run_case(page, server, case)
+    native = results["native"]
+
+    def shape(kind: str, message: bool) -> dict[str, Any]:
+        return {
+            "kind": f"[object {kind}]",
+            "isEvent": True,
+            "isMessageEvent": message,
+            "bubbles": False,
+            "cancelable": False,
+            "defaultPrevented": False,
+            "eventPhase": 2,  # AT_TARGET, while listeners run
+            "target": True,
+            "currentTarget": True,
+            "srcElement": True,
+        }
+
+    assert [(e["type"], e["shape"], e["afterDispatch"]) for e in native["log"]] == [
+        (type, shape(kind, kind == "MessageEvent"), {"currentTarget": True, "eventPhase": 0})
+        for type, kind in [
+            ("open", "Event"),
+            ("message", "MessageEvent"),
+            ("custom", "MessageEvent"),
+            ("error", "Event"),  # the end of the stream
+            ("error", "Event"),  # the 204 then
+        ]
+    ]
+    assert {e["origin"] for e in native["log"] if "data" in e} == {server.url}
+    for client in ("fetch", "xhr"):
+        assert as_native(results[client]["log"]) == as_native(native["log"]), client
+
+
+UNPARSEABLE_URLS = ["http://[", "https://300.1.1.1/", "http://x:99999/", "//["]
+
+CONSTRUCT_PROBE = """async ([client, urls]) => {
+  const win = await windowFor(client);
+  const Client = await constructorFor(client);
+  return urls.map((url) => {
+    try {
+      new Client(url).close();
+      return null;
+    } catch (error) {
+      return {
+        kind: Object.prototype.toString.call(error),
+        isDOMException: error instanceof win.realm.DOMException,
+        name: error.name,
+        code: error.code,
+        namesTheUrl: error.message.includes(url),
+      };
+    }
+  });
+}"""
+
+
+async def test_unparseable_url_throws_a_syntax_error_as_eventsources(
+    page: Page, server: StreamServer
+) -> None:
+    """`new EventSource('http://[')` throws a SyntaxError DOMException."""
+    urls = [*UNPARSEABLE_URLS, server.new_run(Case("parseable", [NO_CONTENT]), "any")]
+    thrown = {client: await page.evaluate(CONSTRUCT_PROBE, [client, urls]) for client in CLIENTS}
+    syntax_error = {
+        "kind": "[object DOMException]",
+        "isDOMException": True,
+        "name": "SyntaxError",
+        "code": 12,  # SYNTAX_ERR
+        "namesTheUrl": True,
+    }
+    assert thrown["native"] == [syntax_error] * len(UNPARSEABLE_URLS) + [None]
+    assert thrown["fetch"] == thrown["native"]
+    assert thrown["xhr"] == thrown["native"]
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -670,8 +750,14 @@ API_PROBE = """async ([client, url, otherUrl]) => {
       resolve();
     } });
   });
-  source.addEventListener('custom', (e) => seen.push(`custom ${e.type}`));
+  source.addEventListener('custom', (e) => {
+    seen.push(`custom ${e.type} ${e.target === source} ${e.eventPhase}`);
+    e.stopImmediatePropagation();
+  });
+  source.addEventListener('custom', () => seen.push('stopped listener called'));
   result.dispatched = source.dispatchEvent(new Event('custom'));
+  source.addEventListener('cancel', (e) => e.preventDefault());
+  result.cancelled = source.dispatchEvent(new Event('cancel', { cancelable: true }));
   result.seen = seen;
   result.closedState = source.readyState;
   return result;
@@ -680,7 +766,8 @@ API_PROBE = """async ([client, url, otherUrl]) => {
 
 async def test_api_is_eventsources(new_context: NewContext, server: StreamServer) -> None:  # noqa: F811
     """Constants, url, withCredentials, readyState, on* handlers, listeners as functions or
-    objects, removal, dispatchEvent, a throwing listener: as the native EventSource."""
+    objects, removal, dispatchEvent (stopImmediatePropagation, preventDefault), a throwing
+    listener: as the native EventSource."""
     page = await open_runner(await new_context(), server)
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(error.message))
@@ -698,8 +785,9 @@ async def test_api_is_eventsources(new_context: NewContext, server: StreamServer
         "onopen open 1",
         "onmessage a true",
         "handleEvent a message",
-        "custom custom",
+        "custom custom true 2",
     ]
+    assert results["native"]["cancelled"] is False
     assert results["fetch"] == results["native"]
     assert results["xhr"] == results["native"]
 
@@ -741,6 +829,81 @@ async def test_initial_last_event_id_is_sent(page: Page, server: StreamServer, c
     results, requests = await run_case(page, server, case, [client], {"lastEventId": "41"})
     assert messages(results[client]) == [message("a", "42")]
     assert [r.last_event_id for r in requests[client]] == ["41", "42"]
+
+
+def authorizations(requests: list[Request]) -> list[str | None]:
+    return [r.headers.get("authorization") for r in requests]
+
+
+@pytest.mark.parametrize("client", SSE_CLIENTS)
+async def test_headers_function_is_called_before_every_request(
+    page: Page, server: StreamServer, client: str
+) -> None:
+    """So that a token can change between reconnections. One that throws fails that attempt as
+    a lost connection does: error, then a retry."""
+    case = Case("headers-function", [stream("id: 1\ndata: a\n\n"), DROP], types=("retry",))
+    headers = """
+      if (n === 3) throw new Error('no token yet');
+      return { Authorization: 'Bearer token-' + n };
+    """
+    results, requests = await run_case(page, server, case, [client], {"headers": headers})
+    assert timeline(results[client], "attempt", "data") == [
+        ("open", 1, None, None),
+        ("message", 1, None, "a"),
+        ("error", 0, None, None),  # the end of the stream
+        ("retry", 0, 1, None),
+        ("error", 0, None, None),  # the dropped connection
+        ("retry", 0, 2, None),
+        ("error", 0, None, None),  # the headers function threw
+        ("retry", 0, 3, None),
+        ("error", 2, None, None),  # the 204
+    ]
+    assert authorizations(requests[client]) == [f"Bearer token-{n}" for n in (1, 2, 4)]
+    assert [r.last_event_id for r in requests[client]] == [None, "1", "1"]
+
+
+@pytest.mark.parametrize("client", SSE_CLIENTS)
+async def test_headers_function_may_return_a_promise(
+    page: Page, server: StreamServer, client: str
+) -> None:
+    """E.g. of a token being refreshed: the request waits for it. A rejected one fails the
+    attempt as a lost connection does; one that never settles counts as a stall."""
+    case = Case("headers-promise", [stream("data: a\n\n")], types=("retry",))
+    headers = """
+      if (n === 2) return new Promise(function () {});
+      return new Promise(function (resolve, reject) {
+        setTimeout(function () {
+          if (n === 3) reject(new Error('refresh failed'));
+          else resolve({ Authorization: 'Bearer token-' + n });
+        }, 50);
+      });
+    """
+    options = {"headers": headers, "heartbeatTimeout": 300, "retryDelay": 20}
+    results, requests = await run_case(page, server, case, [client], options)
+    assert timeline(results[client], "attempt", "data") == [
+        ("open", 1, None, None),
+        ("message", 1, None, "a"),
+        ("error", 0, None, None),  # the end of the stream
+        ("retry", 0, 1, None),
+        ("error", 0, None, None),  # no headers within the heartbeat timeout
+        ("retry", 0, 2, None),
+        ("error", 0, None, None),  # rejected
+        ("retry", 0, 3, None),
+        ("error", 2, None, None),  # the 204
+    ]
+    assert authorizations(requests[client]) == ["Bearer token-1", "Bearer token-4"]
+
+
+@pytest.mark.parametrize("client", SSE_CLIENTS)
+async def test_close_while_waiting_for_headers_sends_nothing(
+    page: Page, server: StreamServer, client: str
+) -> None:
+    case = Case("headers-pending", [stream("data: a\n\n")], timeout=0.3)
+    headers = "return new Promise(function (resolve) { setTimeout(resolve, 400, {}); });"
+    results, requests = await run_case(page, server, case, [client], {"headers": headers})
+    await asyncio.sleep(0.3)  # past the promise, resolved after close()
+    assert results[client]["log"] == []
+    assert requests[client] == []
 
 
 @pytest.mark.parametrize("client", SSE_CLIENTS)
