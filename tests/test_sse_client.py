@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import json
 import os
 import random
 import shutil
 import socket
 import subprocess
+import tarfile
 import threading
 import time
 from array import array
@@ -1097,13 +1099,20 @@ def test_dist_is_a_fresh_build(fresh_build: Path) -> None:
 
 
 def test_dist_is_es5(fresh_build: Path, tmp_path: Path) -> None:
+    """The UMD builds are ES5, and so is the ES module but for its export."""
     acorn = fresh_build / "node_modules" / ".bin" / "acorn"
     es2015 = tmp_path / "es2015.js"
     es2015.write_text("let double = (x) => x * 2;\n")
     assert run_in(fresh_build, str(acorn), "--ecma5", "--silent", str(es2015)).returncode != 0
-    for name in ("sse-client.js", "sse-client.min.js"):
-        done = run_in(fresh_build, str(acorn), "--ecma5", "--silent", str(FRONTEND / "dist" / name))
-        assert done.returncode == 0, done.stderr
+    module = (FRONTEND / "dist" / "sse-client.mjs").read_text()
+    assert module.count("export ") == 1
+    module_body = tmp_path / "module-body.js"
+    module_body.write_text(module.replace("export default SSEClient;", ""))
+    for path in [FRONTEND / "dist" / "sse-client.js", FRONTEND / "dist" / "sse-client.min.js"]:
+        done = run_in(fresh_build, str(acorn), "--ecma5", "--silent", str(path))
+        assert done.returncode == 0, (path, done.stderr)
+    done = run_in(fresh_build, str(acorn), "--ecma5", "--silent", str(module_body))
+    assert done.returncode == 0, done.stderr
 
 
 def test_minified_gzipped_size_is_within_budget() -> None:
@@ -1132,3 +1141,112 @@ def test_umd_exports(name: str) -> None:
     require_node()
     done = run_in(FRONTEND, "node", "-e", UMD_PROBE, str(FRONTEND / "dist" / name))
     assert done.returncode == 0, done.stderr
+
+
+# --- The npm package ---------------------------------------------------------------------------
+
+PACKAGE = "@streaming-message/sse-client"
+PACKED_FILES = {
+    "package.json",
+    "README.md",
+    "LICENSE",
+    *(
+        f"dist/sse-client.{suffix}"
+        for suffix in ("js", "js.map", "min.js", "min.js.map", "mjs", "mjs.map", "d.ts", "d.mts")
+    ),
+}
+
+# Each runs in Node, whose fetch streams: a message from a loopback stream, a SyntaxError for
+# a URL it can't parse.
+USE_IN_NODE = """
+const server = http.createServer((request, response) => {
+  response.writeHead(200, { 'Content-Type': 'text/event-stream' });
+  response.end('id: 1\\ndata: hello\\n\\n');
+});
+server.listen(0, '127.0.0.1', () => {
+  const url = `http://127.0.0.1:${server.address().port}/`;
+  assert.throws(() => new SSEClient('http://['), { name: 'SyntaxError' });
+  const source = new SSEClient(url, { headers: () => Promise.resolve({ 'X-Token': 't' }) });
+  source.onmessage = (event) => {
+    assert.ok(event instanceof MessageEvent);
+    assert.deepStrictEqual([event.data, event.lastEventId], ['hello', '1']);
+    assert.strictEqual(event.origin, new URL(url).origin);
+    source.close();
+    server.close();
+    console.log('ok');
+  };
+});
+"""
+SCRATCH_FILES = {
+    "package.json": '{"name": "scratch", "private": true}\n',
+    "use.cjs": f"""const assert = require('node:assert');
+const http = require('node:http');
+const SSEClient = require('{PACKAGE}');
+assert.ok(require.resolve('{PACKAGE}').endsWith('/dist/sse-client.js'));
+assert.strictEqual(require('{PACKAGE}/package.json').name, '{PACKAGE}');
+{USE_IN_NODE}""",
+    "use.mjs": f"""import assert from 'node:assert';
+import http from 'node:http';
+import SSEClient from '{PACKAGE}';
+assert.ok(import.meta.resolve('{PACKAGE}').endsWith('/dist/sse-client.mjs'));
+{USE_IN_NODE}""",
+    # The typings, under require and under import: real types (a wrong option is an error).
+    "types.cts": f"""import SSEClient = require('{PACKAGE}');
+""",
+    "types.mts": f"""import SSEClient from '{PACKAGE}';
+""",
+    "tsconfig.json": """{
+  "compilerOptions": {
+    "module": "nodenext",
+    "strict": true,
+    "noEmit": true,
+    "lib": ["ES2020", "DOM"],
+    "types": []
+  },
+  "files": ["types.cts", "types.mts"]
+}
+""",
+}
+TYPED_USE = """const options: SSEClient.Options = {
+  headers: () => Promise.resolve({ Authorization: 'Bearer token' }),
+  backoff: 2,
+};
+const source: SSEClient = new SSEClient('https://example.com/events', options);
+source.onmessage = (event) => {
+  const data: string = event.data;
+  const target: SSEClient = event.target;
+  const isEvent: Event = event;
+  console.log(data, target, isEvent);
+};
+source.addEventListener('retry', (event) => console.log(event.attempt + event.delay));
+// @ts-expect-error: headers are strings
+new SSEClient('/events', { headers: { Authorization: 42 } });
+"""
+
+
+def test_npm_package_installs_and_imports_both_ways(fresh_build: Path, tmp_path: Path) -> None:
+    """`npm pack` (its prepack builds and checks: ES5, publint, attw), the tarball holds the
+    package's files and nothing else, and a scratch project that installs it uses it with
+    require and with import, in Node and in TypeScript."""
+    packed = run_in(fresh_build, "npm", "pack", "--json", "--pack-destination", str(tmp_path))
+    assert packed.returncode == 0, packed.stdout + packed.stderr
+    assert "No problems found" in packed.stdout  # attw
+    (summary,) = json.loads(packed.stdout[packed.stdout.index("[\n") :])
+    assert {f["path"] for f in summary["files"]} == PACKED_FILES
+    tarball = tmp_path / summary["filename"]
+    with tarfile.open(tarball) as archive:
+        for name in PACKED_FILES - {"package.json", "README.md", "LICENSE"}:
+            content = archive.extractfile(f"package/{name}").read()  # type: ignore[union-attr]
+            assert content == (FRONTEND / name).read_bytes(), f"{name} differs from the commit"
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    for name, text in SCRATCH_FILES.items():
+        (scratch / name).write_text(text + (TYPED_USE if name.startswith("types.") else ""))
+    done = run_in(scratch, "npm", "install", "--offline", "--no-audit", "--no-fund", str(tarball))
+    assert done.returncode == 0, done.stdout + done.stderr
+    for script in ("use.cjs", "use.mjs"):
+        done = run_in(scratch, "node", script)
+        assert (done.returncode, done.stdout) == (0, "ok\n"), done.stderr
+    done = run_in(scratch, str(fresh_build / "node_modules" / ".bin" / "tsc"), "-p", ".")
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -484,3 +484,4 @@ function originOf(url) {
 }
 return SSEClient;
 });
+//# sourceMappingURL=sse-client.js.map
