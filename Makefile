@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: run test lint format
+.PHONY: run test test-container lint format
 
 $(VENV)/.run: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,13 +17,23 @@ run: $(VENV)/.run
 	$(VENV)/bin/python app.py
 
 # Browser tests need Debian's Chromium (and a CJK font for readable screenshots); install it where
-# we can (root + apt), skip with a reason elsewhere.
+# we can (root + apt), skip with a reason elsewhere. The container tests have their own target.
 test: $(VENV)/.dev
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		(apt-get update -qq && apt-get install -y -qq chromium fonts-wqy-microhei >/dev/null) ; } || echo "chromium unavailable: browser tests will skip"
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest --ignore=tests/test_container.py
+
+# The image: built from the Dockerfile by podman and run (tests/test_container.py). Installs podman,
+# runc and debootstrap where it can (root + apt); elsewhere the tests skip with a reason, unless
+# REQUIRE_CONTAINER=1 (CI).
+test-container: $(VENV)/.dev
+	@{ command -v podman && command -v runc && command -v debootstrap ; } >/dev/null || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap >/dev/null) ; } || \
+		echo "podman unavailable: the container tests will skip"
+	$(VENV)/bin/pytest tests/test_container.py
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
