@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import json
 import os
 import random
 import shutil
 import socket
 import subprocess
+import tarfile
 import threading
 import time
 from array import array
@@ -580,7 +582,8 @@ def messages(result: dict[str, Any]) -> list[tuple[str, str, str]]:
 def as_native(log: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The log without timings and without the fields only SSEClient's events have."""
     native_fields = ("type", "readyState", "data", "lastEventId", "origin")
-    return [{key: e[key] for key in native_fields if key in e} for e in log]
+    event_fields = ("shape", "afterDispatch")  # what kind of object, what dispatching set
+    return [{key: e[key] for key in native_fields + event_fields if key in e} for e in log]
 
 
 def request_view(requests: list[Request]) -> list[tuple[str, str, str | None, str | None]]:
@@ -622,6 +625,85 @@ async def test_conformance(page: Page, server: StreamServer, case: Case) -> None
             assert resumed_from == sorted(set(resumed_from))
         else:
             assert request_view(requests[client]) == request_view(requests["native"]), client
+
+
+async def test_events_are_dom_events_as_eventsources(page: Page, server: StreamServer) -> None:
+    """A stream's events are MessageEvents, open and error plain Events; none bubbles or can be
+    cancelled; the source is their target. Also in the XHR runs, where the Event constructors
+    are hidden (document.createEvent makes them, as in Internet Explorer)."""
+    case = Case(
+        "event-objects", [stream("data: a\n\nevent: custom\ndata: b\n\n")], types=("custom",)
+    )
+    results, _ = await run_case(page, server, case)
+    native = results["native"]
+
+    def shape(kind: str, message: bool) -> dict[str, Any]:
+        return {
+            "kind": f"[object {kind}]",
+            "isEvent": True,
+            "isMessageEvent": message,
+            "bubbles": False,
+            "cancelable": False,
+            "defaultPrevented": False,
+            "eventPhase": 2,  # AT_TARGET, while listeners run
+            "target": True,
+            "currentTarget": True,
+            "srcElement": True,
+        }
+
+    assert [(e["type"], e["shape"], e["afterDispatch"]) for e in native["log"]] == [
+        (type, shape(kind, kind == "MessageEvent"), {"currentTarget": True, "eventPhase": 0})
+        for type, kind in [
+            ("open", "Event"),
+            ("message", "MessageEvent"),
+            ("custom", "MessageEvent"),
+            ("error", "Event"),  # the end of the stream
+            ("error", "Event"),  # the 204 then
+        ]
+    ]
+    assert {e["origin"] for e in native["log"] if "data" in e} == {server.url}
+    for client in ("fetch", "xhr"):
+        assert as_native(results[client]["log"]) == as_native(native["log"]), client
+
+
+UNPARSEABLE_URLS = ["http://[", "https://300.1.1.1/", "http://x:99999/", "//["]
+
+CONSTRUCT_PROBE = """async ([client, urls]) => {
+  const win = await windowFor(client);
+  const Client = await constructorFor(client);
+  return urls.map((url) => {
+    try {
+      new Client(url).close();
+      return null;
+    } catch (error) {
+      return {
+        kind: Object.prototype.toString.call(error),
+        isDOMException: error instanceof win.realm.DOMException,
+        name: error.name,
+        code: error.code,
+        namesTheUrl: error.message.includes(url),
+      };
+    }
+  });
+}"""
+
+
+async def test_unparseable_url_throws_a_syntax_error_as_eventsources(
+    page: Page, server: StreamServer
+) -> None:
+    """`new EventSource('http://[')` throws a SyntaxError DOMException."""
+    urls = [*UNPARSEABLE_URLS, server.new_run(Case("parseable", [NO_CONTENT]), "any")]
+    thrown = {client: await page.evaluate(CONSTRUCT_PROBE, [client, urls]) for client in CLIENTS}
+    syntax_error = {
+        "kind": "[object DOMException]",
+        "isDOMException": True,
+        "name": "SyntaxError",
+        "code": 12,  # SYNTAX_ERR
+        "namesTheUrl": True,
+    }
+    assert thrown["native"] == [syntax_error] * len(UNPARSEABLE_URLS) + [None]
+    assert thrown["fetch"] == thrown["native"]
+    assert thrown["xhr"] == thrown["native"]
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -670,8 +752,14 @@ API_PROBE = """async ([client, url, otherUrl]) => {
       resolve();
     } });
   });
-  source.addEventListener('custom', (e) => seen.push(`custom ${e.type}`));
+  source.addEventListener('custom', (e) => {
+    seen.push(`custom ${e.type} ${e.target === source} ${e.eventPhase}`);
+    e.stopImmediatePropagation();
+  });
+  source.addEventListener('custom', () => seen.push('stopped listener called'));
   result.dispatched = source.dispatchEvent(new Event('custom'));
+  source.addEventListener('cancel', (e) => e.preventDefault());
+  result.cancelled = source.dispatchEvent(new Event('cancel', { cancelable: true }));
   result.seen = seen;
   result.closedState = source.readyState;
   return result;
@@ -680,7 +768,8 @@ API_PROBE = """async ([client, url, otherUrl]) => {
 
 async def test_api_is_eventsources(new_context: NewContext, server: StreamServer) -> None:  # noqa: F811
     """Constants, url, withCredentials, readyState, on* handlers, listeners as functions or
-    objects, removal, dispatchEvent, a throwing listener: as the native EventSource."""
+    objects, removal, dispatchEvent (stopImmediatePropagation, preventDefault), a throwing
+    listener: as the native EventSource."""
     page = await open_runner(await new_context(), server)
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(error.message))
@@ -698,8 +787,9 @@ async def test_api_is_eventsources(new_context: NewContext, server: StreamServer
         "onopen open 1",
         "onmessage a true",
         "handleEvent a message",
-        "custom custom",
+        "custom custom true 2",
     ]
+    assert results["native"]["cancelled"] is False
     assert results["fetch"] == results["native"]
     assert results["xhr"] == results["native"]
 
@@ -741,6 +831,81 @@ async def test_initial_last_event_id_is_sent(page: Page, server: StreamServer, c
     results, requests = await run_case(page, server, case, [client], {"lastEventId": "41"})
     assert messages(results[client]) == [message("a", "42")]
     assert [r.last_event_id for r in requests[client]] == ["41", "42"]
+
+
+def authorizations(requests: list[Request]) -> list[str | None]:
+    return [r.headers.get("authorization") for r in requests]
+
+
+@pytest.mark.parametrize("client", SSE_CLIENTS)
+async def test_headers_function_is_called_before_every_request(
+    page: Page, server: StreamServer, client: str
+) -> None:
+    """So that a token can change between reconnections. One that throws fails that attempt as
+    a lost connection does: error, then a retry."""
+    case = Case("headers-function", [stream("id: 1\ndata: a\n\n"), DROP], types=("retry",))
+    headers = """
+      if (n === 3) throw new Error('no token yet');
+      return { Authorization: 'Bearer token-' + n };
+    """
+    results, requests = await run_case(page, server, case, [client], {"headers": headers})
+    assert timeline(results[client], "attempt", "data") == [
+        ("open", 1, None, None),
+        ("message", 1, None, "a"),
+        ("error", 0, None, None),  # the end of the stream
+        ("retry", 0, 1, None),
+        ("error", 0, None, None),  # the dropped connection
+        ("retry", 0, 2, None),
+        ("error", 0, None, None),  # the headers function threw
+        ("retry", 0, 3, None),
+        ("error", 2, None, None),  # the 204
+    ]
+    assert authorizations(requests[client]) == [f"Bearer token-{n}" for n in (1, 2, 4)]
+    assert [r.last_event_id for r in requests[client]] == [None, "1", "1"]
+
+
+@pytest.mark.parametrize("client", SSE_CLIENTS)
+async def test_headers_function_may_return_a_promise(
+    page: Page, server: StreamServer, client: str
+) -> None:
+    """E.g. of a token being refreshed: the request waits for it. A rejected one fails the
+    attempt as a lost connection does; one that never settles counts as a stall."""
+    case = Case("headers-promise", [stream("data: a\n\n")], types=("retry",))
+    headers = """
+      if (n === 2) return new Promise(function () {});
+      return new Promise(function (resolve, reject) {
+        setTimeout(function () {
+          if (n === 3) reject(new Error('refresh failed'));
+          else resolve({ Authorization: 'Bearer token-' + n });
+        }, 50);
+      });
+    """
+    options = {"headers": headers, "heartbeatTimeout": 300, "retryDelay": 20}
+    results, requests = await run_case(page, server, case, [client], options)
+    assert timeline(results[client], "attempt", "data") == [
+        ("open", 1, None, None),
+        ("message", 1, None, "a"),
+        ("error", 0, None, None),  # the end of the stream
+        ("retry", 0, 1, None),
+        ("error", 0, None, None),  # no headers within the heartbeat timeout
+        ("retry", 0, 2, None),
+        ("error", 0, None, None),  # rejected
+        ("retry", 0, 3, None),
+        ("error", 2, None, None),  # the 204
+    ]
+    assert authorizations(requests[client]) == ["Bearer token-1", "Bearer token-4"]
+
+
+@pytest.mark.parametrize("client", SSE_CLIENTS)
+async def test_close_while_waiting_for_headers_sends_nothing(
+    page: Page, server: StreamServer, client: str
+) -> None:
+    case = Case("headers-pending", [stream("data: a\n\n")], timeout=0.3)
+    headers = "return new Promise(function (resolve) { setTimeout(resolve, 400, {}); });"
+    results, requests = await run_case(page, server, case, [client], {"headers": headers})
+    await asyncio.sleep(0.3)  # past the promise, resolved after close()
+    assert results[client]["log"] == []
+    assert requests[client] == []
 
 
 @pytest.mark.parametrize("client", SSE_CLIENTS)
@@ -934,13 +1099,20 @@ def test_dist_is_a_fresh_build(fresh_build: Path) -> None:
 
 
 def test_dist_is_es5(fresh_build: Path, tmp_path: Path) -> None:
+    """The UMD builds are ES5, and so is the ES module but for its export."""
     acorn = fresh_build / "node_modules" / ".bin" / "acorn"
     es2015 = tmp_path / "es2015.js"
     es2015.write_text("let double = (x) => x * 2;\n")
     assert run_in(fresh_build, str(acorn), "--ecma5", "--silent", str(es2015)).returncode != 0
-    for name in ("sse-client.js", "sse-client.min.js"):
-        done = run_in(fresh_build, str(acorn), "--ecma5", "--silent", str(FRONTEND / "dist" / name))
-        assert done.returncode == 0, done.stderr
+    module = (FRONTEND / "dist" / "sse-client.mjs").read_text()
+    assert module.count("export ") == 1
+    module_body = tmp_path / "module-body.js"
+    module_body.write_text(module.replace("export default SSEClient;", ""))
+    for path in [FRONTEND / "dist" / "sse-client.js", FRONTEND / "dist" / "sse-client.min.js"]:
+        done = run_in(fresh_build, str(acorn), "--ecma5", "--silent", str(path))
+        assert done.returncode == 0, (path, done.stderr)
+    done = run_in(fresh_build, str(acorn), "--ecma5", "--silent", str(module_body))
+    assert done.returncode == 0, done.stderr
 
 
 def test_minified_gzipped_size_is_within_budget() -> None:
@@ -969,3 +1141,112 @@ def test_umd_exports(name: str) -> None:
     require_node()
     done = run_in(FRONTEND, "node", "-e", UMD_PROBE, str(FRONTEND / "dist" / name))
     assert done.returncode == 0, done.stderr
+
+
+# --- The npm package ---------------------------------------------------------------------------
+
+PACKAGE = "@streaming-message/sse-client"
+PACKED_FILES = {
+    "package.json",
+    "README.md",
+    "LICENSE",
+    *(
+        f"dist/sse-client.{suffix}"
+        for suffix in ("js", "js.map", "min.js", "min.js.map", "mjs", "mjs.map", "d.ts", "d.mts")
+    ),
+}
+
+# Each runs in Node, whose fetch streams: a message from a loopback stream, a SyntaxError for
+# a URL it can't parse.
+USE_IN_NODE = """
+const server = http.createServer((request, response) => {
+  response.writeHead(200, { 'Content-Type': 'text/event-stream' });
+  response.end('id: 1\\ndata: hello\\n\\n');
+});
+server.listen(0, '127.0.0.1', () => {
+  const url = `http://127.0.0.1:${server.address().port}/`;
+  assert.throws(() => new SSEClient('http://['), { name: 'SyntaxError' });
+  const source = new SSEClient(url, { headers: () => Promise.resolve({ 'X-Token': 't' }) });
+  source.onmessage = (event) => {
+    assert.ok(event instanceof MessageEvent);
+    assert.deepStrictEqual([event.data, event.lastEventId], ['hello', '1']);
+    assert.strictEqual(event.origin, new URL(url).origin);
+    source.close();
+    server.close();
+    console.log('ok');
+  };
+});
+"""
+SCRATCH_FILES = {
+    "package.json": '{"name": "scratch", "private": true}\n',
+    "use.cjs": f"""const assert = require('node:assert');
+const http = require('node:http');
+const SSEClient = require('{PACKAGE}');
+assert.ok(require.resolve('{PACKAGE}').endsWith('/dist/sse-client.js'));
+assert.strictEqual(require('{PACKAGE}/package.json').name, '{PACKAGE}');
+{USE_IN_NODE}""",
+    "use.mjs": f"""import assert from 'node:assert';
+import http from 'node:http';
+import SSEClient from '{PACKAGE}';
+assert.ok(import.meta.resolve('{PACKAGE}').endsWith('/dist/sse-client.mjs'));
+{USE_IN_NODE}""",
+    # The typings, under require and under import: real types (a wrong option is an error).
+    "types.cts": f"""import SSEClient = require('{PACKAGE}');
+""",
+    "types.mts": f"""import SSEClient from '{PACKAGE}';
+""",
+    "tsconfig.json": """{
+  "compilerOptions": {
+    "module": "nodenext",
+    "strict": true,
+    "noEmit": true,
+    "lib": ["ES2020", "DOM"],
+    "types": []
+  },
+  "files": ["types.cts", "types.mts"]
+}
+""",
+}
+TYPED_USE = """const options: SSEClient.Options = {
+  headers: () => Promise.resolve({ Authorization: 'Bearer token' }),
+  backoff: 2,
+};
+const source: SSEClient = new SSEClient('https://example.com/events', options);
+source.onmessage = (event) => {
+  const data: string = event.data;
+  const target: SSEClient = event.target;
+  const isEvent: Event = event;
+  console.log(data, target, isEvent);
+};
+source.addEventListener('retry', (event) => console.log(event.attempt + event.delay));
+// @ts-expect-error: headers are strings
+new SSEClient('/events', { headers: { Authorization: 42 } });
+"""
+
+
+def test_npm_package_installs_and_imports_both_ways(fresh_build: Path, tmp_path: Path) -> None:
+    """`npm pack` (its prepack builds and checks: ES5, publint, attw), the tarball holds the
+    package's files and nothing else, and a scratch project that installs it uses it with
+    require and with import, in Node and in TypeScript."""
+    packed = run_in(fresh_build, "npm", "pack", "--json", "--pack-destination", str(tmp_path))
+    assert packed.returncode == 0, packed.stdout + packed.stderr
+    assert "No problems found" in packed.stdout  # attw
+    (summary,) = json.loads(packed.stdout[packed.stdout.index("[\n") :])
+    assert {f["path"] for f in summary["files"]} == PACKED_FILES
+    tarball = tmp_path / summary["filename"]
+    with tarfile.open(tarball) as archive:
+        for name in PACKED_FILES - {"package.json", "README.md", "LICENSE"}:
+            content = archive.extractfile(f"package/{name}").read()  # type: ignore[union-attr]
+            assert content == (FRONTEND / name).read_bytes(), f"{name} differs from the commit"
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    for name, text in SCRATCH_FILES.items():
+        (scratch / name).write_text(text + (TYPED_USE if name.startswith("types.") else ""))
+    done = run_in(scratch, "npm", "install", "--offline", "--no-audit", "--no-fund", str(tarball))
+    assert done.returncode == 0, done.stdout + done.stderr
+    for script in ("use.cjs", "use.mjs"):
+        done = run_in(scratch, "node", script)
+        assert (done.returncode, done.stdout) == (0, "ok\n"), done.stderr
+    done = run_in(scratch, str(fresh_build / "node_modules" / ".bin" / "tsc"), "-p", ".")
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -35,17 +35,20 @@ declare class SSEClient {
     private abortRequest;
     private heartbeatTimer?;
     private reconnectTimer?;
+    /** Throws a SyntaxError DOMException, as EventSource does, for a URL that can't be parsed. */
     constructor(url: string | URL, options?: SSEClient.Options);
     addEventListener<K extends keyof SSEClient.EventMap>(type: K, listener: SSEClient.Listener<SSEClient.EventMap[K]> | null): void;
     addEventListener(type: string, listener: SSEClient.Listener<SSEClient.MessageEvent> | null): void;
     removeEventListener(type: string, listener: SSEClient.Listener<any> | null): void;
-    /** Calls the `on<type>` handler, then the listeners; a throwing listener doesn't stop the others. */
-    dispatchEvent(event: {
-        type: string;
-    }): boolean;
+    /** Calls the `on<type>` handler, then the listeners; a throwing listener doesn't stop the others.
+     * As EventTarget does, it sets the event's target, currentTarget and eventPhase while listeners
+     * run, honours stopImmediatePropagation(), and returns false if a listener cancelled it. */
+    dispatchEvent(event: Event): boolean;
     close(): void;
-    /** Starts a request. `resuming` restarts an open stream without announcing it again. */
+    /** Starts a request, once the headers option gave its headers. `resuming` restarts an open
+     * stream without announcing it again. */
     private connect;
+    private startRequest;
     /** Network loss, end of stream, a stall or a retried 5xx: reconnect after a delay. */
     private reestablish;
     /** A response that isn't an event stream, or retries exhausted: close, then `error`. */
@@ -53,16 +56,14 @@ declare class SSEClient {
     private stopRequest;
     /** Called at each request and each chunk: a stream silent for heartbeatTimeout reconnects. */
     private restartHeartbeat;
-    private emit;
 }
 declare namespace SSEClient {
     interface Options {
         /** Send cookies on cross-origin requests, as EventSource's own option. */
         withCredentials?: boolean;
-        /** Request headers, e.g. `{Authorization: 'Bearer …'}`. */
-        headers?: {
-            [name: string]: string;
-        };
+        /** Request headers, e.g. `{Authorization: 'Bearer …'}`; or a function called before every
+         * request that returns them, or a promise of them (e.g. while it refreshes a token). */
+        headers?: RequestHeaders | (() => RequestHeaders | PromiseLike<RequestHeaders>);
         /** Default `'GET'`. */
         method?: string;
         /** Request body, e.g. with `method: 'POST'`. */
@@ -91,15 +92,18 @@ declare namespace SSEClient {
          * memory stays bounded. Default 1048576. */
         xhrResponseLimit?: number;
     }
-    interface Event {
-        readonly type: string;
+    type RequestHeaders = {
+        [name: string]: string;
+    };
+    /** A DOM Event (`open`, `error`, `retry`), as EventSource dispatches. */
+    interface Event extends globalThis.Event {
         readonly target: SSEClient;
         readonly currentTarget: SSEClient;
     }
-    interface MessageEvent extends Event {
-        readonly data: string;
-        readonly lastEventId: string;
-        readonly origin: string;
+    /** A DOM MessageEvent: an event of the stream. */
+    interface MessageEvent extends globalThis.MessageEvent<string> {
+        readonly target: SSEClient;
+        readonly currentTarget: SSEClient;
     }
     interface ErrorEvent extends Event {
         /** The HTTP status when a response caused the error. */

@@ -11,6 +11,7 @@
  * an initial Last-Event-ID. It streams with fetch where the browser can, else with XHR.
  */
 var SSEClient = /** @class */ (function () {
+    /** Throws a SyntaxError DOMException, as EventSource does, for a URL that can't be parsed. */
     function SSEClient(url, options) {
         var _a;
         this.CONNECTING = 0;
@@ -47,7 +48,9 @@ var SSEClient = /** @class */ (function () {
         if (index >= 0)
             list.splice(index, 1);
     };
-    /** Calls the `on<type>` handler, then the listeners; a throwing listener doesn't stop the others. */
+    /** Calls the `on<type>` handler, then the listeners; a throwing listener doesn't stop the others.
+     * As EventTarget does, it sets the event's target, currentTarget and eventPhase while listeners
+     * run, honours stopImmediatePropagation(), and returns false if a listener cancelled it. */
     SSEClient.prototype.dispatchEvent = function (event) {
         var type = event.type;
         var handler = /^(open|message|error|retry)$/.test(type) && this['on' + type];
@@ -55,7 +58,21 @@ var SSEClient = /** @class */ (function () {
         var listeners = registered.slice();
         if (handler)
             listeners.unshift(handler);
-        for (var i = 0; i < listeners.length; i++) {
+        var stopped = false;
+        var stopImmediatePropagation = event.stopImmediatePropagation;
+        // Own properties over Event's read-only accessors, which only a native EventTarget sets.
+        setFields(event, {
+            target: this,
+            currentTarget: this,
+            srcElement: this,
+            eventPhase: 2, // AT_TARGET
+            stopImmediatePropagation: function () {
+                stopped = true;
+                if (stopImmediatePropagation)
+                    stopImmediatePropagation.call(event);
+            },
+        });
+        for (var i = 0; i < listeners.length && !stopped; i++) {
             var listener = listeners[i];
             // Like EventTarget: one removed by an earlier listener is not called.
             if (listener !== handler && registered.indexOf(listener) < 0)
@@ -67,25 +84,62 @@ var SSEClient = /** @class */ (function () {
                     listener.handleEvent(event);
             }
             catch (error) {
-                setTimeout(function () {
-                    throw error;
-                });
+                reportLater(error);
             }
         }
-        return true;
+        setFields(event, { currentTarget: null, eventPhase: 0 });
+        return !event.defaultPrevented;
     };
     SSEClient.prototype.close = function () {
         this.readyState = SSEClient.CLOSED;
         this.stopRequest();
         clearTimeout(this.reconnectTimer);
     };
-    /** Starts a request. `resuming` restarts an open stream without announcing it again. */
+    /** Starts a request, once the headers option gave its headers. `resuming` restarts an open
+     * stream without announcing it again. */
     SSEClient.prototype.connect = function (resuming) {
+        var self = this;
+        var given = this.options.headers;
+        // Armed from here on, so that headers that never come count as a stall.
+        this.restartHeartbeat();
+        if (typeof given !== 'function')
+            return this.startRequest(resuming, given);
+        var attempt = (this.abortRequest = function () { });
+        function proceed(headers) {
+            if (self.abortRequest === attempt)
+                self.startRequest(resuming, headers);
+        }
+        // A headers function that throws or rejects fails this attempt as a lost connection does
+        // (error, then a retry with backoff) and its error is reported, as a listener's is.
+        function failed(error) {
+            if (self.abortRequest !== attempt)
+                return;
+            self.stopRequest();
+            self.reestablish();
+            reportLater(error);
+        }
+        try {
+            var headers = given();
+        }
+        catch (error) {
+            // Later: the constructor's caller has had no chance yet to listen for the error event.
+            setTimeout(function () {
+                failed(error);
+            });
+            return;
+        }
+        if (headers && typeof headers.then === 'function') {
+            headers.then(proceed, failed);
+        }
+        else
+            proceed(headers);
+    };
+    SSEClient.prototype.startRequest = function (resuming, given) {
         var self = this;
         var o = this.options;
         var headers = { Accept: 'text/event-stream' };
-        for (var name in o.headers)
-            headers[name] = o.headers[name];
+        for (var name in given)
+            headers[name] = given[name];
         // Header values are byte strings: send the id as UTF-8, as EventSource does.
         if (this.lastEventId)
             headers['Last-Event-ID'] = unescape(encodeURIComponent(this.lastEventId));
@@ -96,9 +150,8 @@ var SSEClient = /** @class */ (function () {
                 if (!current())
                     return;
                 self.lastEventId = lastEventId;
-                if (data !== null) {
-                    self.emit({ type: type, data: data, lastEventId: lastEventId, origin: self.origin });
-                }
+                if (data !== null)
+                    self.dispatchEvent(messageEvent(type, data, lastEventId, self.origin));
                 // XHR keeps the whole response text: past the limit, restart the request here, between
                 // two events, and resume by Last-Event-ID, so that memory stays bounded.
                 var limit = (_a = o.xhrResponseLimit) !== null && _a !== void 0 ? _a : 1048576;
@@ -119,7 +172,6 @@ var SSEClient = /** @class */ (function () {
             body: o.body,
             withCredentials: this.withCredentials,
         };
-        this.restartHeartbeat();
         var abort = (this.abortRequest = transport(request, {
             response: function (status, contentType, finalUrl) {
                 if (status === 200 && /^\s*text\/event-stream\s*(;|$)/i.test(contentType || '')) {
@@ -129,7 +181,7 @@ var SSEClient = /** @class */ (function () {
                     if (!resuming) {
                         self.attempts = 0;
                         self.readyState = SSEClient.OPEN;
-                        self.emit({ type: 'open' });
+                        self.dispatchEvent(plainEvent('open'));
                     }
                 }
                 else {
@@ -167,15 +219,15 @@ var SSEClient = /** @class */ (function () {
         this.readyState = SSEClient.CONNECTING;
         // Scheduled before the events, so that a handler calling close() cancels it.
         this.reconnectTimer = setTimeout(function () { return _this.connect(false); }, delay);
-        this.emit({ type: 'error', status: status });
+        this.dispatchEvent(plainEvent('error', { status: status }));
         if (this.readyState === SSEClient.CONNECTING) {
-            this.emit({ type: 'retry', attempt: this.attempts, delay: delay });
+            this.dispatchEvent(plainEvent('retry', { attempt: this.attempts, delay: delay }));
         }
     };
     /** A response that isn't an event stream, or retries exhausted: close, then `error`. */
     SSEClient.prototype.fail = function (status) {
         this.close();
-        this.emit({ type: 'error', status: status });
+        this.dispatchEvent(plainEvent('error', { status: status }));
     };
     SSEClient.prototype.stopRequest = function () {
         if (this.abortRequest)
@@ -194,10 +246,6 @@ var SSEClient = /** @class */ (function () {
                 _this.reestablish();
             }, timeout);
         }
-    };
-    SSEClient.prototype.emit = function (event) {
-        event.target = event.currentTarget = this;
-        this.dispatchEvent(event);
     };
     SSEClient.CONNECTING = 0;
     SSEClient.OPEN = 1;
@@ -360,14 +408,74 @@ function xhrTransport(request, handlers) {
         xhr.abort();
     };
 }
-/** @internal Resolves url against the page's address, as EventSource's url attribute does. */
+/** @internal Resolves url against the document's base URL, as EventSource does, and throws as it
+ * does for one that can't be parsed. */
 function resolveUrl(url) {
-    if (typeof document !== 'undefined') {
+    if (typeof URL !== 'function') {
+        // Internet Explorer: an anchor resolves a URL, but can't tell an invalid one.
+        if (typeof document === 'undefined')
+            return url;
         var anchor = document.createElement('a');
         anchor.href = url;
         return anchor.href;
     }
-    return typeof location !== 'undefined' ? new URL(url, location.href).href : url;
+    var base = typeof document !== 'undefined'
+        ? document.baseURI
+        : typeof location !== 'undefined'
+            ? location.href
+            : undefined;
+    try {
+        return new URL(url, base).href;
+    }
+    catch (error) {
+        var message = "Failed to construct 'SSEClient': Cannot open an EventSource to '" +
+            url +
+            "'. The URL is invalid.";
+        throw typeof DOMException === 'function'
+            ? new DOMException(message, 'SyntaxError')
+            : new SyntaxError(message);
+    }
+}
+/** @internal A plain Event, as EventSource's open and error are, carrying `fields`. Where Event
+ * is no constructor (Internet Explorer) document.createEvent makes one; with neither, an object. */
+function plainEvent(type, fields) {
+    var event;
+    if (typeof Event === 'function')
+        event = new Event(type);
+    else if (typeof document !== 'undefined') {
+        event = document.createEvent('Event');
+        event.initEvent(type, false, false);
+    }
+    else
+        event = { type: type };
+    for (var key in fields)
+        if (fields[key] !== undefined)
+            event[key] = fields[key];
+    return event;
+}
+/** @internal A MessageEvent, as EventSource dispatches for each event of the stream. */
+function messageEvent(type, data, lastEventId, origin) {
+    if (typeof MessageEvent === 'function') {
+        return new MessageEvent(type, { data: data, lastEventId: lastEventId, origin: origin });
+    }
+    if (typeof document === 'undefined') {
+        return { type: type, data: data, lastEventId: lastEventId, origin: origin };
+    }
+    var event = document.createEvent('MessageEvent');
+    event.initMessageEvent(type, false, false, data, origin, lastEventId, null);
+    return event;
+}
+/** @internal Sets own, configurable properties (over an Event's read-only accessors). */
+function setFields(event, fields) {
+    for (var name in fields) {
+        Object.defineProperty(event, name, { value: fields[name], configurable: true });
+    }
+}
+/** @internal Reports an error as uncaught, without stopping the caller. */
+function reportLater(error) {
+    setTimeout(function () {
+        throw error;
+    });
 }
 /** @internal scheme://host[:port] of an absolute URL. */
 function originOf(url) {
@@ -376,3 +484,4 @@ function originOf(url) {
 }
 return SSEClient;
 });
+//# sourceMappingURL=sse-client.js.map

@@ -38,6 +38,7 @@ class SSEClient {
   private heartbeatTimer?: number;
   private reconnectTimer?: number;
 
+  /** Throws a SyntaxError DOMException, as EventSource does, for a URL that can't be parsed. */
   constructor(url: string | URL, options?: SSEClient.Options) {
     var o = options || {};
     this.options = o;
@@ -64,14 +65,29 @@ class SSEClient {
     if (index >= 0) list.splice(index, 1);
   }
 
-  /** Calls the `on<type>` handler, then the listeners; a throwing listener doesn't stop the others. */
-  dispatchEvent(event: { type: string }): boolean {
+  /** Calls the `on<type>` handler, then the listeners; a throwing listener doesn't stop the others.
+   * As EventTarget does, it sets the event's target, currentTarget and eventPhase while listeners
+   * run, honours stopImmediatePropagation(), and returns false if a listener cancelled it. */
+  dispatchEvent(event: Event): boolean {
     var type = event.type;
     var handler = /^(open|message|error|retry)$/.test(type) && (this as any)['on' + type];
     var registered = this.listeners[type] || [];
     var listeners = registered.slice();
     if (handler) listeners.unshift(handler);
-    for (var i = 0; i < listeners.length; i++) {
+    var stopped = false;
+    var stopImmediatePropagation = event.stopImmediatePropagation;
+    // Own properties over Event's read-only accessors, which only a native EventTarget sets.
+    setFields(event, {
+      target: this,
+      currentTarget: this,
+      srcElement: this,
+      eventPhase: 2, // AT_TARGET
+      stopImmediatePropagation: function () {
+        stopped = true;
+        if (stopImmediatePropagation) stopImmediatePropagation.call(event);
+      },
+    });
+    for (var i = 0; i < listeners.length && !stopped; i++) {
       var listener = listeners[i];
       // Like EventTarget: one removed by an earlier listener is not called.
       if (listener !== handler && registered.indexOf(listener) < 0) continue;
@@ -79,12 +95,11 @@ class SSEClient {
         if (typeof listener === 'function') listener.call(this, event);
         else listener.handleEvent(event);
       } catch (error) {
-        setTimeout(function () {
-          throw error;
-        });
+        reportLater(error);
       }
     }
-    return true;
+    setFields(event, { currentTarget: null, eventPhase: 0 });
+    return !event.defaultPrevented;
   }
 
   close(): void {
@@ -93,12 +108,45 @@ class SSEClient {
     clearTimeout(this.reconnectTimer);
   }
 
-  /** Starts a request. `resuming` restarts an open stream without announcing it again. */
+  /** Starts a request, once the headers option gave its headers. `resuming` restarts an open
+   * stream without announcing it again. */
   private connect(resuming: boolean): void {
     var self = this;
+    var given = this.options.headers;
+    // Armed from here on, so that headers that never come count as a stall.
+    this.restartHeartbeat();
+    if (typeof given !== 'function') return this.startRequest(resuming, given);
+    var attempt = (this.abortRequest = function () {});
+    function proceed(headers?: SSEClient.RequestHeaders): void {
+      if (self.abortRequest === attempt) self.startRequest(resuming, headers);
+    }
+    // A headers function that throws or rejects fails this attempt as a lost connection does
+    // (error, then a retry with backoff) and its error is reported, as a listener's is.
+    function failed(error: unknown): void {
+      if (self.abortRequest !== attempt) return;
+      self.stopRequest();
+      self.reestablish();
+      reportLater(error);
+    }
+    try {
+      var headers = given();
+    } catch (error) {
+      // Later: the constructor's caller has had no chance yet to listen for the error event.
+      setTimeout(function () {
+        failed(error);
+      });
+      return;
+    }
+    if (headers && typeof (headers as PromiseLike<unknown>).then === 'function') {
+      (headers as PromiseLike<SSEClient.RequestHeaders>).then(proceed, failed);
+    } else proceed(headers as SSEClient.RequestHeaders);
+  }
+
+  private startRequest(resuming: boolean, given?: SSEClient.RequestHeaders): void {
+    var self = this;
     var o = this.options;
-    var headers: { [name: string]: string } = { Accept: 'text/event-stream' };
-    for (var name in o.headers) headers[name] = o.headers[name];
+    var headers: SSEClient.RequestHeaders = { Accept: 'text/event-stream' };
+    for (var name in given) headers[name] = given[name];
     // Header values are byte strings: send the id as UTF-8, as EventSource does.
     if (this.lastEventId) headers['Last-Event-ID'] = unescape(encodeURIComponent(this.lastEventId));
     var transport = fetchCanStream() ? fetchTransport : xhrTransport;
@@ -106,9 +154,7 @@ class SSEClient {
       dispatch: function (lastEventId, type, data) {
         if (!current()) return;
         self.lastEventId = lastEventId;
-        if (data !== null) {
-          self.emit({ type: type, data: data, lastEventId: lastEventId, origin: self.origin });
-        }
+        if (data !== null) self.dispatchEvent(messageEvent(type, data, lastEventId, self.origin));
         // XHR keeps the whole response text: past the limit, restart the request here, between
         // two events, and resume by Last-Event-ID, so that memory stays bounded.
         var limit = o.xhrResponseLimit ?? 1048576;
@@ -128,7 +174,6 @@ class SSEClient {
       body: o.body,
       withCredentials: this.withCredentials,
     };
-    this.restartHeartbeat();
     var abort = (this.abortRequest = transport(request, {
       response: function (status, contentType, finalUrl) {
         if (status === 200 && /^\s*text\/event-stream\s*(;|$)/i.test(contentType || '')) {
@@ -137,7 +182,7 @@ class SSEClient {
           if (!resuming) {
             self.attempts = 0;
             self.readyState = SSEClient.OPEN;
-            self.emit({ type: 'open' });
+            self.dispatchEvent(plainEvent('open'));
           }
         } else {
           self.stopRequest();
@@ -173,16 +218,16 @@ class SSEClient {
     this.readyState = SSEClient.CONNECTING;
     // Scheduled before the events, so that a handler calling close() cancels it.
     this.reconnectTimer = setTimeout(() => this.connect(false), delay);
-    this.emit({ type: 'error', status: status });
+    this.dispatchEvent(plainEvent('error', { status: status }));
     if (this.readyState === SSEClient.CONNECTING) {
-      this.emit({ type: 'retry', attempt: this.attempts, delay: delay });
+      this.dispatchEvent(plainEvent('retry', { attempt: this.attempts, delay: delay }));
     }
   }
 
   /** A response that isn't an event stream, or retries exhausted: close, then `error`. */
   private fail(status?: number): void {
     this.close();
-    this.emit({ type: 'error', status: status });
+    this.dispatchEvent(plainEvent('error', { status: status }));
   }
 
   private stopRequest(): void {
@@ -202,19 +247,15 @@ class SSEClient {
       }, timeout);
     }
   }
-
-  private emit(event: { type: string; [field: string]: any }): void {
-    event.target = event.currentTarget = this;
-    this.dispatchEvent(event);
-  }
 }
 
 namespace SSEClient {
   export interface Options {
     /** Send cookies on cross-origin requests, as EventSource's own option. */
     withCredentials?: boolean;
-    /** Request headers, e.g. `{Authorization: 'Bearer …'}`. */
-    headers?: { [name: string]: string };
+    /** Request headers, e.g. `{Authorization: 'Bearer …'}`; or a function called before every
+     * request that returns them, or a promise of them (e.g. while it refreshes a token). */
+    headers?: RequestHeaders | (() => RequestHeaders | PromiseLike<RequestHeaders>);
     /** Default `'GET'`. */
     method?: string;
     /** Request body, e.g. with `method: 'POST'`. */
@@ -244,16 +285,18 @@ namespace SSEClient {
     xhrResponseLimit?: number;
   }
 
-  export interface Event {
-    readonly type: string;
+  export type RequestHeaders = { [name: string]: string };
+
+  /** A DOM Event (`open`, `error`, `retry`), as EventSource dispatches. */
+  export interface Event extends globalThis.Event {
     readonly target: SSEClient;
     readonly currentTarget: SSEClient;
   }
 
-  export interface MessageEvent extends Event {
-    readonly data: string;
-    readonly lastEventId: string;
-    readonly origin: string;
+  /** A DOM MessageEvent: an event of the stream. */
+  export interface MessageEvent extends globalThis.MessageEvent<string> {
+    readonly target: SSEClient;
+    readonly currentTarget: SSEClient;
   }
 
   export interface ErrorEvent extends Event {
@@ -451,14 +494,73 @@ function xhrTransport(request: StreamRequest, handlers: StreamHandlers): () => v
   };
 }
 
-/** @internal Resolves url against the page's address, as EventSource's url attribute does. */
+/** @internal Resolves url against the document's base URL, as EventSource does, and throws as it
+ * does for one that can't be parsed. */
 function resolveUrl(url: string): string {
-  if (typeof document !== 'undefined') {
+  if (typeof URL !== 'function') {
+    // Internet Explorer: an anchor resolves a URL, but can't tell an invalid one.
+    if (typeof document === 'undefined') return url;
     var anchor = document.createElement('a');
     anchor.href = url;
     return anchor.href;
   }
-  return typeof location !== 'undefined' ? new URL(url, location.href).href : url;
+  var base =
+    typeof document !== 'undefined'
+      ? document.baseURI
+      : typeof location !== 'undefined'
+        ? location.href
+        : undefined;
+  try {
+    return new URL(url, base).href;
+  } catch (error) {
+    var message =
+      "Failed to construct 'SSEClient': Cannot open an EventSource to '" +
+      url +
+      "'. The URL is invalid.";
+    throw typeof DOMException === 'function'
+      ? new DOMException(message, 'SyntaxError')
+      : new SyntaxError(message);
+  }
+}
+
+/** @internal A plain Event, as EventSource's open and error are, carrying `fields`. Where Event
+ * is no constructor (Internet Explorer) document.createEvent makes one; with neither, an object. */
+function plainEvent(type: string, fields?: { [field: string]: number | undefined }): Event {
+  var event: any;
+  if (typeof Event === 'function') event = new Event(type);
+  else if (typeof document !== 'undefined') {
+    event = document.createEvent('Event');
+    event.initEvent(type, false, false);
+  } else event = { type: type };
+  for (var key in fields) if (fields[key] !== undefined) event[key] = fields[key];
+  return event;
+}
+
+/** @internal A MessageEvent, as EventSource dispatches for each event of the stream. */
+function messageEvent(type: string, data: string, lastEventId: string, origin: string): Event {
+  if (typeof MessageEvent === 'function') {
+    return new MessageEvent(type, { data: data, lastEventId: lastEventId, origin: origin });
+  }
+  if (typeof document === 'undefined') {
+    return { type: type, data: data, lastEventId: lastEventId, origin: origin } as any;
+  }
+  var event = document.createEvent('MessageEvent');
+  event.initMessageEvent(type, false, false, data, origin, lastEventId, null);
+  return event;
+}
+
+/** @internal Sets own, configurable properties (over an Event's read-only accessors). */
+function setFields(event: Event, fields: { [name: string]: unknown }): void {
+  for (var name in fields) {
+    Object.defineProperty(event, name, { value: fields[name], configurable: true });
+  }
+}
+
+/** @internal Reports an error as uncaught, without stopping the caller. */
+function reportLater(error: unknown): void {
+  setTimeout(function () {
+    throw error;
+  });
 }
 
 /** @internal scheme://host[:port] of an absolute URL. */
