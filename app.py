@@ -3606,11 +3606,18 @@ async def delete_user(user_id: str):
 # dist/ also works as a static site. Static files: not in the OpenAPI document.
 
 
-@routes.get("/static/js/sse-client.js")  # the Bun project's path
-@routes.get("/sse-client.js")  # the pages' (relative) path
+SSE_CLIENT_FILES = (
+    "any('sse-client.js', 'sse-client.js.map', 'sse-client.min.js', 'sse-client.min.js.map')"
+)
+
+
+@routes.get(f"/static/js/<{SSE_CLIENT_FILES}:name>")  # the Bun project's path
+@routes.get(f"/<{SSE_CLIENT_FILES}:name>")  # the pages' (relative) path
 @hide
-async def sse_client_js():
-    return await send_from_directory(DIST, "sse-client.js", mimetype="text/javascript")
+async def sse_client_js(name: str):
+    """The client library, minified or not, with its source maps (developer tools ask)."""
+    mimetype = "application/json" if name.endswith(".map") else "text/javascript"
+    return await send_from_directory(DIST, name, mimetype=mimetype)
 
 
 @routes.get("/assets/<path:name>")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import httpx
 import pytest
 import schemathesis
-from conftest import Server
+from conftest import ROOT, Server
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from openapi_spec_validator import validate
@@ -117,3 +117,18 @@ def test_schemathesis_finds_no_server_error_and_no_contract_break(make_server):
             except Unsatisfiable:  # nothing to make invalid: no parameters, no body
                 assert mode is GenerationMode.NEGATIVE, operation.label
     assert "Traceback" not in server.log()
+
+
+def test_the_client_library_and_its_source_maps_are_served(server: Server):
+    for prefix in ("/static/js/", "/"):
+        for name, kind in [
+            ("sse-client.js", "text/javascript"),
+            ("sse-client.min.js", "text/javascript"),
+            ("sse-client.js.map", "application/json"),
+            ("sse-client.min.js.map", "application/json"),
+        ]:
+            reply = httpx.get(f"{server.url}{prefix}{name}")
+            assert reply.status_code == 200, (prefix, name)
+            assert reply.headers["content-type"].startswith(kind)
+            assert reply.content == (ROOT / "frontend" / "dist" / name).read_bytes()
+    assert httpx.get(f"{server.url}/static/js/app.py").status_code == 404
