@@ -4,12 +4,14 @@ temporary DATA_DIR, and real SSE clients (httpx-sse, curl)."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -137,19 +139,27 @@ def make_server(tmp_path: Path) -> Iterator:
 
 
 @pytest.fixture(scope="session")
-def redis_db(worker_id: str) -> int:
-    """A Redis database number of this test process's own (one per pytest-xdist worker), on
-    the Redis at 127.0.0.1:6379. Tests that need it skip with the reason when it is not
+def redis_db() -> Iterator[int]:
+    """A Redis database number this test process holds alone (a lock file per number), on the
+    Redis at 127.0.0.1:6379: pytest-xdist workers, and test runs of other checkouts on this
+    machine, never empty each other's. Tests that need it skip with the reason when it is not
     there, and fail when REQUIRE_REDIS=1."""
-    db = 1 + int(worker_id.removeprefix("gw")) % 15 if worker_id != "master" else 15
     try:
-        redis.Redis(host="127.0.0.1", port=6379, db=db, socket_timeout=2).ping()
+        redis.Redis(host="127.0.0.1", port=6379, socket_timeout=2).ping()
     except redis.RedisError as error:
         reason = f"needs Redis on 127.0.0.1:6379 ({error})"
         if os.environ.get("REQUIRE_REDIS") == "1":
             pytest.fail(reason)
         pytest.skip(reason)
-    return db
+    for db in range(1, 16):
+        with open(Path(tempfile.gettempdir()) / f"streaming-message-redis-{db}.lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            yield db
+            return
+    pytest.fail("all of Redis's databases 1-15 are held by other test processes")
 
 
 @pytest.fixture
