@@ -665,6 +665,12 @@ class Storage:
         await self.read.close()
         await self.write.close()
 
+    async def check_writable(self) -> None:
+        """Commit a write (the one row of `readiness`): raises sqlite3.Error when SQLite
+        cannot take one (disk full, read-only file, a lock held past busy_timeout)."""
+        async with self.transaction() as db:
+            await db.execute("REPLACE INTO readiness (id, checked_at) VALUES (1, ?)", (now_ms(),))
+
     async def _rows(self, sql: str, parameters: Iterable[Any] = ()) -> list[aiosqlite.Row]:
         async with self.read.execute(sql, parameters) as cursor:
             return list(await cursor.fetchall())
@@ -1393,6 +1399,10 @@ class LocalBroker:
     async def accounts_changed(self) -> None:
         """Tell the other processes that users, sessions or API tokens changed."""
 
+    async def readiness(self) -> dict[str, str]:
+        """What the broker depends on, each "ok" or what is wrong: nothing here."""
+        return {}
+
 
 @dataclass(frozen=True)
 class BrokerChanges:
@@ -1410,6 +1420,7 @@ class BrokerChanges:
 # CHANGES_STREAM tells of changed rooms and accounts; per process a stream wakes its reader.
 CHANGES_STREAM = "sm:changes"
 READ_BLOCK_MS = 10_000  # a reader's XREAD returns at least this often, to pick up changes
+READY_TIMEOUT_S = 2  # a readiness check of Redis: well within a health checker's timeout
 
 # Publish a batch atomically: per message, the next id of its room and a stream entry with
 # that id, so each stream is in id order whichever process publishes. KEYS: per message,
@@ -1635,6 +1646,18 @@ class RedisBroker:
                 reload_accounts = True
         if reload_accounts:
             await self.changes.accounts_changed()
+
+    async def readiness(self) -> dict[str, str]:
+        """Redis answers a PING within READY_TIMEOUT_S (redis-py would retry a refused
+        connection for seconds)."""
+        try:
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                await self.redis.ping()
+        except TimeoutError:
+            return {"redis": f"no answer within {READY_TIMEOUT_S} s"}
+        except (RedisError, OSError) as error:
+            return {"redis": f"unreachable ({error})"}
+        return {"redis": "ok"}
 
     async def presence_counts(self, room: Room) -> dict[str, int]:
         try:
@@ -2053,6 +2076,16 @@ class Hub:
         first = retry + event_frame("meta", hello) + b"".join(replay)
         await subscriber.send({"type": "http.response.body", "body": first, "more_body": True})
         subscriber.sent += len(first)
+
+    async def readiness(self) -> dict[str, str]:
+        """What serving depends on, each "ok" or what is wrong: SQLite takes a write, and
+        the broker's own (Redis answers, with BROKER_URL)."""
+        try:
+            await self.storage.check_writable()
+            checks = {"sqlite": "ok"}
+        except sqlite3.Error as error:
+            checks = {"sqlite": f"not writable ({error})"}
+        return checks | await self.broker.readiness()
 
     async def presence_counts(self, room: Room) -> dict[str, int]:
         """The room's subscribers by role, summed over every process serving it."""
@@ -3109,7 +3142,8 @@ class HealthReply(Reply):
 @routes.get("/healthz")
 @validate_response(HealthReply)
 async def healthz():
-    """This process's health and counters (each process of a multi-process hub has its own)."""
+    """Liveness: this process answers; with its counters (each process of a multi-process
+    hub has its own). Whether it can serve is /readyz."""
     return ok(
         broker=current_app.hub.broker.name,
         pid=os.getpid(),
@@ -3121,6 +3155,22 @@ async def healthz():
         deliveries=int(current_app.metrics.value("deliveries_total")),
         slow_consumer_disconnects=int(current_app.metrics.value("slow_consumer_disconnects_total")),
     )
+
+
+class ReadyReply(Reply):
+    checks: dict[str, str] = Field(description='each dependency: "ok", or what is wrong')
+
+
+@routes.get("/readyz")
+@validate_response(ReadyReply)
+async def readyz():
+    """Readiness: 200 when this process can serve (SQLite takes a write; with BROKER_URL,
+    Redis answers), else 503 naming what failed. /healthz only says it is alive."""
+    checks = await current_app.hub.readiness()
+    failed = [f"{name} {problem}" for name, problem in checks.items() if problem != "ok"]
+    if failed:
+        raise ApiError(503, "Not ready: " + "; ".join(failed), checks=checks)
+    return ok("Ready", checks=checks)
 
 
 @routes.get("/metrics")

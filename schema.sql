@@ -69,3 +69,10 @@ CREATE TABLE IF NOT EXISTS api_tokens (
     created_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS api_tokens_user ON api_tokens (user_id);
+
+-- One row, written by every readiness check (GET /readyz): a commit that proves SQLite
+-- takes writes (a full disk or a read-only file fails it).
+CREATE TABLE IF NOT EXISTS readiness (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    checked_at INTEGER NOT NULL                -- epoch ms
+);
