@@ -59,7 +59,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Annotated, Any, Literal
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 import aiosqlite
 import h11._readers  # binds h11 too
@@ -97,6 +97,7 @@ from quart_schema import (
     document_request,
     document_response,
     hide,
+    validate_querystring,
     validate_request,
     validate_response,
 )
@@ -268,6 +269,7 @@ class Settings(BaseSettings):
 # ---------------------------------------------------------------------------------------
 
 MAX_SPEAKER_CHARS = 64
+MAX_HISTORY_PAGE = 1000  # messages in a page of GET /api/v1/rooms/<room>/messages
 
 
 def normalize_room(room_id: str) -> str | None:
@@ -727,12 +729,20 @@ class Storage:
             await db.execute("DELETE FROM rooms WHERE id = ?", (room_id,))
 
     async def history(
-        self, room: str, after: int, before: int = sys.maxsize
+        self,
+        room: str,
+        after: int,
+        before: int = sys.maxsize,
+        limit: int | None = None,
+        newest_first: bool = False,
     ) -> list[tuple[int, str]]:
-        """Stored messages of a room with after < id < before, oldest first: (id, payload)."""
+        """Stored messages of a room with after < id < before, oldest first (or newest
+        first), at most `limit` (None: all): (id, payload)."""
+        order = "DESC" if newest_first else "ASC"
         rows = await self._rows(
-            "SELECT id, payload FROM messages WHERE room = ? AND id > ? AND id < ? ORDER BY id",
-            (room, after, before),
+            "SELECT id, payload FROM messages WHERE room = ? AND id > ? AND id < ?"
+            f" ORDER BY id {order} LIMIT ?",
+            (room, after, before, -1 if limit is None else limit),
         )
         return [(row["id"], row["payload"]) for row in rows]
 
@@ -1377,9 +1387,17 @@ class LocalBroker:
     async def not_stored(self, messages: list[tuple[Room, str]], ids: list[int]) -> None:
         """Their commit failed. Nothing was delivered: the next commit takes their ids."""
 
-    async def history(self, room: Room, after: int) -> list[tuple[int, str]]:
-        """The room's kept messages with id > after, oldest first: (id, payload)."""
-        return await self.storage.history(room.id, after)
+    async def history(
+        self,
+        room: Room,
+        after: int,
+        before: int = sys.maxsize,
+        limit: int | None = None,
+        newest_first: bool = False,
+    ) -> list[tuple[int, str]]:
+        """The room's kept messages with after < id < before, oldest first (or newest
+        first), at most `limit` (None: all): (id, payload)."""
+        return await self.storage.history(room.id, after, before, limit, newest_first)
 
     async def joined(self, room: Room) -> None:
         """A subscriber of this process joined the room: deliver the room's messages here."""
@@ -1571,17 +1589,34 @@ class RedisBroker:
             args += [body, floors.get(room.id, ""), room.history_size]
         return await self.publish_script(keys=keys, args=args)
 
-    async def history(self, room: Room, after: int) -> list[tuple[int, str]]:
-        """The room's kept messages with id > after, oldest first: the stream's, preceded by
-        SQLite's older ones (when Redis has lost or trimmed them)."""
+    async def history(
+        self,
+        room: Room,
+        after: int,
+        before: int = sys.maxsize,
+        limit: int | None = None,
+        newest_first: bool = False,
+    ) -> list[tuple[int, str]]:
+        """The room's kept messages with after < id < before, oldest first (or newest
+        first), at most `limit` (None: all): the stream's, and SQLite's older than the
+        stream's oldest (when Redis has lost or trimmed them)."""
+        key, low, high = room_key(room.id, "stream"), f"({after}-0", f"({before}-0"
         try:
-            entries = await self.redis.xrange(room_key(room.id, "stream"), f"({after}-0")
+            if newest_first:
+                entries = await self.redis.xrevrange(key, high, low, count=limit)
+            else:
+                entries = await self.redis.xrange(key, low, high, count=limit)
         except RedisError as error:
             raise broker_unavailable() from error
         rows = [(entry_number(i), payload_with_id(entry_number(i), f["p"])) for i, f in entries]
-        if not rows or rows[0][0] > after + 1:
-            before = rows[0][0] if rows else sys.maxsize
-            rows = await self.storage.history(room.id, after, before) + rows
+        if newest_first:
+            if limit is None or len(rows) < limit:  # the stream ran out: older ones after it
+                below = rows[-1][0] if rows else before
+                rest = None if limit is None else limit - len(rows)
+                rows += await self.storage.history(room.id, after, below, rest, newest_first)
+        elif not rows or rows[0][0] > after + 1:
+            below = rows[0][0] if rows else before
+            rows = (await self.storage.history(room.id, after, below, limit) + rows)[:limit]
         return rows
 
     async def joined(self, room: Room) -> None:
@@ -3507,6 +3542,40 @@ async def delete_room(room_id: str):
         raise ApiError(409, "The default room cannot be deleted", room=room.id)
     await current_app.hub.delete_room(room)
     return ok("Room Deleted", room=room.id)
+
+
+class HistoryQuery(BaseModel):
+    after: int = Field(default=0, ge=0, le=2**63 - 1, description="ids above this only")
+    before: int | None = Field(default=None, ge=1, le=2**63 - 1, description="ids below this only")
+    limit: int = Field(default=50, ge=1, le=MAX_HISTORY_PAGE, description="messages per page")
+    order: Literal["desc", "asc"] = Field(default="desc", description="desc: newest first")
+    token: str | None = Field(default=None, description="for a private room")
+
+
+class MessagesReply(Reply):
+    room: str
+    messages: list[MessagePayload]
+    next: str | None = Field(description="the URL of the next page; null: none (yet)")
+
+
+@routes.get("/api/v1/rooms/<room_id>/messages")
+@validate_querystring(HistoryQuery)
+@validate_response(MessagesReply)
+async def room_messages(room_id: str, query_args: HistoryQuery):
+    """A room's kept messages, paged by id: newest first, or oldest first (`order=asc`).
+    Who may read them: who may subscribe to the room"""
+    room = readable_room(room_id)
+    newest_first = query_args.order == "desc"
+    rows = await current_app.hub.broker.history(
+        room, query_args.after, query_args.before or sys.maxsize, query_args.limit + 1, newest_first
+    )
+    page, next_page = rows[: query_args.limit], None
+    if len(rows) > query_args.limit:  # one more than asked: there is a next page
+        cursor = {"before" if newest_first else "after": page[-1][0]}
+        params = query_args.model_dump(exclude_defaults=True, exclude={"token"}) | cursor
+        next_page = f"/api/v1/rooms/{room.id}/messages?{urlencode(params)}"
+    messages = [json.loads(payload) for _, payload in page]
+    return ok(room=room.id, messages=messages, next=next_page)
 
 
 # API tokens: a user's tokens for scripts, bots and OBS.

@@ -4,6 +4,7 @@ without BROKER_URL where the feature touches the broker."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
@@ -13,7 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from conftest import Server, free_port
+from conftest import Server, collect, free_port, subscribe
+from test_access_rules import new_room, new_token, new_user, publish, root
 
 # ---------------------------------------------------------------------------------------
 # Health: /healthz (alive) and /readyz (can serve)
@@ -122,3 +124,89 @@ def test_not_ready_while_redis_is_unreachable(make_server, own_redis):
     assert checks["sqlite"] == "ok" and checks["redis"] != "ok"
     assert reply.json()["msg"].startswith("Not ready: redis ")
     assert httpx.get(f"{server.url}/healthz").status_code == 200
+
+
+# ---------------------------------------------------------------------------------------
+# The JSON history API
+# ---------------------------------------------------------------------------------------
+
+
+def history(server: Server, room: str, **params) -> httpx.Response:
+    return httpx.get(f"{server.url}/api/v1/rooms/{room}/messages", params=params)
+
+
+def page_ids(reply: httpx.Response) -> list[int]:
+    assert reply.status_code == 200, reply.text
+    return [message["id"] for message in reply.json()["messages"]]
+
+
+async def test_history_pages_by_id_both_ways(make_server, broker_env):
+    server = make_server(**broker_env)
+    room = new_room(server, root(server))
+    for i in range(7):
+        publish(server, room, i).raise_for_status()
+
+    newest = history(server, room, limit=3)
+    assert page_ids(newest) == [7, 6, 5]
+    seen = []
+    reply = newest
+    while reply.json()["next"]:  # follow the cursor to the oldest
+        seen += page_ids(reply)
+        reply = httpx.get(server.url + reply.json()["next"])
+    seen += page_ids(reply)
+    assert seen == [7, 6, 5, 4, 3, 2, 1]
+    assert newest.json()["next"] == f"/api/v1/rooms/{room}/messages?limit=3&before=5"
+
+    oldest = history(server, room, order="asc", limit=4)
+    assert page_ids(oldest) == [1, 2, 3, 4]
+    rest = httpx.get(server.url + oldest.json()["next"])
+    assert page_ids(rest) == [5, 6, 7] and rest.json()["next"] is None
+    assert page_ids(history(server, room, after=2, before=6, order="asc")) == [3, 4, 5]
+    assert page_ids(history(server, room, after=2, before=6)) == [5, 4, 3]
+    assert page_ids(history(server, room, after=7)) == []
+
+    # each message as the stream sends it
+    async with subscribe(f"{server.url}/api/v1/events/{room}", **{"Last-Event-ID": "6"}) as sub:
+        (event,) = await collect(sub, 1)
+    (message,) = history(server, room, after=6).json()["messages"]
+    assert message == json.loads(event.data)
+    assert message["data"] == {"i": 6} and message["room"] == room
+
+
+async def test_history_reads_sqlite_where_redis_lost_the_stream(make_server, broker_url):
+    """Redis restarted without its data: the history comes from SQLite, both ways, and
+    messages published after come from the new stream, one sequence with the old."""
+    server = make_server(BROKER_URL=broker_url)
+    room = new_room(server, root(server))
+    for i in range(4):
+        publish(server, room, i).raise_for_status()
+    redis.Redis.from_url(broker_url).flushdb()
+    publish(server, room, 4).raise_for_status()  # id 5, the new stream's first
+    assert page_ids(history(server, room, limit=3)) == [5, 4, 3]
+    assert page_ids(history(server, room, before=5, limit=10)) == [4, 3, 2, 1]
+    assert page_ids(history(server, room, order="asc", limit=3)) == [1, 2, 3]
+    assert page_ids(history(server, room, order="asc", after=3)) == [4, 5]
+
+
+def test_history_follows_the_streams_access_rules(make_server):
+    server = make_server()
+    owner, stranger = new_user(server), new_user(server)
+    room = new_room(server, owner.auth, private=True)
+    publish(server, room, 0).raise_for_status()
+    reader = new_token(server, owner, room, "subscribe")
+    writer = new_token(server, owner, room, "publish")
+    assert history(server, room).status_code == 401
+    assert history(server, room, token=stranger.access).status_code == 403
+    assert history(server, room, token=writer).status_code == 403  # publishing is no reading
+    assert page_ids(history(server, room, token=reader)) == [1]
+    url = f"{server.url}/api/v1/rooms/{room}/messages"
+    assert page_ids(httpx.get(url, headers=owner.auth)) == [1]
+
+    public = new_room(server, owner.auth)
+    assert history(server, public).json()["messages"] == []  # anyone, as its stream
+    assert history(server, "nosuchroom").status_code == 404
+    assert history(server, "bad-room!").status_code == 400
+    for bad in [{"limit": 0}, {"limit": 1001}, {"order": "sideways"}, {"after": "x"}]:
+        reply = history(server, public, **bad)
+        assert reply.status_code == 400, bad
+        assert reply.json()["success"] is False and next(iter(bad)) in reply.json()["msg"]
