@@ -93,6 +93,7 @@ from quart import Blueprint, Quart, Request, Response, current_app, request, sen
 from quart_schema import (
     QuartSchema,
     RequestSchemaValidationError,
+    document_headers,
     document_querystring,
     document_request,
     document_response,
@@ -211,6 +212,7 @@ class Settings(BaseSettings):
     access_log: bool = True
     frame_ancestors: str = "*"
     broker_url: str = Field("", repr=False)  # may hold Redis's password
+    idempotency_window_s: Seconds = 86400
     presence_ttl_s: Seconds = 30
 
     @field_validator("default_room", mode="after")
@@ -654,14 +656,19 @@ class Storage:
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """The write connection for one transaction: committed at the end, rolled back on
         an error. Transactions take turns, so one never commits half of another."""
-        async with self.lock:
-            await self.write.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.write
-                await self.write.commit()
-            except BaseException:
-                await self.write.rollback()
-                raise
+        async with self.lock, self.locked_transaction() as db:
+            yield db
+
+    @contextlib.asynccontextmanager
+    async def locked_transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """`transaction`, for a caller that holds `lock` already."""
+        await self.write.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.write
+            await self.write.commit()
+        except BaseException:
+            await self.write.rollback()
+            raise
 
     async def close(self) -> None:
         await self.read.close()
@@ -738,12 +745,19 @@ class Storage:
     ) -> list[tuple[int, str]]:
         """Stored messages of a room with after < id < before, oldest first (or newest
         first), at most `limit` (None: all): (id, payload)."""
-        order = "DESC" if newest_first else "ASC"
-        rows = await self._rows(
-            "SELECT id, payload FROM messages WHERE room = ? AND id > ? AND id < ?"
-            f" ORDER BY id {order} LIMIT ?",
-            (room, after, before, -1 if limit is None else limit),
-        )
+        parameters = (room, after, before, -1 if limit is None else limit)
+        if newest_first:
+            rows = await self._rows(
+                "SELECT id, payload FROM messages WHERE room = ? AND id > ? AND id < ?"
+                " ORDER BY id DESC LIMIT ?",
+                parameters,
+            )
+        else:
+            rows = await self._rows(
+                "SELECT id, payload FROM messages WHERE room = ? AND id > ? AND id < ?"
+                " ORDER BY id LIMIT ?",
+                parameters,
+            )
         return [(row["id"], row["payload"]) for row in rows]
 
     async def last_ids(self, rooms: set[str]) -> dict[str, int]:
@@ -761,6 +775,33 @@ class Storage:
         await self.write.execute(
             "INSERT INTO messages (room, id, payload)"
             " SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?) ORDER BY key",
+            (compact_json(rows),),
+        )
+
+    async def idempotent_publishes(
+        self, keys: list[tuple[str, str]], since: int
+    ) -> dict[tuple[str, str], tuple[str, str]]:
+        """The publishes stored with these (scope, key) after `since` (epoch ms): (scope,
+        key) -> (fingerprint, payloads). Within the caller's transaction."""
+        async with self.write.execute(
+            "SELECT scope, key, fingerprint, payloads FROM idempotency_keys"
+            " WHERE (scope, key) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?))"
+            " AND created_at > ?",
+            (compact_json(keys), since),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return {(row["scope"], row["key"]): (row["fingerprint"], row["payloads"]) for row in rows}
+
+    async def write_idempotency_keys(
+        self, rows: list[tuple[str, str, str, str, int]], expired: int
+    ) -> None:
+        """Store keys (scope, key, fingerprint, payloads, created_at) and forget those
+        created at `expired` (epoch ms) or before. Within the caller's transaction."""
+        await self.write.execute("DELETE FROM idempotency_keys WHERE created_at <= ?", (expired,))
+        await self.write.execute(
+            "INSERT INTO idempotency_keys (scope, key, fingerprint, payloads, created_at)"
+            " SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4"
+            " FROM json_each(?)",
             (compact_json(rows),),
         )
 
@@ -1834,9 +1875,31 @@ class RedisBroker:
             self.shared = (self.shared - rooms) | present
 
 
+@dataclass(frozen=True)
+class IdempotencyKey:
+    """A publish's Idempotency-Key: a retry with it gets the first publish's messages."""
+
+    scope: str  # who publishes (user ids, or "root"): one's keys are not another's
+    key: str
+    fingerprint: str  # of the messages: the same key with others is refused
+
+
+def idempotency_key_reused() -> ApiError:
+    return ApiError(422, "Idempotency-Key already used with other messages")
+
+
+def same_outcome(follower: asyncio.Future, leader: asyncio.Future) -> None:
+    """A done callback of `leader`: `follower` gets its result, or its error."""
+    if leader.exception() is not None:
+        follower.set_exception(leader.exception())
+    else:
+        follower.set_result(leader.result())
+
+
 @dataclass
 class PendingPublish:
     messages: list[tuple[Room, dict[str, Any]]]  # (room, {speaker, data, meta})
+    key: IdempotencyKey | None = None
     done: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -1959,12 +2022,16 @@ class Hub:
         if (room := self.rooms.pop(room_id, None)) is not None:
             room.finish_streams(event_frame("deleted", {"room": room_id}))
 
-    async def publish(self, messages: list[tuple[Room, dict[str, Any]]]) -> list[dict[str, Any]]:
-        """Commit messages (all or none) and fan them out; returns their payloads."""
+    async def publish(
+        self, messages: list[tuple[Room, dict[str, Any]]], key: IdempotencyKey | None = None
+    ) -> list[dict[str, Any]]:
+        """Commit messages (all or none) and fan them out; returns their payloads. With a
+        key, a publish that retries one committed within IDEMPOTENCY_WINDOW_S stores
+        nothing and returns that one's payloads."""
         if self.closing:
             raise shutting_down()
         started = time.perf_counter()
-        item = PendingPublish(messages)
+        item = PendingPublish(messages, key)
         self.pending.append(item)
         self._pending_ready.set()
         payloads = await asyncio.shield(item.done)  # a client hanging up can't undo a commit
@@ -1996,6 +2063,8 @@ class Hub:
 
     async def _commit(self, batch: list[PendingPublish]) -> None:
         time_ms = now_ms()
+        bodies: list[tuple[Room, str]] = []
+        ids: list[int] = []
         try:
             async with self.storage.lock:
                 # Checked under the lock: a room deleted meanwhile (gone from self.rooms,
@@ -2004,20 +2073,39 @@ class Hub:
                     if any(self.rooms.get(room.id) is not room for room, _ in item.messages):
                         item.done.set_exception(ApiError(404, "Room deleted"))
                 batch = [item for item in batch if not item.done.done()]
-                messages = [message for item in batch for message in item.messages]
-                bodies = [  # the payloads but their ids, which the broker gives
-                    (room, compact_json({"room": room.id, **message, "time": time_ms}))
-                    for room, message in messages
-                ]
-                ids = await self.broker.assign(bodies)
-                rows = [
-                    (room.id, message_id, payload_with_id(message_id, body))
-                    for (room, body), message_id in zip(bodies, ids, strict=True)
-                ]
+                # Publishes with an idempotency key: their keys are read and written in the
+                # transaction that stores the messages, so that of two retries (in any
+                # process) one stores and the other gets its messages. Without: one
+                # statement, as fast as it was.
+                keyed = any(item.key is not None for item in batch)
                 try:
-                    await self.storage.write_messages(rows)
+                    async with (
+                        self.storage.locked_transaction() if keyed else contextlib.nullcontext()
+                    ):
+                        if keyed:
+                            batch = await self._answer_retries(batch, time_ms)
+                        messages = [message for item in batch for message in item.messages]
+                        bodies = [  # the payloads but their ids, which the broker gives
+                            (room, compact_json({"room": room.id, **message, "time": time_ms}))
+                            for room, message in messages
+                        ]
+                        ids = await self.broker.assign(bodies) if bodies else []
+                        rows = [
+                            (room.id, message_id, payload_with_id(message_id, body))
+                            for (room, body), message_id in zip(bodies, ids, strict=True)
+                        ]
+                        results = iter(
+                            {"id": message_id, "room": room.id, **message, "time": time_ms}
+                            for (room, message), message_id in zip(messages, ids, strict=True)
+                        )
+                        per_item = [[next(results) for _ in item.messages] for item in batch]
+                        if rows:
+                            await self.storage.write_messages(rows)
+                        if keyed:
+                            await self._store_keys(batch, per_item, time_ms)
                 except Exception:
-                    await self.broker.not_stored(bodies, ids)
+                    if ids:  # delivered (with Redis) but not stored
+                        await self.broker.not_stored(bodies, ids)
                     raise
         except Exception as error:
             if not isinstance(error, ApiError):
@@ -2027,15 +2115,56 @@ class Hub:
                 if not item.done.done():
                     item.done.set_exception(error)
             return
-        self.broker.committed(bodies, ids, [payload for *_, payload in rows])
-        self.metrics.commits.inc()
-        self.metrics.published.inc(len(ids))
-        results = iter(
-            {"id": message_id, "room": room.id, **message, "time": time_ms}
-            for (room, message), message_id in zip(messages, ids, strict=True)
-        )
+        if ids:
+            self.broker.committed(bodies, ids, [payload for *_, payload in rows])
+            self.metrics.commits.inc()
+            self.metrics.published.inc(len(ids))
+        for item, payloads in zip(batch, per_item, strict=True):
+            item.done.set_result(payloads)
+
+    async def _answer_retries(
+        self, batch: list[PendingPublish], time_ms: int
+    ) -> list[PendingPublish]:
+        """Within the commit's transaction: a publish whose key was stored within
+        IDEMPOTENCY_WINDOW_S, or is taken by a publish before it in this batch, gets that
+        publish's payloads (422 if its messages differ). Returns the publishes to store."""
+        keys = [(item.key.scope, item.key.key) for item in batch if item.key is not None]
+        since = time_ms - int(self.settings.idempotency_window_s * 1000)
+        stored = await self.storage.idempotent_publishes(keys, since)
+        firsts: dict[tuple[str, str], PendingPublish] = {}
+        to_store = []
         for item in batch:
-            item.done.set_result([next(results) for _ in item.messages])
+            key = item.key
+            if key is None:
+                to_store.append(item)
+                continue
+            named = (key.scope, key.key)
+            if named in stored:
+                fingerprint, payloads = stored[named]
+                if fingerprint != key.fingerprint:
+                    item.done.set_exception(idempotency_key_reused())
+                else:
+                    item.done.set_result(json.loads(payloads))
+            elif named in firsts:
+                if firsts[named].key.fingerprint != key.fingerprint:
+                    item.done.set_exception(idempotency_key_reused())
+                else:
+                    firsts[named].done.add_done_callback(functools.partial(same_outcome, item.done))
+            else:
+                firsts[named] = item
+                to_store.append(item)
+        return to_store
+
+    async def _store_keys(
+        self, batch: list[PendingPublish], per_item: list[list[dict[str, Any]]], time_ms: int
+    ) -> None:
+        rows = [
+            (item.key.scope, item.key.key, item.key.fingerprint, compact_json(payloads), time_ms)
+            for item, payloads in zip(batch, per_item, strict=True)
+            if item.key is not None
+        ]
+        expired = time_ms - int(self.settings.idempotency_window_s * 1000)
+        await self.storage.write_idempotency_keys(rows, expired)
 
     async def serve_stream(
         self,
@@ -2730,6 +2859,10 @@ class PublishMessage(BaseModel):
     meta: Any = Field(default=None, description="any JSON, passed on as it is")
     room: str | None = Field(default=None, description="a room id; default: DEFAULT_ROOM")
     token: str | None = Field(default=None, description="if not sent as Bearer")
+    idempotency_key: str | None = Field(
+        default=None,
+        description="if not sent as the Idempotency-Key header (a batch: the header only)",
+    )
 
 
 class PublishBody(RootModel[PublishMessage | Annotated[list[PublishMessage], Field(min_length=1)]]):
@@ -2767,6 +2900,14 @@ class SendQuery(BaseModel):
     msg: str = Field(description="the message: data.message")
     room: str | None = Field(default=None, description="default: DEFAULT_ROOM")
     token: str | None = None
+
+
+class PublishHeaders(BaseModel):
+    idempotency_key: str | None = Field(
+        default=None,
+        description="Idempotency-Key: a retry with it within IDEMPOTENCY_WINDOW_S answers the"
+        " first reply and stores nothing; with other messages, 422",
+    )
 
 
 class ResumeQuery(BaseModel):
@@ -2816,18 +2957,49 @@ async def publish(
     app: StreamingMessage, headers: dict[bytes, bytes], body: Any, query_token: str | None
 ) -> dict[str, Any]:
     """Publish one message, or a batch (all or none): the 202 reply."""
-    items = body if isinstance(body, list) else [body]
+    batch = isinstance(body, list)
+    items = body if batch else [body]
     if not items:
         raise ApiError(400, "Empty batch")
     header_token = bearer_token(headers)
-    messages = []
+    messages, publishers = [], set()
     for item in items:
         message, room_id, body_token = validate_message(item, app.settings)
         room = app.hub.find_room(room_id)
-        app.accounts.authorize(header_token or body_token or query_token, room, "publish")
+        token = header_token or body_token or query_token
+        principal = app.accounts.authorize(token, room, "publish")
+        publishers.add(principal.user_id or principal.kind)
         messages.append((room, message))
-    payloads = await app.hub.publish(messages)
-    return sent_reply(payloads, batch=isinstance(body, list))
+    key = None
+    body_keys = [item["idempotency_key"] for item in items if item.get("idempotency_key")]
+    if (header := headers.get(b"idempotency-key")) is not None or body_keys:
+        key = idempotency_key(header, body_keys, batch, messages, publishers)
+    payloads = await app.hub.publish(messages, key)
+    return sent_reply(payloads, batch)
+
+
+IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
+
+
+def idempotency_key(
+    header: bytes | None,
+    body_keys: list[str],
+    batch: bool,
+    messages: list[tuple[Room, dict[str, Any]]],
+    publishers: set[str],
+) -> IdempotencyKey:
+    """A publish's key, from the Idempotency-Key header or a single message's
+    `idempotency_key`, with the fingerprint of its messages. Raises 400."""
+    if batch and body_keys:
+        raise ApiError(400, "A batch's idempotency key goes in the Idempotency-Key header")
+    value = header.decode("latin-1").strip() if header is not None else body_keys[0]
+    if body_keys and body_keys[0] != value:
+        raise ApiError(400, "The Idempotency-Key header and idempotency_key differ")
+    if not IDEMPOTENCY_KEY.fullmatch(value):
+        raise ApiError(400, "Idempotency-Key must be 1-255 printable ASCII characters")
+    published = [batch, [[room.id, message] for room, message in messages]]
+    fingerprint = sha256_hex(json.dumps(published, sort_keys=True, separators=(",", ":")))
+    return IdempotencyKey(",".join(sorted(publishers)), value, fingerprint)
 
 
 def sent_reply(payloads: list[dict[str, Any]], batch: bool) -> dict[str, Any]:
@@ -2905,6 +3077,7 @@ def stream_events(app: StreamingMessage, scope, receive, send, headers, match) -
 
 
 @document_request(PublishBody)
+@document_headers(PublishHeaders)
 @document_response(PublishReply, 202)
 async def publish_post(app: StreamingMessage, scope, receive, send, headers, match) -> None:
     """Publish one message, or a batch (all or none)"""
@@ -2914,6 +3087,7 @@ async def publish_post(app: StreamingMessage, scope, receive, send, headers, mat
 
 
 @document_querystring(SendQuery)
+@document_headers(PublishHeaders)
 @document_response(SentReply, 202)
 async def publish_get(app: StreamingMessage, scope, receive, send, headers, match) -> None:
     """Publish a message: the seed's form, ?token=&msg=[&room=]"""

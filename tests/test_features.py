@@ -4,6 +4,7 @@ without BROKER_URL where the feature touches the broker."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
@@ -210,3 +211,105 @@ def test_history_follows_the_streams_access_rules(make_server):
         reply = history(server, public, **bad)
         assert reply.status_code == 400, bad
         assert reply.json()["success"] is False and next(iter(bad)) in reply.json()["msg"]
+
+
+# ---------------------------------------------------------------------------------------
+# Idempotent publishes
+# ---------------------------------------------------------------------------------------
+
+
+def keyed_publish(
+    server: Server, room: str, key: str, i: int = 0, headers: dict | None = None
+) -> httpx.Response:
+    body = {"room": room, "speaker": "s", "data": {"i": i}}
+    headers = {**(headers or root(server)), "Idempotency-Key": key}
+    return httpx.post(f"{server.url}/api/v1/send", json=body, headers=headers)
+
+
+def test_a_retried_publish_is_stored_once_also_after_a_restart(make_server, broker_env):
+    server = make_server(**broker_env)
+    room = new_room(server, root(server))
+    first = keyed_publish(server, room, "order-1")
+    assert first.status_code == 202, first.text
+    again = keyed_publish(server, room, "order-1")
+    assert again.status_code == 202 and again.json() == first.json()  # same id, same time
+    in_body = {"room": room, "speaker": "s", "data": {"i": 0}, "idempotency_key": "order-1"}
+    reply = httpx.post(f"{server.url}/api/v1/send", json=in_body, headers=root(server))
+    assert reply.json() == first.json()
+    assert page_ids(history(server, room)) == [1]
+
+    # the same key with other messages: refused (422), nothing stored
+    other = keyed_publish(server, room, "order-1", i=1)
+    assert other.status_code == 422, other.text
+    assert other.json()["success"] is False and "Idempotency-Key" in other.json()["msg"]
+    assert keyed_publish(server, room, "order-2", i=1).json()["id"] == 2
+    batch = [{"room": room, "speaker": "s", "data": {"i": i}} for i in (2, 3)]
+    headers = {**root(server), "Idempotency-Key": "batch-1"}
+    sent = httpx.post(f"{server.url}/api/v1/send", json=batch, headers=headers)
+    assert sent.json()["ids"] == [3, 4]
+    assert (
+        httpx.post(f"{server.url}/api/v1/send", json=batch, headers=headers).json() == sent.json()
+    )
+
+    server.stop()  # the keys are in SQLite: a retry after a restart is still a retry
+    if broker_env:
+        redis.Redis.from_url(broker_env["BROKER_URL"]).flushdb()
+    server.start()
+    assert keyed_publish(server, room, "order-1").json() == first.json()
+    assert (
+        httpx.post(f"{server.url}/api/v1/send", json=batch, headers=headers).json() == sent.json()
+    )
+    assert page_ids(history(server, room)) == [4, 3, 2, 1]
+    # the GET form takes the header too
+    url = f"{server.url}/api/v1/send/s"
+    params = {"token": server.token, "msg": "hi", "room": room}
+    by_get = httpx.get(url, params=params, headers={"Idempotency-Key": "get-1"})
+    assert httpx.get(url, params=params, headers={"Idempotency-Key": "get-1"}).json() == (
+        by_get.json()
+    )
+    assert page_ids(history(server, room)) == [5, 4, 3, 2, 1]
+
+
+async def test_concurrent_retries_store_once(make_server, broker_env, tmp_path):
+    """Retries at once, on one process or (with Redis) on two sharing the database: one
+    stores, every one answers with its message."""
+    server = make_server(data_dir=tmp_path / "hub", **broker_env)
+    servers = (
+        [server, make_server(data_dir=tmp_path / "hub", **broker_env)] if broker_env else [server]
+    )
+    room = new_room(server, root(server))
+    body = {"room": room, "speaker": "s", "data": {"i": 0}}
+    headers = {**root(server), "Idempotency-Key": "at-once"}
+    async with httpx.AsyncClient(timeout=30) as client:
+        replies = await asyncio.gather(
+            *(
+                client.post(
+                    f"{servers[i % len(servers)].url}/api/v1/send", json=body, headers=headers
+                )
+                for i in range(40)
+            )
+        )
+    assert {reply.status_code for reply in replies} == {202}
+    assert {reply.json()["id"] for reply in replies} == {1}
+    assert page_ids(history(server, room)) == [1]
+
+
+def test_idempotency_keys_are_each_publishers_and_last_the_window(make_server):
+    server = make_server(IDEMPOTENCY_WINDOW_S="1")
+    owner = new_user(server)
+    room = new_room(server, owner.auth)
+    assert keyed_publish(server, room, "k").json()["id"] == 1
+    assert keyed_publish(server, room, "k", headers=owner.auth).json()["id"] == 2  # not root's
+    time.sleep(1.2)  # past the window: the key is free again
+    assert keyed_publish(server, room, "k").json()["id"] == 3
+    for bad in [b"", "é".encode(), b"x" * 256]:
+        reply = httpx.post(
+            f"{server.url}/api/v1/send",
+            json={"room": room, "speaker": "s", "data": {}},
+            headers={**root(server), "Idempotency-Key": bad},
+        )
+        assert reply.status_code == 400 and "Idempotency-Key" in reply.json()["msg"], bad
+    batch = [{"room": room, "speaker": "s", "data": {}, "idempotency_key": "b"}]
+    reply = httpx.post(f"{server.url}/api/v1/send", json=batch, headers=root(server))
+    assert reply.status_code == 400 and "header" in reply.json()["msg"]
+    assert page_ids(history(server, room)) == [3, 2, 1]
