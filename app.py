@@ -4665,7 +4665,8 @@ app = served(create_app(Settings.from_env()))
 
 
 # ---------------------------------------------------------------------------------------
-# Entry point: `python app.py` serves the same app; `python app.py create-user` adds a user
+# Entry point: `python app.py` serves the same app; `python app.py create-user` adds a user;
+# `python app.py send` and `tail` are a small client of a running hub (SM_URL, SM_TOKEN)
 # ---------------------------------------------------------------------------------------
 
 
@@ -4740,6 +4741,65 @@ def create_user_command(app: StreamingMessage, username: str, admin: bool) -> No
     print(f"created {user.role} {user.username}")
 
 
+def hub_client() -> tuple[str, httpx.AsyncClient]:
+    """The hub the client commands talk to (SM_URL) and an HTTP client sending SM_TOKEN."""
+    url = os.environ.get("SM_URL", "http://127.0.0.1:8000").rstrip("/")
+    token = os.environ.get("SM_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return url, httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(10, read=None))
+
+
+def refusal(command: str, response: httpx.Response) -> str:
+    """The hub's error reply as one line: its envelope's msg, or the status."""
+    try:
+        msg = response.json()["msg"]
+    except (ValueError, KeyError, TypeError):
+        msg = response.reason_phrase
+    return f"{command}: {response.status_code} {msg}"
+
+
+async def send_command(room: str, message: str, speaker: str) -> None:
+    """`send`: publish a message; prints its id."""
+    url, client = hub_client()
+    body = {"room": room, "speaker": speaker, "data": {"message": message}}
+    async with client:
+        try:
+            response = await client.post(f"{url}/api/v1/send", json=body)
+        except httpx.HTTPError as error:
+            sys.exit(f"send: cannot reach {url}: {error}")
+    if response.status_code != 202:
+        sys.exit(refusal("send", response))
+    print(response.json()["id"])
+
+
+async def tail_command(room: str) -> None:
+    """`tail`: print a room's messages as they come, one JSON payload a line (the stream's
+    `data:`), until interrupted. Reconnects as EventSource does, resuming by Last-Event-ID,
+    so a restart of the hub loses nothing; a refusal (401, 403, ...) ends it."""
+    url, client = hub_client()
+    last_id, retry_s = None, 3.0
+    async with client:
+        while True:
+            headers = {"Last-Event-ID": last_id} if last_id else {}
+            try:
+                async with aconnect_sse(
+                    client, "GET", f"{url}/api/v1/events/{room}", headers=headers
+                ) as source:
+                    if source.response.status_code != 200:
+                        await source.response.aread()
+                        sys.exit(refusal("tail", source.response))
+                    async for event in source.aiter_sse():
+                        retry_s = event.retry / 1000 if event.retry is not None else retry_s
+                        if event.event == "meta":
+                            print(f"tail: following {room} on {url}", file=sys.stderr, flush=True)
+                        elif event.event == "message" and event.data:
+                            print(event.data, flush=True)
+                            last_id = event.id or last_id  # the quote feed sends no id
+            except (httpx.HTTPError, SSEError) as error:
+                print(f"tail: {str(error) or type(error).__name__}; reconnecting", file=sys.stderr)
+            await asyncio.sleep(retry_s)
+
+
 def main(app: StreamingMessage | BehindProxy, argv: list[str]) -> None:
     logging.basicConfig(
         level=app.settings.log_level,
@@ -4753,9 +4813,24 @@ def main(app: StreamingMessage | BehindProxy, argv: list[str]) -> None:
     user_command = commands.add_parser("create-user", help="create a user (asks the password)")
     user_command.add_argument("username")
     user_command.add_argument("--admin", action="store_true", help="with the admin role")
+    send = commands.add_parser("send", help="publish a message to a hub (SM_URL, SM_TOKEN)")
+    send.add_argument("room")
+    send.add_argument("message")
+    send.add_argument("--speaker", default="cli", help="who speaks (default: cli)")
+    tail = commands.add_parser("tail", help="print a room's messages as they come (SM_URL)")
+    tail.add_argument("room")
     args = parser.parse_args(argv)
     if args.command == "create-user":
         create_user_command(app, args.username, args.admin)
+        return
+    if args.command in ("send", "tail"):  # a client: its output is the hub's replies only
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+    if args.command == "send":
+        asyncio.run(send_command(args.room, args.message, args.speaker))
+        return
+    if args.command == "tail":
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(tail_command(args.room))
         return
     check_data_dir(app.settings)
     check_port(app.settings.host, app.settings.port)

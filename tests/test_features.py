@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from conftest import Server, collect, free_port, subscribe
+from conftest import ROOT, Server, collect, free_port, subscribe
 from test_access_rules import new_room, new_token, new_user, publish, root
 
 # ---------------------------------------------------------------------------------------
@@ -313,3 +315,72 @@ def test_idempotency_keys_are_each_publishers_and_last_the_window(make_server):
     reply = httpx.post(f"{server.url}/api/v1/send", json=batch, headers=root(server))
     assert reply.status_code == 400 and "header" in reply.json()["msg"]
     assert page_ids(history(server, room)) == [3, 2, 1]
+
+
+# ---------------------------------------------------------------------------------------
+# The command-line client: python app.py send / tail
+# ---------------------------------------------------------------------------------------
+
+
+def client_env(server: Server, token: str | None) -> dict[str, str]:
+    env = {**os.environ, "SM_URL": server.url}
+    env.pop("SM_TOKEN", None)
+    return env | ({"SM_TOKEN": token} if token else {})
+
+
+def send(server: Server, *args: str, token: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "app.py", "send", *args],
+        cwd=ROOT,
+        env=client_env(server, token),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_send_publishes_and_says_why_not(make_server):
+    server = make_server()
+    room = new_room(server, root(server))
+    sent = send(server, room, "hello from a script", "--speaker", "bot", token=server.token)
+    assert sent.returncode == 0, sent.stderr
+    assert sent.stdout == "1\n"
+    (message,) = history(server, room).json()["messages"]
+    assert message["speaker"] == "bot" and message["data"] == {"message": "hello from a script"}
+    assert send(server, room, "x", token=server.token).returncode == 0  # speaker: cli
+    assert history(server, room).json()["messages"][0]["speaker"] == "cli"
+
+    refused = send(server, room, "no token")
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr.startswith("send: 401 ")
+    unknown = send(server, "nosuchroom", "x", token=server.token)
+    assert unknown.returncode == 1 and unknown.stderr == "send: 404 Unknown room: nosuchroom\n"
+
+
+async def test_tail_prints_each_message_once_across_a_restart(make_server, broker_env):
+    server = make_server(RETRY_MS="200", **broker_env)
+    room = new_room(server, root(server))
+    tail = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "app.py",
+        "tail",
+        room,
+        cwd=ROOT,
+        env=client_env(server, None),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(30):
+            assert "following" in (await tail.stderr.readline()).decode()
+            publish(server, room, 0).raise_for_status()
+            first = json.loads(await tail.stdout.readline())
+            server.stop()
+            server.start()  # same port: tail reconnects, resuming after the id it printed
+            publish(server, room, 1).raise_for_status()
+            second = json.loads(await tail.stdout.readline())
+    finally:
+        tail.kill()
+        await tail.wait()
+    assert (first["id"], first["data"], first["room"]) == (1, {"i": 0}, room)
+    assert (second["id"], second["data"]) == (2, {"i": 1})
