@@ -26,6 +26,10 @@ COPY frontend/dist ./frontend/dist/
 USER app
 VOLUME /data
 EXPOSE 8000
+# Liveness (/healthz), not readiness (/readyz): what acts on an unhealthy container
+# (swarm, autoheal, an orchestrator) restarts it, and a restart cures a wedged process but
+# not a full disk or an unreachable Redis: it would only cut every stream, again and again.
+# Those are /readyz's, for a proxy that routes around the machine (fly.toml's check).
 # The slim image has no curl: ask /healthz with Python.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ['PORT'], timeout=4)"]

@@ -59,7 +59,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Annotated, Any, Literal
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 import aiosqlite
 import h11._readers  # binds h11 too
@@ -93,10 +93,12 @@ from quart import Blueprint, Quart, Request, Response, current_app, request, sen
 from quart_schema import (
     QuartSchema,
     RequestSchemaValidationError,
+    document_headers,
     document_querystring,
     document_request,
     document_response,
     hide,
+    validate_querystring,
     validate_request,
     validate_response,
 )
@@ -210,6 +212,7 @@ class Settings(BaseSettings):
     access_log: bool = True
     frame_ancestors: str = "*"
     broker_url: str = Field("", repr=False)  # may hold Redis's password
+    idempotency_window_s: Seconds = 86400
     presence_ttl_s: Seconds = 30
 
     @field_validator("default_room", mode="after")
@@ -268,6 +271,7 @@ class Settings(BaseSettings):
 # ---------------------------------------------------------------------------------------
 
 MAX_SPEAKER_CHARS = 64
+MAX_HISTORY_PAGE = 1000  # messages in a page of GET /api/v1/rooms/<room>/messages
 
 
 def normalize_room(room_id: str) -> str | None:
@@ -652,18 +656,29 @@ class Storage:
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
         """The write connection for one transaction: committed at the end, rolled back on
         an error. Transactions take turns, so one never commits half of another."""
-        async with self.lock:
-            await self.write.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.write
-                await self.write.commit()
-            except BaseException:
-                await self.write.rollback()
-                raise
+        async with self.lock, self.locked_transaction() as db:
+            yield db
+
+    @contextlib.asynccontextmanager
+    async def locked_transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """`transaction`, for a caller that holds `lock` already."""
+        await self.write.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.write
+            await self.write.commit()
+        except BaseException:
+            await self.write.rollback()
+            raise
 
     async def close(self) -> None:
         await self.read.close()
         await self.write.close()
+
+    async def check_writable(self) -> None:
+        """Commit a write (the one row of `readiness`): raises sqlite3.Error when SQLite
+        cannot take one (disk full, read-only file, a lock held past busy_timeout)."""
+        async with self.transaction() as db:
+            await db.execute("REPLACE INTO readiness (id, checked_at) VALUES (1, ?)", (now_ms(),))
 
     async def _rows(self, sql: str, parameters: Iterable[Any] = ()) -> list[aiosqlite.Row]:
         async with self.read.execute(sql, parameters) as cursor:
@@ -721,13 +736,28 @@ class Storage:
             await db.execute("DELETE FROM rooms WHERE id = ?", (room_id,))
 
     async def history(
-        self, room: str, after: int, before: int = sys.maxsize
+        self,
+        room: str,
+        after: int,
+        before: int = sys.maxsize,
+        limit: int | None = None,
+        newest_first: bool = False,
     ) -> list[tuple[int, str]]:
-        """Stored messages of a room with after < id < before, oldest first: (id, payload)."""
-        rows = await self._rows(
-            "SELECT id, payload FROM messages WHERE room = ? AND id > ? AND id < ? ORDER BY id",
-            (room, after, before),
-        )
+        """Stored messages of a room with after < id < before, oldest first (or newest
+        first), at most `limit` (None: all): (id, payload)."""
+        parameters = (room, after, before, -1 if limit is None else limit)
+        if newest_first:
+            rows = await self._rows(
+                "SELECT id, payload FROM messages WHERE room = ? AND id > ? AND id < ?"
+                " ORDER BY id DESC LIMIT ?",
+                parameters,
+            )
+        else:
+            rows = await self._rows(
+                "SELECT id, payload FROM messages WHERE room = ? AND id > ? AND id < ?"
+                " ORDER BY id LIMIT ?",
+                parameters,
+            )
         return [(row["id"], row["payload"]) for row in rows]
 
     async def last_ids(self, rooms: set[str]) -> dict[str, int]:
@@ -745,6 +775,33 @@ class Storage:
         await self.write.execute(
             "INSERT INTO messages (room, id, payload)"
             " SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?) ORDER BY key",
+            (compact_json(rows),),
+        )
+
+    async def idempotent_publishes(
+        self, keys: list[tuple[str, str]], since: int
+    ) -> dict[tuple[str, str], tuple[str, str]]:
+        """The publishes stored with these (scope, key) after `since` (epoch ms): (scope,
+        key) -> (fingerprint, payloads). Within the caller's transaction."""
+        async with self.write.execute(
+            "SELECT scope, key, fingerprint, payloads FROM idempotency_keys"
+            " WHERE (scope, key) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?))"
+            " AND created_at > ?",
+            (compact_json(keys), since),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return {(row["scope"], row["key"]): (row["fingerprint"], row["payloads"]) for row in rows}
+
+    async def write_idempotency_keys(
+        self, rows: list[tuple[str, str, str, str, int]], expired: int
+    ) -> None:
+        """Store keys (scope, key, fingerprint, payloads, created_at) and forget those
+        created at `expired` (epoch ms) or before. Within the caller's transaction."""
+        await self.write.execute("DELETE FROM idempotency_keys WHERE created_at <= ?", (expired,))
+        await self.write.execute(
+            "INSERT INTO idempotency_keys (scope, key, fingerprint, payloads, created_at)"
+            " SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4"
+            " FROM json_each(?)",
             (compact_json(rows),),
         )
 
@@ -1371,9 +1428,17 @@ class LocalBroker:
     async def not_stored(self, messages: list[tuple[Room, str]], ids: list[int]) -> None:
         """Their commit failed. Nothing was delivered: the next commit takes their ids."""
 
-    async def history(self, room: Room, after: int) -> list[tuple[int, str]]:
-        """The room's kept messages with id > after, oldest first: (id, payload)."""
-        return await self.storage.history(room.id, after)
+    async def history(
+        self,
+        room: Room,
+        after: int,
+        before: int = sys.maxsize,
+        limit: int | None = None,
+        newest_first: bool = False,
+    ) -> list[tuple[int, str]]:
+        """The room's kept messages with after < id < before, oldest first (or newest
+        first), at most `limit` (None: all): (id, payload)."""
+        return await self.storage.history(room.id, after, before, limit, newest_first)
 
     async def joined(self, room: Room) -> None:
         """A subscriber of this process joined the room: deliver the room's messages here."""
@@ -1393,6 +1458,10 @@ class LocalBroker:
     async def accounts_changed(self) -> None:
         """Tell the other processes that users, sessions or API tokens changed."""
 
+    async def readiness(self) -> dict[str, str]:
+        """What the broker depends on, each "ok" or what is wrong: nothing here."""
+        return {}
+
 
 @dataclass(frozen=True)
 class BrokerChanges:
@@ -1410,6 +1479,7 @@ class BrokerChanges:
 # CHANGES_STREAM tells of changed rooms and accounts; per process a stream wakes its reader.
 CHANGES_STREAM = "sm:changes"
 READ_BLOCK_MS = 10_000  # a reader's XREAD returns at least this often, to pick up changes
+READY_TIMEOUT_S = 2  # a readiness check of Redis: well within a health checker's timeout
 
 # Publish a batch atomically: per message, the next id of its room and a stream entry with
 # that id, so each stream is in id order whichever process publishes. KEYS: per message,
@@ -1560,17 +1630,34 @@ class RedisBroker:
             args += [body, floors.get(room.id, ""), room.history_size]
         return await self.publish_script(keys=keys, args=args)
 
-    async def history(self, room: Room, after: int) -> list[tuple[int, str]]:
-        """The room's kept messages with id > after, oldest first: the stream's, preceded by
-        SQLite's older ones (when Redis has lost or trimmed them)."""
+    async def history(
+        self,
+        room: Room,
+        after: int,
+        before: int = sys.maxsize,
+        limit: int | None = None,
+        newest_first: bool = False,
+    ) -> list[tuple[int, str]]:
+        """The room's kept messages with after < id < before, oldest first (or newest
+        first), at most `limit` (None: all): the stream's, and SQLite's older than the
+        stream's oldest (when Redis has lost or trimmed them)."""
+        key, low, high = room_key(room.id, "stream"), f"({after}-0", f"({before}-0"
         try:
-            entries = await self.redis.xrange(room_key(room.id, "stream"), f"({after}-0")
+            if newest_first:
+                entries = await self.redis.xrevrange(key, high, low, count=limit)
+            else:
+                entries = await self.redis.xrange(key, low, high, count=limit)
         except RedisError as error:
             raise broker_unavailable() from error
         rows = [(entry_number(i), payload_with_id(entry_number(i), f["p"])) for i, f in entries]
-        if not rows or rows[0][0] > after + 1:
-            before = rows[0][0] if rows else sys.maxsize
-            rows = await self.storage.history(room.id, after, before) + rows
+        if newest_first:
+            if limit is None or len(rows) < limit:  # the stream ran out: older ones after it
+                below = rows[-1][0] if rows else before
+                rest = None if limit is None else limit - len(rows)
+                rows += await self.storage.history(room.id, after, below, rest, newest_first)
+        elif not rows or rows[0][0] > after + 1:
+            below = rows[0][0] if rows else before
+            rows = (await self.storage.history(room.id, after, below, limit) + rows)[:limit]
         return rows
 
     async def joined(self, room: Room) -> None:
@@ -1635,6 +1722,18 @@ class RedisBroker:
                 reload_accounts = True
         if reload_accounts:
             await self.changes.accounts_changed()
+
+    async def readiness(self) -> dict[str, str]:
+        """Redis answers a PING within READY_TIMEOUT_S (redis-py would retry a refused
+        connection for seconds)."""
+        try:
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                await self.redis.ping()
+        except TimeoutError:
+            return {"redis": f"no answer within {READY_TIMEOUT_S} s"}
+        except (RedisError, OSError) as error:
+            return {"redis": f"unreachable ({error})"}
+        return {"redis": "ok"}
 
     async def presence_counts(self, room: Room) -> dict[str, int]:
         try:
@@ -1776,9 +1875,31 @@ class RedisBroker:
             self.shared = (self.shared - rooms) | present
 
 
+@dataclass(frozen=True)
+class IdempotencyKey:
+    """A publish's Idempotency-Key: a retry with it gets the first publish's messages."""
+
+    scope: str  # who publishes (user ids, or "root"): one's keys are not another's
+    key: str
+    fingerprint: str  # of the messages: the same key with others is refused
+
+
+def idempotency_key_reused() -> ApiError:
+    return ApiError(422, "Idempotency-Key already used with other messages")
+
+
+def same_outcome(follower: asyncio.Future, leader: asyncio.Future) -> None:
+    """A done callback of `leader`: `follower` gets its result, or its error."""
+    if leader.exception() is not None:
+        follower.set_exception(leader.exception())
+    else:
+        follower.set_result(leader.result())
+
+
 @dataclass
 class PendingPublish:
     messages: list[tuple[Room, dict[str, Any]]]  # (room, {speaker, data, meta})
+    key: IdempotencyKey | None = None
     done: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -1901,12 +2022,16 @@ class Hub:
         if (room := self.rooms.pop(room_id, None)) is not None:
             room.finish_streams(event_frame("deleted", {"room": room_id}))
 
-    async def publish(self, messages: list[tuple[Room, dict[str, Any]]]) -> list[dict[str, Any]]:
-        """Commit messages (all or none) and fan them out; returns their payloads."""
+    async def publish(
+        self, messages: list[tuple[Room, dict[str, Any]]], key: IdempotencyKey | None = None
+    ) -> list[dict[str, Any]]:
+        """Commit messages (all or none) and fan them out; returns their payloads. With a
+        key, a publish that retries one committed within IDEMPOTENCY_WINDOW_S stores
+        nothing and returns that one's payloads."""
         if self.closing:
             raise shutting_down()
         started = time.perf_counter()
-        item = PendingPublish(messages)
+        item = PendingPublish(messages, key)
         self.pending.append(item)
         self._pending_ready.set()
         payloads = await asyncio.shield(item.done)  # a client hanging up can't undo a commit
@@ -1938,6 +2063,8 @@ class Hub:
 
     async def _commit(self, batch: list[PendingPublish]) -> None:
         time_ms = now_ms()
+        bodies: list[tuple[Room, str]] = []
+        ids: list[int] = []
         try:
             async with self.storage.lock:
                 # Checked under the lock: a room deleted meanwhile (gone from self.rooms,
@@ -1946,20 +2073,39 @@ class Hub:
                     if any(self.rooms.get(room.id) is not room for room, _ in item.messages):
                         item.done.set_exception(ApiError(404, "Room deleted"))
                 batch = [item for item in batch if not item.done.done()]
-                messages = [message for item in batch for message in item.messages]
-                bodies = [  # the payloads but their ids, which the broker gives
-                    (room, compact_json({"room": room.id, **message, "time": time_ms}))
-                    for room, message in messages
-                ]
-                ids = await self.broker.assign(bodies)
-                rows = [
-                    (room.id, message_id, payload_with_id(message_id, body))
-                    for (room, body), message_id in zip(bodies, ids, strict=True)
-                ]
+                # Publishes with an idempotency key: their keys are read and written in the
+                # transaction that stores the messages, so that of two retries (in any
+                # process) one stores and the other gets its messages. Without: one
+                # statement, as fast as it was.
+                keyed = any(item.key is not None for item in batch)
                 try:
-                    await self.storage.write_messages(rows)
+                    async with (
+                        self.storage.locked_transaction() if keyed else contextlib.nullcontext()
+                    ):
+                        if keyed:
+                            batch = await self._answer_retries(batch, time_ms)
+                        messages = [message for item in batch for message in item.messages]
+                        bodies = [  # the payloads but their ids, which the broker gives
+                            (room, compact_json({"room": room.id, **message, "time": time_ms}))
+                            for room, message in messages
+                        ]
+                        ids = await self.broker.assign(bodies) if bodies else []
+                        rows = [
+                            (room.id, message_id, payload_with_id(message_id, body))
+                            for (room, body), message_id in zip(bodies, ids, strict=True)
+                        ]
+                        results = iter(
+                            {"id": message_id, "room": room.id, **message, "time": time_ms}
+                            for (room, message), message_id in zip(messages, ids, strict=True)
+                        )
+                        per_item = [[next(results) for _ in item.messages] for item in batch]
+                        if rows:
+                            await self.storage.write_messages(rows)
+                        if keyed:
+                            await self._store_keys(batch, per_item, time_ms)
                 except Exception:
-                    await self.broker.not_stored(bodies, ids)
+                    if ids:  # delivered (with Redis) but not stored
+                        await self.broker.not_stored(bodies, ids)
                     raise
         except Exception as error:
             if not isinstance(error, ApiError):
@@ -1969,15 +2115,56 @@ class Hub:
                 if not item.done.done():
                     item.done.set_exception(error)
             return
-        self.broker.committed(bodies, ids, [payload for *_, payload in rows])
-        self.metrics.commits.inc()
-        self.metrics.published.inc(len(ids))
-        results = iter(
-            {"id": message_id, "room": room.id, **message, "time": time_ms}
-            for (room, message), message_id in zip(messages, ids, strict=True)
-        )
+        if ids:
+            self.broker.committed(bodies, ids, [payload for *_, payload in rows])
+            self.metrics.commits.inc()
+            self.metrics.published.inc(len(ids))
+        for item, payloads in zip(batch, per_item, strict=True):
+            item.done.set_result(payloads)
+
+    async def _answer_retries(
+        self, batch: list[PendingPublish], time_ms: int
+    ) -> list[PendingPublish]:
+        """Within the commit's transaction: a publish whose key was stored within
+        IDEMPOTENCY_WINDOW_S, or is taken by a publish before it in this batch, gets that
+        publish's payloads (422 if its messages differ). Returns the publishes to store."""
+        keys = [(item.key.scope, item.key.key) for item in batch if item.key is not None]
+        since = time_ms - int(self.settings.idempotency_window_s * 1000)
+        stored = await self.storage.idempotent_publishes(keys, since)
+        firsts: dict[tuple[str, str], PendingPublish] = {}
+        to_store = []
         for item in batch:
-            item.done.set_result([next(results) for _ in item.messages])
+            key = item.key
+            if key is None:
+                to_store.append(item)
+                continue
+            named = (key.scope, key.key)
+            if named in stored:
+                fingerprint, payloads = stored[named]
+                if fingerprint != key.fingerprint:
+                    item.done.set_exception(idempotency_key_reused())
+                else:
+                    item.done.set_result(json.loads(payloads))
+            elif named in firsts:
+                if firsts[named].key.fingerprint != key.fingerprint:
+                    item.done.set_exception(idempotency_key_reused())
+                else:
+                    firsts[named].done.add_done_callback(functools.partial(same_outcome, item.done))
+            else:
+                firsts[named] = item
+                to_store.append(item)
+        return to_store
+
+    async def _store_keys(
+        self, batch: list[PendingPublish], per_item: list[list[dict[str, Any]]], time_ms: int
+    ) -> None:
+        rows = [
+            (item.key.scope, item.key.key, item.key.fingerprint, compact_json(payloads), time_ms)
+            for item, payloads in zip(batch, per_item, strict=True)
+            if item.key is not None
+        ]
+        expired = time_ms - int(self.settings.idempotency_window_s * 1000)
+        await self.storage.write_idempotency_keys(rows, expired)
 
     async def serve_stream(
         self,
@@ -2053,6 +2240,16 @@ class Hub:
         first = retry + event_frame("meta", hello) + b"".join(replay)
         await subscriber.send({"type": "http.response.body", "body": first, "more_body": True})
         subscriber.sent += len(first)
+
+    async def readiness(self) -> dict[str, str]:
+        """What serving depends on, each "ok" or what is wrong: SQLite takes a write, and
+        the broker's own (Redis answers, with BROKER_URL)."""
+        try:
+            await self.storage.check_writable()
+            checks = {"sqlite": "ok"}
+        except sqlite3.Error as error:
+            checks = {"sqlite": f"not writable ({error})"}
+        return checks | await self.broker.readiness()
 
     async def presence_counts(self, room: Room) -> dict[str, int]:
         """The room's subscribers by role, summed over every process serving it."""
@@ -2662,6 +2859,10 @@ class PublishMessage(BaseModel):
     meta: Any = Field(default=None, description="any JSON, passed on as it is")
     room: str | None = Field(default=None, description="a room id; default: DEFAULT_ROOM")
     token: str | None = Field(default=None, description="if not sent as Bearer")
+    idempotency_key: str | None = Field(
+        default=None,
+        description="if not sent as the Idempotency-Key header (a batch: the header only)",
+    )
 
 
 class PublishBody(RootModel[PublishMessage | Annotated[list[PublishMessage], Field(min_length=1)]]):
@@ -2699,6 +2900,14 @@ class SendQuery(BaseModel):
     msg: str = Field(description="the message: data.message")
     room: str | None = Field(default=None, description="default: DEFAULT_ROOM")
     token: str | None = None
+
+
+class PublishHeaders(BaseModel):
+    idempotency_key: str | None = Field(
+        default=None,
+        description="Idempotency-Key: a retry with it within IDEMPOTENCY_WINDOW_S answers the"
+        " first reply and stores nothing; with other messages, 422",
+    )
 
 
 class ResumeQuery(BaseModel):
@@ -2748,18 +2957,49 @@ async def publish(
     app: StreamingMessage, headers: dict[bytes, bytes], body: Any, query_token: str | None
 ) -> dict[str, Any]:
     """Publish one message, or a batch (all or none): the 202 reply."""
-    items = body if isinstance(body, list) else [body]
+    batch = isinstance(body, list)
+    items = body if batch else [body]
     if not items:
         raise ApiError(400, "Empty batch")
     header_token = bearer_token(headers)
-    messages = []
+    messages, publishers = [], set()
     for item in items:
         message, room_id, body_token = validate_message(item, app.settings)
         room = app.hub.find_room(room_id)
-        app.accounts.authorize(header_token or body_token or query_token, room, "publish")
+        token = header_token or body_token or query_token
+        principal = app.accounts.authorize(token, room, "publish")
+        publishers.add(principal.user_id or principal.kind)
         messages.append((room, message))
-    payloads = await app.hub.publish(messages)
-    return sent_reply(payloads, batch=isinstance(body, list))
+    key = None
+    body_keys = [item["idempotency_key"] for item in items if item.get("idempotency_key")]
+    if (header := headers.get(b"idempotency-key")) is not None or body_keys:
+        key = idempotency_key(header, body_keys, batch, messages, publishers)
+    payloads = await app.hub.publish(messages, key)
+    return sent_reply(payloads, batch)
+
+
+IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
+
+
+def idempotency_key(
+    header: bytes | None,
+    body_keys: list[str],
+    batch: bool,
+    messages: list[tuple[Room, dict[str, Any]]],
+    publishers: set[str],
+) -> IdempotencyKey:
+    """A publish's key, from the Idempotency-Key header or a single message's
+    `idempotency_key`, with the fingerprint of its messages. Raises 400."""
+    if batch and body_keys:
+        raise ApiError(400, "A batch's idempotency key goes in the Idempotency-Key header")
+    value = header.decode("latin-1").strip() if header is not None else body_keys[0]
+    if body_keys and body_keys[0] != value:
+        raise ApiError(400, "The Idempotency-Key header and idempotency_key differ")
+    if not IDEMPOTENCY_KEY.fullmatch(value):
+        raise ApiError(400, "Idempotency-Key must be 1-255 printable ASCII characters")
+    published = [batch, [[room.id, message] for room, message in messages]]
+    fingerprint = sha256_hex(json.dumps(published, sort_keys=True, separators=(",", ":")))
+    return IdempotencyKey(",".join(sorted(publishers)), value, fingerprint)
 
 
 def sent_reply(payloads: list[dict[str, Any]], batch: bool) -> dict[str, Any]:
@@ -2837,6 +3077,7 @@ def stream_events(app: StreamingMessage, scope, receive, send, headers, match) -
 
 
 @document_request(PublishBody)
+@document_headers(PublishHeaders)
 @document_response(PublishReply, 202)
 async def publish_post(app: StreamingMessage, scope, receive, send, headers, match) -> None:
     """Publish one message, or a batch (all or none)"""
@@ -2846,6 +3087,7 @@ async def publish_post(app: StreamingMessage, scope, receive, send, headers, mat
 
 
 @document_querystring(SendQuery)
+@document_headers(PublishHeaders)
 @document_response(SentReply, 202)
 async def publish_get(app: StreamingMessage, scope, receive, send, headers, match) -> None:
     """Publish a message: the seed's form, ?token=&msg=[&room=]"""
@@ -3109,7 +3351,8 @@ class HealthReply(Reply):
 @routes.get("/healthz")
 @validate_response(HealthReply)
 async def healthz():
-    """This process's health and counters (each process of a multi-process hub has its own)."""
+    """Liveness: this process answers; with its counters (each process of a multi-process
+    hub has its own). Whether it can serve is /readyz."""
     return ok(
         broker=current_app.hub.broker.name,
         pid=os.getpid(),
@@ -3121,6 +3364,22 @@ async def healthz():
         deliveries=int(current_app.metrics.value("deliveries_total")),
         slow_consumer_disconnects=int(current_app.metrics.value("slow_consumer_disconnects_total")),
     )
+
+
+class ReadyReply(Reply):
+    checks: dict[str, str] = Field(description='each dependency: "ok", or what is wrong')
+
+
+@routes.get("/readyz")
+@validate_response(ReadyReply)
+async def readyz():
+    """Readiness: 200 when this process can serve (SQLite takes a write; with BROKER_URL,
+    Redis answers), else 503 naming what failed. /healthz only says it is alive."""
+    checks = await current_app.hub.readiness()
+    failed = [f"{name} {problem}" for name, problem in checks.items() if problem != "ok"]
+    if failed:
+        raise ApiError(503, "Not ready: " + "; ".join(failed), checks=checks)
+    return ok("Ready", checks=checks)
 
 
 @routes.get("/metrics")
@@ -3457,6 +3716,40 @@ async def delete_room(room_id: str):
         raise ApiError(409, "The default room cannot be deleted", room=room.id)
     await current_app.hub.delete_room(room)
     return ok("Room Deleted", room=room.id)
+
+
+class HistoryQuery(BaseModel):
+    after: int = Field(default=0, ge=0, le=2**63 - 1, description="ids above this only")
+    before: int | None = Field(default=None, ge=1, le=2**63 - 1, description="ids below this only")
+    limit: int = Field(default=50, ge=1, le=MAX_HISTORY_PAGE, description="messages per page")
+    order: Literal["desc", "asc"] = Field(default="desc", description="desc: newest first")
+    token: str | None = Field(default=None, description="for a private room")
+
+
+class MessagesReply(Reply):
+    room: str
+    messages: list[MessagePayload]
+    next: str | None = Field(description="the URL of the next page; null: none (yet)")
+
+
+@routes.get("/api/v1/rooms/<room_id>/messages")
+@validate_querystring(HistoryQuery)
+@validate_response(MessagesReply)
+async def room_messages(room_id: str, query_args: HistoryQuery):
+    """A room's kept messages, paged by id: newest first, or oldest first (`order=asc`).
+    Who may read them: who may subscribe to the room"""
+    room = readable_room(room_id)
+    newest_first = query_args.order == "desc"
+    rows = await current_app.hub.broker.history(
+        room, query_args.after, query_args.before or sys.maxsize, query_args.limit + 1, newest_first
+    )
+    page, next_page = rows[: query_args.limit], None
+    if len(rows) > query_args.limit:  # one more than asked: there is a next page
+        cursor = {"before" if newest_first else "after": page[-1][0]}
+        params = query_args.model_dump(exclude_defaults=True, exclude={"token"}) | cursor
+        next_page = f"/api/v1/rooms/{room.id}/messages?{urlencode(params)}"
+    messages = [json.loads(payload) for _, payload in page]
+    return ok(room=room.id, messages=messages, next=next_page)
 
 
 # API tokens: a user's tokens for scripts, bots and OBS.
@@ -4372,7 +4665,8 @@ app = served(create_app(Settings.from_env()))
 
 
 # ---------------------------------------------------------------------------------------
-# Entry point: `python app.py` serves the same app; `python app.py create-user` adds a user
+# Entry point: `python app.py` serves the same app; `python app.py create-user` adds a user;
+# `python app.py send` and `tail` are a small client of a running hub (SM_URL, SM_TOKEN)
 # ---------------------------------------------------------------------------------------
 
 
@@ -4447,6 +4741,65 @@ def create_user_command(app: StreamingMessage, username: str, admin: bool) -> No
     print(f"created {user.role} {user.username}")
 
 
+def hub_client() -> tuple[str, httpx.AsyncClient]:
+    """The hub the client commands talk to (SM_URL) and an HTTP client sending SM_TOKEN."""
+    url = os.environ.get("SM_URL", "http://127.0.0.1:8000").rstrip("/")
+    token = os.environ.get("SM_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return url, httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(10, read=None))
+
+
+def refusal(command: str, response: httpx.Response) -> str:
+    """The hub's error reply as one line: its envelope's msg, or the status."""
+    try:
+        msg = response.json()["msg"]
+    except (ValueError, KeyError, TypeError):
+        msg = response.reason_phrase
+    return f"{command}: {response.status_code} {msg}"
+
+
+async def send_command(room: str, message: str, speaker: str) -> None:
+    """`send`: publish a message; prints its id."""
+    url, client = hub_client()
+    body = {"room": room, "speaker": speaker, "data": {"message": message}}
+    async with client:
+        try:
+            response = await client.post(f"{url}/api/v1/send", json=body)
+        except httpx.HTTPError as error:
+            sys.exit(f"send: cannot reach {url}: {error}")
+    if response.status_code != 202:
+        sys.exit(refusal("send", response))
+    print(response.json()["id"])
+
+
+async def tail_command(room: str) -> None:
+    """`tail`: print a room's messages as they come, one JSON payload a line (the stream's
+    `data:`), until interrupted. Reconnects as EventSource does, resuming by Last-Event-ID,
+    so a restart of the hub loses nothing; a refusal (401, 403, ...) ends it."""
+    url, client = hub_client()
+    last_id, retry_s = None, 3.0
+    async with client:
+        while True:
+            headers = {"Last-Event-ID": last_id} if last_id else {}
+            try:
+                async with aconnect_sse(
+                    client, "GET", f"{url}/api/v1/events/{room}", headers=headers
+                ) as source:
+                    if source.response.status_code != 200:
+                        await source.response.aread()
+                        sys.exit(refusal("tail", source.response))
+                    async for event in source.aiter_sse():
+                        retry_s = event.retry / 1000 if event.retry is not None else retry_s
+                        if event.event == "meta":
+                            print(f"tail: following {room} on {url}", file=sys.stderr, flush=True)
+                        elif event.event == "message" and event.data:
+                            print(event.data, flush=True)
+                            last_id = event.id or last_id  # the quote feed sends no id
+            except (httpx.HTTPError, SSEError) as error:
+                print(f"tail: {str(error) or type(error).__name__}; reconnecting", file=sys.stderr)
+            await asyncio.sleep(retry_s)
+
+
 def main(app: StreamingMessage | BehindProxy, argv: list[str]) -> None:
     logging.basicConfig(
         level=app.settings.log_level,
@@ -4460,9 +4813,24 @@ def main(app: StreamingMessage | BehindProxy, argv: list[str]) -> None:
     user_command = commands.add_parser("create-user", help="create a user (asks the password)")
     user_command.add_argument("username")
     user_command.add_argument("--admin", action="store_true", help="with the admin role")
+    send = commands.add_parser("send", help="publish a message to a hub (SM_URL, SM_TOKEN)")
+    send.add_argument("room")
+    send.add_argument("message")
+    send.add_argument("--speaker", default="cli", help="who speaks (default: cli)")
+    tail = commands.add_parser("tail", help="print a room's messages as they come (SM_URL)")
+    tail.add_argument("room")
     args = parser.parse_args(argv)
     if args.command == "create-user":
         create_user_command(app, args.username, args.admin)
+        return
+    if args.command in ("send", "tail"):  # a client: its output is the hub's replies only
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+    if args.command == "send":
+        asyncio.run(send_command(args.room, args.message, args.speaker))
+        return
+    if args.command == "tail":
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(tail_command(args.room))
         return
     check_data_dir(app.settings)
     check_port(app.settings.host, app.settings.port)

@@ -69,3 +69,23 @@ CREATE TABLE IF NOT EXISTS api_tokens (
     created_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS api_tokens_user ON api_tokens (user_id);
+
+-- One row, written by every readiness check (GET /readyz): a commit that proves SQLite
+-- takes writes (a full disk or a read-only file fails it).
+CREATE TABLE IF NOT EXISTS readiness (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    checked_at INTEGER NOT NULL                -- epoch ms
+);
+
+-- Keys of idempotent publishes (Idempotency-Key), kept IDEMPOTENCY_WINDOW_S: a retry with
+-- one gets the first publish's messages instead of storing them again. Written in the
+-- transaction that stores the messages, so a key is never stored without them.
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    scope       TEXT NOT NULL,                 -- who published: user ids, or "root"
+    key         TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,                 -- SHA-256 of the messages published with it
+    payloads    TEXT NOT NULL,                 -- JSON array: the messages as stored
+    created_at  INTEGER NOT NULL,              -- epoch ms
+    PRIMARY KEY (scope, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys (created_at);

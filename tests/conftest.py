@@ -170,6 +170,14 @@ def broker_url(redis_db: int) -> str:
     return url
 
 
+@pytest.fixture(params=["local", "redis"])
+def broker_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The server's environment: one process on SQLite, or with Redis as the broker."""
+    if request.param == "local":
+        return {}
+    return {"BROKER_URL": request.getfixturevalue("broker_url")}
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One shared server for tests that only need a running hub."""

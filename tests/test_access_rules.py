@@ -135,14 +135,6 @@ async def test_the_ai_speaker_is_followed_and_cancelled_only_with_publish_rights
 # ---------------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["local", "redis"])
-def broker_env(request: pytest.FixtureRequest) -> dict[str, str]:
-    """The server's environment: one process on SQLite, or with Redis as the broker."""
-    if request.param == "local":
-        return {}
-    return {"BROKER_URL": request.getfixturevalue("broker_url")}
-
-
 async def test_a_room_made_again_goes_on_from_the_deleted_rooms_ids(make_server, broker_env):
     """A player resuming with an id of the deleted room must get every message of the new
     one: its ids go on after the old ones (they were 1, 2, ... again: the player missed

@@ -79,7 +79,7 @@ def test_fly_toml_agrees_with_the_image_and_the_app(server: Server):
     assert f"EXPOSE {env['PORT']}" in [f"EXPOSE {port}" for port in instructions("EXPOSE")]
     assert service["force_https"] is True
     (check,) = service["checks"]
-    assert check["method"] == "GET" and check["path"] == "/healthz"
+    assert check["method"] == "GET" and check["path"] == "/readyz"
     assert httpx.get(f"{server.url}{check['path']}").status_code == 200
     (mount,) = config["mounts"]
     assert mount["destination"] == env["DATA_DIR"]

@@ -471,6 +471,29 @@ async def test_admin_login_create_room_send_and_a_player_shows_it(browser: Brows
     await page.wait_for_selector("#login-view:not([hidden])")
 
 
+async def test_admin_shows_recent_messages_from_the_history_api(browser: Browser, hub: Server):
+    """The admin's recent messages come from the JSON history API (the newest 50, newest
+    first); its controller stream resumes after the newest of them, replaying nothing."""
+    for i in range(60):
+        hub.publish(data={"message": f"line {i}"})
+    page = await browser.open(f"{hub.url}/admin")
+    requests = []
+    page.on("request", lambda request: requests.append(request))
+    await log_in(page)
+    await page.wait_for_selector("#controller-state[data-state=live]")
+    (read,) = [r for r in requests if "/messages" in r.url]
+    assert read.url == f"{hub.url}/api/v1/rooms/lobby/messages?limit=50"
+    (stream,) = [r for r in requests if "role=controller" in r.url]
+    assert (await stream.all_headers())["last-event-id"] == "60"
+    items = page.locator("#history li")
+    assert await items.count() == 50
+    assert "line 59" in await items.nth(0).text_content()
+    assert "line 10" in await items.nth(49).text_content()
+    hub.publish(data={"message": "live line"})
+    await page.wait_for_selector("#history li:first-child:has-text('live line')")
+    assert await items.count() == 50 and "line 58" in await items.nth(2).text_content()
+
+
 async def test_admin_api_token_is_shown_once_and_works_from_curl(browser: Browser, hub: Server):
     page = await admin_page(browser, hub, permissions=["clipboard-read", "clipboard-write"])
     await page.fill("#create-token [name=name]", "obs")

@@ -48,7 +48,7 @@ interface Payload {
 }
 
 const SIGNED_IN = 'streaming-message.signed-in'; // a refresh cookie may exist: try it on load
-const HISTORY = 50; // recent messages shown (and replayed when a room is opened)
+const HISTORY = 50; // recent messages shown (read from the history API when a room is opened)
 
 type Inputs = Record<string, HTMLInputElement>;
 
@@ -280,17 +280,48 @@ function showPresence({ players, controllers }: Presence): void {
   byId('presence').textContent = `${players} player${players === 1 ? '' : 's'} · ${controllers} controller${controllers === 1 ? '' : 's'}`;
 }
 
-/** This page is the selected room's controller: players see it online while it is open. */
+function historyEntry(message: Payload): HTMLLIElement {
+  const text = typeof message.data?.message === 'string' ? message.data.message : JSON.stringify(message.data);
+  return el(
+    'li',
+    { class: 'border-b border-base-300 py-1' },
+    el('span', { class: 'mr-2 font-mono text-xs opacity-60' }, `#${message.id} ${new Date(message.time).toLocaleTimeString()}`),
+    el('b', {}, message.speaker),
+    ': ',
+    text,
+  );
+}
+
+/** This page is the selected room's controller: players see it online while it is open. Its
+ * recent messages come from the history API (newest first); the stream resumes after the
+ * newest of them, so nothing is missed or shown twice. */
 function follow(): void {
   controller?.close();
+  controller = null;
   const history = byId('history');
   history.replaceChildren();
   const room = rooms.find((candidate) => candidate.id === selected);
   following = room?.id ?? null;
   if (!room) return;
   controllerState('reconnecting', 'connecting…');
+  call<{ messages: Payload[] }>(`/api/v1/rooms/${room.id}/messages?limit=${HISTORY}`).then(
+    ({ messages }) => {
+      if (following !== room.id || controller) return; // another room (or this one again) since
+      history.replaceChildren(...messages.map(historyEntry));
+      control(room, String(messages[0]?.id ?? 0));
+    },
+    (error) => {
+      if (following !== room.id || controller) return;
+      notify(`Could not read the recent messages: ${messageOf(error)}`);
+      control(room, String(room.last_id)); // live messages only
+    },
+  );
+}
+
+function control(room: Room, lastEventId: string): void {
+  const history = byId('history');
   const source = new SSEClient(`/api/v1/events/${room.id}?role=controller`, {
-    lastEventId: String(Math.max(0, room.last_id - HISTORY)), // replays the recent messages
+    lastEventId,
     retryDelay: 1000,
     backoff: 2,
     maxRetryDelay: 30000,
@@ -310,18 +341,7 @@ function follow(): void {
   });
   source.addEventListener('presence', (event) => showPresence(JSON.parse(event.data)));
   source.addEventListener('message', (event) => {
-    const message: Payload = JSON.parse(event.data);
-    const text = typeof message.data?.message === 'string' ? message.data.message : JSON.stringify(message.data);
-    history.prepend(
-      el(
-        'li',
-        { class: 'border-b border-base-300 py-1' },
-        el('span', { class: 'mr-2 font-mono text-xs opacity-60' }, `#${message.id} ${new Date(message.time).toLocaleTimeString()}`),
-        el('b', {}, message.speaker),
-        ': ',
-        text,
-      ),
-    );
+    history.prepend(historyEntry(JSON.parse(event.data)));
     history.children[HISTORY]?.remove();
   });
   source.addEventListener('deleted', () => attempt(loadRooms));

@@ -264,17 +264,43 @@
   function showPresence({ players, controllers }) {
     byId("presence").textContent = `${players} player${players === 1 ? "" : "s"} · ${controllers} controller${controllers === 1 ? "" : "s"}`;
   }
+  function historyEntry(message) {
+    const text = typeof message.data?.message === "string" ? message.data.message : JSON.stringify(message.data);
+    return el(
+      "li",
+      { class: "border-b border-base-300 py-1" },
+      el("span", { class: "mr-2 font-mono text-xs opacity-60" }, `#${message.id} ${new Date(message.time).toLocaleTimeString()}`),
+      el("b", {}, message.speaker),
+      ": ",
+      text
+    );
+  }
   function follow() {
     controller?.close();
+    controller = null;
     const history = byId("history");
     history.replaceChildren();
     const room = rooms.find((candidate) => candidate.id === selected);
     following = room?.id ?? null;
     if (!room) return;
     controllerState("reconnecting", "connecting…");
+    call(`/api/v1/rooms/${room.id}/messages?limit=${HISTORY}`).then(
+      ({ messages }) => {
+        if (following !== room.id || controller) return;
+        history.replaceChildren(...messages.map(historyEntry));
+        control(room, String(messages[0]?.id ?? 0));
+      },
+      (error) => {
+        if (following !== room.id || controller) return;
+        notify(`Could not read the recent messages: ${messageOf(error)}`);
+        control(room, String(room.last_id));
+      }
+    );
+  }
+  function control(room, lastEventId) {
+    const history = byId("history");
     const source = new SSEClient(`/api/v1/events/${room.id}?role=controller`, {
-      lastEventId: String(Math.max(0, room.last_id - HISTORY)),
-      // replays the recent messages
+      lastEventId,
       retryDelay: 1e3,
       backoff: 2,
       maxRetryDelay: 3e4,
@@ -294,18 +320,7 @@
     });
     source.addEventListener("presence", (event) => showPresence(JSON.parse(event.data)));
     source.addEventListener("message", (event) => {
-      const message = JSON.parse(event.data);
-      const text = typeof message.data?.message === "string" ? message.data.message : JSON.stringify(message.data);
-      history.prepend(
-        el(
-          "li",
-          { class: "border-b border-base-300 py-1" },
-          el("span", { class: "mr-2 font-mono text-xs opacity-60" }, `#${message.id} ${new Date(message.time).toLocaleTimeString()}`),
-          el("b", {}, message.speaker),
-          ": ",
-          text
-        )
-      );
+      history.prepend(historyEntry(JSON.parse(event.data)));
       history.children[HISTORY]?.remove();
     });
     source.addEventListener("deleted", () => attempt(loadRooms));
