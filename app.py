@@ -167,6 +167,8 @@ class Settings(BaseSettings):
     max_body_bytes: Count = 1_048_576
     max_json_depth: Count = 32
     subscriber_queue: Count = 1024
+    replay_page_bytes: Count = 262_144
+    replay_write_timeout_s: Seconds = 10
     coalesce_ms: Annotated[float, Field(ge=0)] = 2
     cors_origins: Annotated[tuple[str, ...], NoDecode] = ("*",)
     sqlite_synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "NORMAL"
@@ -721,12 +723,14 @@ class Storage:
             await db.execute("DELETE FROM rooms WHERE id = ?", (room_id,))
 
     async def history(
-        self, room: str, after: int, before: int = sys.maxsize
+        self, room: str, after: int, before: int = sys.maxsize, limit: int = -1
     ) -> list[tuple[int, str]]:
-        """Stored messages of a room with after < id < before, oldest first: (id, payload)."""
+        """Stored messages of a room with after < id < before, oldest first: (id, payload);
+        the first `limit` of them (-1: all)."""
         rows = await self._rows(
-            "SELECT id, payload FROM messages WHERE room = ? AND id > ? AND id < ? ORDER BY id",
-            (room, after, before),
+            "SELECT id, payload FROM messages WHERE room = ? AND id > ? AND id < ? ORDER BY id"
+            " LIMIT ?",
+            (room, after, before, limit),
         )
         return [(row["id"], row["payload"]) for row in rows]
 
@@ -949,6 +953,7 @@ SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 WAKE_SLICE = 8  # subscribers a room's wake-up writes to per turn of the event loop
+REPLAY_PAGE_ROWS = 64  # stored messages a replay reads at a time
 ASGISend = Callable[[dict[str, Any]], Awaitable[None]]
 
 
@@ -1132,22 +1137,26 @@ class Room:
         asyncio.get_running_loop().call_later(delay, self._wake)
 
     def _trim(self) -> None:
-        """Forget old frames, keeping the newest SUBSCRIBER_QUEUE. A subscriber still
-        blocked on an earlier write that would miss some is a slow consumer: it is dropped
-        (it resumes by Last-Event-ID). One that was not woken yet (one commit can append
-        more than the queue) keeps its frames until its next write."""
+        """Forget old frames, keeping the newest SUBSCRIBER_QUEUE. A subscriber that would
+        miss some while still blocked on an earlier write, or still having its replay, is a
+        slow consumer: it is dropped (it resumes by Last-Event-ID). One that was not woken
+        yet (one commit can append more than the queue) keeps its frames until its next
+        write."""
         cut = self.head - self.settings.subscriber_queue
-        for subscriber in self.subscribers:
+        for subscriber in list(self.subscribers):
             if subscriber.cursor >= cut or subscriber.ending is not None:
                 continue
-            if subscriber.flushing is None:
+            if subscriber.live and subscriber.flushing is None:
                 cut = subscriber.cursor
             else:
-                log.info("slow consumer dropped room=%s role=%s", self.id, subscriber.role)
-                self.metrics.slow_consumer_disconnects.inc()
-                subscriber.finish(b"")
+                self.drop_slow_consumer(subscriber)
         del self.frames[: cut - self.base], self.frame_ids[: cut - self.base]
         self.base = cut
+
+    def drop_slow_consumer(self, subscriber: Subscriber) -> None:
+        log.info("slow consumer dropped room=%s role=%s", self.id, subscriber.role)
+        self.metrics.slow_consumer_disconnects.inc()
+        subscriber.finish(b"")
 
     def _wake(self) -> None:
         self._write_slice(list(self.subscribers), 0, self.head)
@@ -1371,9 +1380,10 @@ class LocalBroker:
     async def not_stored(self, messages: list[tuple[Room, str]], ids: list[int]) -> None:
         """Their commit failed. Nothing was delivered: the next commit takes their ids."""
 
-    async def history(self, room: Room, after: int) -> list[tuple[int, str]]:
-        """The room's kept messages with id > after, oldest first: (id, payload)."""
-        return await self.storage.history(room.id, after)
+    async def history(self, room: Room, after: int, limit: int) -> list[tuple[int, str]]:
+        """The first `limit` of the room's kept messages with id > after, oldest first:
+        (id, payload)."""
+        return await self.storage.history(room.id, after, limit=limit)
 
     async def joined(self, room: Room) -> None:
         """A subscriber of this process joined the room: deliver the room's messages here."""
@@ -1560,17 +1570,19 @@ class RedisBroker:
             args += [body, floors.get(room.id, ""), room.history_size]
         return await self.publish_script(keys=keys, args=args)
 
-    async def history(self, room: Room, after: int) -> list[tuple[int, str]]:
-        """The room's kept messages with id > after, oldest first: the stream's, preceded by
-        SQLite's older ones (when Redis has lost or trimmed them)."""
+    async def history(self, room: Room, after: int, limit: int) -> list[tuple[int, str]]:
+        """The first `limit` of the room's kept messages with id > after, oldest first: the
+        stream's, preceded by SQLite's older ones (when Redis has lost or trimmed them)."""
         try:
-            entries = await self.redis.xrange(room_key(room.id, "stream"), f"({after}-0")
+            entries = await self.redis.xrange(
+                room_key(room.id, "stream"), f"({after}-0", count=limit
+            )
         except RedisError as error:
             raise broker_unavailable() from error
         rows = [(entry_number(i), payload_with_id(entry_number(i), f["p"])) for i, f in entries]
         if not rows or rows[0][0] > after + 1:
             before = rows[0][0] if rows else sys.maxsize
-            rows = await self.storage.history(room.id, after, before) + rows
+            rows = (await self.storage.history(room.id, after, before, limit) + rows)[:limit]
         return rows
 
     async def joined(self, room: Room) -> None:
@@ -2037,22 +2049,51 @@ class Hub:
     async def _send_hello_and_replay(
         self, subscriber: Subscriber, room: Room, last_id: int | None, hello_extra: dict[str, Any]
     ) -> None:
-        """A stream's first write: `retry:`, the hello and the messages after last_id. (A
-        function of its own so the replay is not kept alive for the life of the stream.)"""
+        """A stream's first writes: `retry:`, the hello and the messages after last_id. The
+        replay is read REPLAY_PAGE_ROWS messages at a time and written REPLAY_PAGE_BYTES at
+        a time, each write within REPLAY_WRITE_TIMEOUT_S: a client that does not read it
+        holds one page, and is dropped as a slow consumer (as it is when the ring moves a
+        whole SUBSCRIBER_QUEUE on meanwhile). Messages the ring also brings during the replay
+        are skipped there (`replayed_through`). (A function of its own so the replay is not
+        kept alive for the life of the stream.)"""
         hello = {**room.hello(), **hello_extra}
-        replay: list[bytes] = []
+        rows: list[tuple[int, str]] = []
         if last_id is not None:
-            rows = await self.broker.history(room, last_id)
+            rows = await self.broker.history(room, last_id, REPLAY_PAGE_ROWS)
             # The first id after last_id is missing (trimmed, or everything up to last_id is),
             # or the client is ahead of the room: it has ids the room has not (from another
             # server, or whose commit failed when even its id could not be recorded).
             hello["gap"] = (rows[0][0] if rows else room.record.last_id + 1) != last_id + 1
-            replay = [message_frame(message_id, payload) for message_id, payload in rows]
-            subscriber.replayed_through = rows[-1][0] if rows else 0
-        retry = b"retry: %d\n" % self.settings.retry_ms
-        first = retry + event_frame("meta", hello) + b"".join(replay)
-        await subscriber.send({"type": "http.response.body", "body": first, "more_body": True})
-        subscriber.sent += len(first)
+        chunk = [b"retry: %d\n" % self.settings.retry_ms + event_frame("meta", hello)]
+        size = len(chunk[0])
+        while True:
+            for message_id, payload in rows:
+                frame = message_frame(message_id, payload)
+                if size and size + len(frame) > self.settings.replay_page_bytes:
+                    await self._replay_write(subscriber, room, b"".join(chunk))
+                    chunk, size = [], 0
+                chunk.append(frame)
+                size += len(frame)
+                subscriber.replayed_through = message_id
+            if len(rows) < REPLAY_PAGE_ROWS:
+                break
+            rows = await self.broker.history(room, subscriber.replayed_through, REPLAY_PAGE_ROWS)
+            if rows and rows[0][0] != subscriber.replayed_through + 1:
+                # Trimmed from the history while this replay read it: the client resumes
+                # from the last id it has, and is told of the gap.
+                room.drop_slow_consumer(subscriber)
+                break
+        await self._replay_write(subscriber, room, b"".join(chunk))
+
+    async def _replay_write(self, subscriber: Subscriber, room: Room, chunk: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        timeout_s = self.settings.replay_write_timeout_s
+        deadline = loop.call_later(timeout_s, room.drop_slow_consumer, subscriber)
+        try:
+            await subscriber.send({"type": "http.response.body", "body": chunk, "more_body": True})
+        finally:
+            deadline.cancel()
+        subscriber.sent += len(chunk)
 
     async def presence_counts(self, room: Room) -> dict[str, int]:
         """The room's subscribers by role, summed over every process serving it."""
