@@ -2025,12 +2025,11 @@ class Hub:
                 raise
             asyncio.current_task().uncancel()
             if subscriber.ending:  # the frames still due to it, then the final event
-                if subscriber.flushing is not None:  # a write in progress; then the flush stops
-                    await subscriber.flushing
-                # (unless the ring forgot some meanwhile: then resuming by id brings them all)
-                has_all = subscriber.live and subscriber.cursor >= room.base
-                due = room.due(subscriber) if has_all else b""
-                await write({"type": "http.response.body", "body": due + subscriber.ending})
+                # within SHUTDOWN_TIMEOUT: a client that does not read must not hold a
+                # shutdown (its connection is then aborted: see abort_connections_left_open)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.settings.shutdown_timeout_s):
+                        await self._send_final(subscriber, room, write)
         finally:
             room.leave(subscriber)
             if shared:
@@ -2045,6 +2044,15 @@ class Hub:
                 time.monotonic() - opened,
                 subscriber.sent,
             )
+
+    @staticmethod
+    async def _send_final(subscriber: Subscriber, room: Room, write: ASGISend) -> None:
+        if subscriber.flushing is not None:  # a write in progress; then the flush stops
+            await subscriber.flushing
+        # (unless the ring forgot some meanwhile: then resuming by id brings them all)
+        has_all = subscriber.live and subscriber.cursor >= room.base
+        due = room.due(subscriber) if has_all else b""
+        await write({"type": "http.response.body", "body": due + subscriber.ending})
 
     async def _send_hello_and_replay(
         self, subscriber: Subscriber, room: Room, last_id: int | None, hello_extra: dict[str, Any]
@@ -4155,7 +4163,7 @@ async def clock():
 
 
 # ---------------------------------------------------------------------------------------
-# Server: three adaptations of Hypercorn and h11, each for a reason told below, all in
+# Server: four adaptations of Hypercorn and h11, each for a reason told below, all in
 # this section. install() puts them in place when the app starts serving (never at
 # import). Each was written for h11 0.16.0 and Hypercorn 0.18.0 (both pinned in
 # requirements.txt) and first checks that the code it adapts is still as it was then: if
@@ -4293,11 +4301,47 @@ def end_streams_when_workers_stop(end_streams: Callable[[], Awaitable[None]]) ->
     run.WorkerContext = functools.partial(StreamsEndingContext, end_streams)
 
 
+CLOSE_GRACE_S = 1  # for a connection closing during shutdown to hand its last bytes over
+
+
+def abort_connections_left_open() -> None:
+    """Hypercorn closes a connection with `writer.close()` then `await writer.wait_closed()`,
+    which returns once every byte written was taken by the client: never, for a client that
+    does not read. Cancelling it does not help (`TCPServer._close` swallows the cancellation,
+    and the connection's task awaits the close again). So one non-reading stream held a
+    SIGTERM until the client went (40-90 s). The streams have had SHUTDOWN_TIMEOUT to send
+    their last frames (Hub.serve_stream); a connection that closes while the worker stops
+    and is still open CLOSE_GRACE_S later is aborted: its unsent bytes are dropped."""
+    tcp_server = hypercorn.asyncio.tcp_server
+    close = tcp_server.TCPServer._close
+    if getattr(close, "aborts", False):
+        return
+    source = inspect.getsource(tcp_server.TCPServer)
+    expected = (
+        "self.context = context",
+        "self.writer = writer",
+        "async def _close(self)",
+        "await self.writer.wait_closed()",
+    )
+    if not all(line in source for line in expected):
+        raise AdaptationError("hypercorn's TCPServer no longer closes its writer as written")
+
+    async def close_or_abort(server: Any) -> None:
+        if server.context.terminated.is_set():
+            # a no-op if the connection is closed by then
+            asyncio.get_running_loop().call_later(CLOSE_GRACE_S, server.writer.transport.abort)
+        await close(server)
+
+    close_or_abort.aborts = True
+    tcp_server.TCPServer._close = close_or_abort
+
+
 def install(end_streams: Callable[[], Awaitable[None]]) -> None:
-    """Put the three adaptations in place (again: the last app's `end_streams` wins)."""
+    """Put the four adaptations in place (again: the last app's `end_streams` wins)."""
     accept_utf8_request_targets()
     use_keep_alive_timer()
     end_streams_when_workers_stop(end_streams)
+    abort_connections_left_open()
 
 
 # ---------------------------------------------------------------------------------------
@@ -4446,7 +4490,9 @@ async def serve(app: StreamingMessage | BehindProxy) -> None:
     config.errorlog = log  # so Hypercorn's lines are redacted too
     config.h11_max_incomplete_size = settings.max_header_bytes  # request line + headers
     config.h2_max_header_list_size = settings.max_header_bytes
-    config.graceful_timeout = settings.shutdown_timeout_s
+    # after the streams' last frames (SHUTDOWN_TIMEOUT) and their connections' close: the
+    # app has ended every connection by then (Hypercorn cancelling them logs tracebacks)
+    config.graceful_timeout = settings.shutdown_timeout_s + 2 * CLOSE_GRACE_S
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

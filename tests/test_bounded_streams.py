@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
 import time
 
@@ -109,3 +110,35 @@ async def test_a_large_replay_arrives_whole_once_and_in_order(make_server, broke
     await more
     assert [int(event.id) for event in received] == list(range(1, 561))
     assert [json.loads(event.data)["data"]["i"] for event in received] == list(range(560))
+
+
+# 2. Shutdown that always ends
+
+
+@pytest.mark.parametrize("workers", [0, 1], ids=["python app.py", "hypercorn app:app"])
+async def test_sigterm_ends_within_the_timeout_whatever_clients_do(make_server, workers):
+    """Streams whose clients never read, on a flooded room, cannot hold a SIGTERM (one held
+    it until the client went); a client that reads still gets its final event."""
+    # 1 s: the streams end before `hypercorn app:app`'s own graceful timeout (3 s)
+    server: Server = make_server(workers=workers, SHUTDOWN_TIMEOUT="1")
+    stalled = [stalled_reader(server, "/api/v1/events") for _ in range(4)]
+    try:
+        async with subscribe(f"{server.url}/api/v1/events") as events:
+            await until_health(server, subscribers=5)
+
+            async def read_all() -> list:
+                return [event async for event in events]
+
+            reading = asyncio.create_task(read_all())
+            # 12 MB for each stream: more than the sockets hold, less than the ring
+            await asyncio.to_thread(publish_batches, server, 200, 60_000)
+            server.process.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(server.process.wait, 1 + 10)  # a liveness bound
+            received = await asyncio.wait_for(reading, 10)
+        assert code == 0
+        assert received[-1].event == "shutdown"
+        assert len([e for e in received if e.event == "message"]) == 200
+        assert "Traceback" not in server.log()
+    finally:
+        for sock in stalled:
+            sock.close()
