@@ -4176,6 +4176,13 @@ class AdaptationError(RuntimeError):
     """A dependency changed under one of the server adaptations."""
 
 
+def require_source(code: Any, lines: Iterable[str], otherwise: str) -> None:
+    """AdaptationError(`otherwise`) unless the source of `code` has each of these lines."""
+    source = inspect.getsource(code)
+    if not all(line in source for line in lines):
+        raise AdaptationError(otherwise)
+
+
 def accept_utf8_request_targets() -> None:
     """h11 answers 400 to raw UTF-8 in a request line; curl sends it as typed (the Bun
     project's README does: `msg=冲！冲刺！`). Accept it, as nginx, Node and Bun do, and
@@ -4258,15 +4265,17 @@ def use_keep_alive_timer() -> None:
     tcp_server = hypercorn.asyncio.tcp_server
     if tcp_server.AsyncioSingleTask is KeepAliveTimer:
         return
-    source = inspect.getsource(tcp_server.TCPServer)
     expected = (
         "self.idle_task = AsyncioSingleTask()",
         "self.idle_task.restart(task_group, self._idle_timeout)",
         "self.context.terminated.wait()",
         "async def _initiate_server_close(self)",
     )
-    if not all(line in source for line in expected):
-        raise AdaptationError("hypercorn's TCPServer no longer uses AsyncioSingleTask as written")
+    require_source(
+        tcp_server.TCPServer,
+        expected,
+        "hypercorn's TCPServer no longer uses AsyncioSingleTask as written",
+    )
     tcp_server.AsyncioSingleTask = KeepAliveTimer
 
 
@@ -4295,9 +4304,11 @@ class StreamsEndingContext(hypercorn.asyncio.worker_context.WorkerContext):
 
 def end_streams_when_workers_stop(end_streams: Callable[[], Awaitable[None]]) -> None:
     run = hypercorn.asyncio.run
-    source = inspect.getsource(run.worker_serve)
-    if "context = WorkerContext(" not in source or "await context.terminated.set()" not in source:
-        raise AdaptationError("hypercorn's worker_serve no longer makes its WorkerContext so")
+    require_source(
+        run.worker_serve,
+        ("context = WorkerContext(", "await context.terminated.set()"),
+        "hypercorn's worker_serve no longer makes its WorkerContext so",
+    )
     run.WorkerContext = functools.partial(StreamsEndingContext, end_streams)
 
 
@@ -4316,15 +4327,17 @@ def abort_connections_left_open() -> None:
     close = tcp_server.TCPServer._close
     if getattr(close, "aborts", False):
         return
-    source = inspect.getsource(tcp_server.TCPServer)
     expected = (
         "self.context = context",
         "self.writer = writer",
         "async def _close(self)",
         "await self.writer.wait_closed()",
     )
-    if not all(line in source for line in expected):
-        raise AdaptationError("hypercorn's TCPServer no longer closes its writer as written")
+    require_source(
+        tcp_server.TCPServer,
+        expected,
+        "hypercorn's TCPServer no longer closes its writer as written",
+    )
 
     async def close_or_abort(server: Any) -> None:
         if server.context.terminated.is_set():
