@@ -1053,6 +1053,10 @@ class Room:
         local = self.local_presence()
         return {role: local[role] + self.remote[role] for role in local}
 
+    def opening(self, retry_ms: int, hello: dict[str, Any]) -> bytes:
+        """What a stream of the room starts with: `retry:` and the hello (`event: meta`)."""
+        return b"retry: %d\n" % retry_ms + event_frame("meta", hello)
+
     def hello(self) -> dict[str, Any]:
         """The `event: meta` a new stream starts with (before its replay)."""
         return {
@@ -1272,17 +1276,38 @@ def bundled_quotes() -> list[dict[str, Any]]:
 MAX_QUOTE_BYTES = 65536  # a Hitokoto reply is well under 1 KB
 
 
-class FallbackFeed(Room):
+class Feed(Room):
+    """A pseudo-room (not in the hub's rooms) whose frames one task makes for all its
+    streams, and only while someone listens. No presence or heartbeat: its listeners are
+    strangers in different rooms."""
+
+    def __init__(self, feed_id: str, settings: Settings, metrics: Metrics) -> None:
+        super().__init__(RoomRecord(feed_id, None, "", False, None, {}, 0, 0), settings, metrics)
+        self._feeding: asyncio.Task | None = None
+
+    def join(self, subscriber: Subscriber) -> None:
+        self.subscribers.add(subscriber)
+        if self._feeding is None:
+            self._feeding = asyncio.create_task(self._feed())
+
+    def leave(self, subscriber: Subscriber) -> None:
+        self.subscribers.remove(subscriber)
+        if not self.subscribers:
+            self._feeding.cancel()
+            self._feeding = None
+
+    async def _feed(self) -> None:
+        raise NotImplementedError
+
+
+class FallbackFeed(Feed):
     """What a stream of an invalid or unknown room gets instead: quotes from the Hitokoto
-    API, or from quotes.json when the API fails. One pseudo-room (not in the hub's rooms) shared
-    by every such stream, so one poller serves them all, at most one request per
-    FALLBACK_POLL_S, and only while someone listens. No presence or heartbeat: its
-    listeners are strangers in different rooms."""
+    API, or from quotes.json when the API fails. One feed shared by every such stream, so
+    one poller serves them all, at most one request per FALLBACK_POLL_S."""
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
-        super().__init__(RoomRecord("fallback", None, "", False, None, {}, 0, 0), settings, metrics)
+        super().__init__("fallback", settings, metrics)
         self._ids = itertools.count(1)  # quote ids are not stored, and not sent as `id:`
-        self._poller: asyncio.Task | None = None
         self._next_poll = 0.0  # loop time; kept across poller restarts
         self._failing = False
 
@@ -1294,18 +1319,7 @@ class FallbackFeed(Room):
             "keepalive_s": self.settings.keepalive_s,
         }
 
-    def join(self, subscriber: Subscriber) -> None:
-        self.subscribers.add(subscriber)
-        if self._poller is None:
-            self._poller = asyncio.create_task(self._poll())
-
-    def leave(self, subscriber: Subscriber) -> None:
-        self.subscribers.remove(subscriber)
-        if not self.subscribers:
-            self._poller.cancel()
-            self._poller = None
-
-    async def _poll(self) -> None:
+    async def _feed(self) -> None:
         loop = asyncio.get_running_loop()
         async with httpx.AsyncClient(timeout=self.settings.fallback_timeout_s) as client:
             while True:
@@ -1343,6 +1357,27 @@ class FallbackFeed(Room):
             self._failing = False
             log.info("quote API answers again")
         return message
+
+
+class ClockFeed(Feed):
+    """`/api/v1/clock`, the seed tutorial's sample: the server time every CLOCK_INTERVAL_S.
+    One ticker for every clock stream (a task per stream cost a core at 2000 streams)."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        super().__init__("clock", settings, metrics)
+
+    def opening(self, retry_ms: int, hello: dict[str, Any]) -> bytes:
+        return KEEPALIVE_FRAME  # as it always began: the EventSource opens before a tick
+
+    def hello(self) -> dict[str, Any]:
+        return {}
+
+    async def _feed(self) -> None:
+        while True:
+            ms = now_ms()
+            iso = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+            self.append(message_frame(ms, compact_json({"time": ms, "iso": iso})))
+            await asyncio.sleep(self.settings.clock_interval_s)
 
 
 IDLE_TURN_S = 50e-6  # a turn of the event loop that ran nothing else takes a few µs
@@ -1812,6 +1847,7 @@ class Hub:
             changes = BrokerChanges(self.apply_room, self.forget_room, accounts_changed)
             self.broker = RedisBroker(settings.broker_url, storage, settings, self.rooms, changes)
         self.fallback = FallbackFeed(settings, metrics)
+        self.clock = ClockFeed(settings, metrics)
         self.pending: list[PendingPublish] = []
         self._pending_ready = asyncio.Event()
         self._writing: asyncio.Task
@@ -2006,7 +2042,7 @@ class Hub:
         client leaves or the server finishes the stream; frames go out through `write`. The
         hello is made after joining, so its presence counts this subscriber."""
         await start({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-        shared = room is not self.fallback  # the quote feed is each process's own
+        shared = not isinstance(room, Feed)  # a feed is each process's own
         subscriber = Subscriber(write, role, room.head)
         room.join(subscriber)
         log.info("stream open room=%s role=%s client=%s", room.id, role, client)
@@ -2072,7 +2108,7 @@ class Hub:
             # or the client is ahead of the room: it has ids the room has not (from another
             # server, or whose commit failed when even its id could not be recorded).
             hello["gap"] = (rows[0][0] if rows else room.record.last_id + 1) != last_id + 1
-        chunk = [b"retry: %d\n" % self.settings.retry_ms + event_frame("meta", hello)]
+        chunk = [room.opening(self.settings.retry_ms, hello)]
         size = len(chunk[0])
         while True:
             for message_id, payload in rows:
@@ -2108,8 +2144,8 @@ class Hub:
         return await self.broker.presence_counts(room)
 
     def streams(self) -> list[Room]:
-        """Everything streams are served from: the rooms and the fallback feed."""
-        return [*self.rooms.values(), self.fallback]
+        """Everything streams are served from: the rooms and the feeds."""
+        return [*self.rooms.values(), self.fallback, self.clock]
 
     async def _keepalive(self) -> None:
         while True:
@@ -2885,6 +2921,13 @@ def stream_events(app: StreamingMessage, scope, receive, send, headers, match) -
     return hub.serve_stream(send, send.raw, receive, room, role, last_id, client)
 
 
+@event_stream("a message with the time every CLOCK_INTERVAL_S")
+def clock(app: StreamingMessage, scope, receive, send, headers, match) -> Awaitable[None]:
+    """The seed tutorial's sample: the server time every CLOCK_INTERVAL_S"""
+    client = scope["client"][0] if scope.get("client") else "-"
+    return app.hub.serve_stream(send, send.raw, receive, app.hub.clock, "player", None, client)
+
+
 @document_request(PublishBody)
 @document_response(PublishReply, 202)
 async def publish_post(app: StreamingMessage, scope, receive, send, headers, match) -> None:
@@ -2926,6 +2969,7 @@ HOT_ROUTES = (
         "/api/v1/events/<room>", "GET", re.compile(rb"/api/v1/events/([^/]*)/?"), stream_events
     ),
     HotRoute("/api/v1/send", "POST", re.compile(rb"/api/v1/send/?"), publish_post),
+    HotRoute("/api/v1/clock", "GET", re.compile(rb"/api/v1/clock"), clock),
     HotRoute("/api/v1/send/<speaker>", "GET", re.compile(rb"/api/v1/send/(.+?)/*"), publish_get),
 )
 
@@ -4142,24 +4186,6 @@ async def room_ai(room_id: str, data: RoomAiRequest):
         request.remote_addr, messages, room=room, speaker=data.speaker
     )
     return ok("AI Answer Started", 202, uid=chat.uid, target={"room": room.id})
-
-
-@routes.get("/api/v1/clock")
-@event_stream("a message with the time every CLOCK_INTERVAL_S")
-async def clock():
-    """The seed tutorial's sample: the server time every CLOCK_INTERVAL_S"""
-
-    closing, interval_s = current_app.relay.closing, current_app.settings.clock_interval_s
-
-    async def ticks() -> AsyncIterator[bytes]:
-        while not closing.is_set():
-            ms = now_ms()
-            iso = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
-            yield message_frame(ms, compact_json({"time": ms, "iso": iso}))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(closing.wait(), interval_s)
-
-    return sse_response(ticks())
 
 
 # ---------------------------------------------------------------------------------------

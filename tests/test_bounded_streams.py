@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import socket
 import time
+from datetime import datetime
 
 import httpx
 import pytest
@@ -142,3 +144,35 @@ async def test_sigterm_ends_within_the_timeout_whatever_clients_do(make_server, 
     finally:
         for sock in stalled:
             sock.close()
+
+
+# 6. One clock for every clock stream
+
+
+async def test_clock_streams_share_one_ticker_and_keep_their_format(server: Server):
+    """Two clock streams get the same ticks (one ticker made them: a task per stream cost a
+    core at 2000 streams), framed as they always were: a comment, then `id:` and `data:`."""
+    url = f"{server.url}/api/v1/clock"
+    bodies: list[bytes] = [b"", b""]
+
+    async def read(client: httpx.AsyncClient, index: int) -> None:
+        async with client.stream("GET", url) as reply:
+            assert reply.headers["content-type"] == "text/event-stream; charset=utf-8"
+            async for chunk in reply.aiter_bytes():
+                bodies[index] += chunk
+                if bodies[index].count(b"data:") >= 4:
+                    return
+
+    async with httpx.AsyncClient(timeout=20) as client:
+        await asyncio.gather(read(client, 0), read(client, 1))
+    for body in bodies:
+        assert body.startswith(b":\n\n")
+        frames = body.split(b"\n\n")[1:4]
+        for frame in frames:
+            assert re.fullmatch(rb'id: (\d+)\ndata: \{"time":\1,"iso":"[^"]+"\}', frame), frame
+            tick = json.loads(frame.partition(b"data: ")[2])
+            iso = datetime.fromisoformat(tick["iso"])
+            assert iso.tzinfo is not None and abs(iso.timestamp() * 1000 - tick["time"]) < 1
+    ticks = [re.findall(rb"id: (\d+)", body) for body in bodies]
+    shared = set(ticks[0]) & set(ticks[1])
+    assert len(shared) >= 2  # both streams got the same ticks
