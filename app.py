@@ -169,6 +169,8 @@ class Settings(BaseSettings):
     max_body_bytes: Count = 1_048_576
     max_json_depth: Count = 32
     subscriber_queue: Count = 1024
+    replay_page_bytes: Count = 262_144
+    replay_write_timeout_s: Seconds = 10
     coalesce_ms: Annotated[float, Field(ge=0)] = 2
     cors_origins: Annotated[tuple[str, ...], NoDecode] = ("*",)
     sqlite_synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "NORMAL"
@@ -1006,6 +1008,8 @@ SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 WAKE_SLICE = 8  # subscribers a room's wake-up writes to per turn of the event loop
+WAKE_BYTES = 262_144  # and bytes: fewer subscribers a turn when the frames are big
+REPLAY_PAGE_ROWS = 64  # stored messages a replay reads at a time
 ASGISend = Callable[[dict[str, Any]], Awaitable[None]]
 
 
@@ -1105,6 +1109,10 @@ class Room:
         local = self.local_presence()
         return {role: local[role] + self.remote[role] for role in local}
 
+    def opening(self, retry_ms: int, hello: dict[str, Any]) -> bytes:
+        """What a stream of the room starts with: `retry:` and the hello (`event: meta`)."""
+        return b"retry: %d\n" % retry_ms + event_frame("meta", hello)
+
     def hello(self) -> dict[str, Any]:
         """The `event: meta` a new stream starts with (before its replay)."""
         return {
@@ -1189,22 +1197,26 @@ class Room:
         asyncio.get_running_loop().call_later(delay, self._wake)
 
     def _trim(self) -> None:
-        """Forget old frames, keeping the newest SUBSCRIBER_QUEUE. A subscriber still
-        blocked on an earlier write that would miss some is a slow consumer: it is dropped
-        (it resumes by Last-Event-ID). One that was not woken yet (one commit can append
-        more than the queue) keeps its frames until its next write."""
+        """Forget old frames, keeping the newest SUBSCRIBER_QUEUE. A subscriber that would
+        miss some while still blocked on an earlier write, or still having its replay, is a
+        slow consumer: it is dropped (it resumes by Last-Event-ID). One that was not woken
+        yet (one commit can append more than the queue) keeps its frames until its next
+        write."""
         cut = self.head - self.settings.subscriber_queue
-        for subscriber in self.subscribers:
+        for subscriber in list(self.subscribers):
             if subscriber.cursor >= cut or subscriber.ending is not None:
                 continue
-            if subscriber.flushing is None:
+            if subscriber.live and subscriber.flushing is None:
                 cut = subscriber.cursor
             else:
-                log.info("slow consumer dropped room=%s role=%s", self.id, subscriber.role)
-                self.metrics.slow_consumer_disconnects.inc()
-                subscriber.finish(b"")
+                self.drop_slow_consumer(subscriber)
         del self.frames[: cut - self.base], self.frame_ids[: cut - self.base]
         self.base = cut
+
+    def drop_slow_consumer(self, subscriber: Subscriber) -> None:
+        log.info("slow consumer dropped room=%s role=%s", self.id, subscriber.role)
+        self.metrics.slow_consumer_disconnects.inc()
+        subscriber.finish(b"")
 
     def _wake(self) -> None:
         self._write_slice(list(self.subscribers), 0, self.head)
@@ -1216,10 +1228,14 @@ class Room:
         frames per write. W1 against the peer: 4.5x in one turn, 6.5x with 64 subscribers a
         turn, 16x with 8, 19x with 4, 25x with 1 but at twice the latency. One wake at a
         time: frames that came during it wake the room again at its end, for the
-        subscribers it had passed."""
-        writes = 0
+        subscribers it had passed. A turn also ends after WAKE_BYTES: a 1 MB batch costs a
+        copy or two of 1 MB per subscriber in Hypercorn, 8 MB a turn."""
+        writes = written = 0
+        index = start
         try:
-            for subscriber in subscribers[start : start + WAKE_SLICE]:
+            while index < min(len(subscribers), start + WAKE_SLICE) and written < WAKE_BYTES:
+                subscriber = subscribers[index]
+                index += 1
                 if (
                     subscriber.live
                     and subscriber.ending is None
@@ -1227,13 +1243,15 @@ class Room:
                     and subscriber.flushing is None
                     and subscriber in self.subscribers  # it may have left since the wake began
                 ):
-                    writes += self._write(subscriber, self.due(subscriber))
+                    chunk = self.due(subscriber)
+                    written += len(chunk)
+                    writes += self._write(subscriber, chunk)
         finally:  # a send that raised must not leave the room's wake unfinished
             # Counted once per turn: the counter's lock, taken per write, was 5 % of a fan-out.
             self.metrics.deliveries.inc(writes)
-            if start + WAKE_SLICE < len(subscribers):
+            if index < len(subscribers):
                 loop = asyncio.get_running_loop()
-                loop.call_soon(self._write_slice, subscribers, start + WAKE_SLICE, end_at_wake)
+                loop.call_soon(self._write_slice, subscribers, index, end_at_wake)
             else:
                 self._wake_armed = False
                 self._busy_until = time.monotonic() + self.settings.coalesce_ms / 1000
@@ -1320,17 +1338,38 @@ def bundled_quotes() -> list[dict[str, Any]]:
 MAX_QUOTE_BYTES = 65536  # a Hitokoto reply is well under 1 KB
 
 
-class FallbackFeed(Room):
+class Feed(Room):
+    """A pseudo-room (not in the hub's rooms) whose frames one task makes for all its
+    streams, and only while someone listens. No presence or heartbeat: its listeners are
+    strangers in different rooms."""
+
+    def __init__(self, feed_id: str, settings: Settings, metrics: Metrics) -> None:
+        super().__init__(RoomRecord(feed_id, None, "", False, None, {}, 0, 0), settings, metrics)
+        self._feeding: asyncio.Task | None = None
+
+    def join(self, subscriber: Subscriber) -> None:
+        self.subscribers.add(subscriber)
+        if self._feeding is None:
+            self._feeding = asyncio.create_task(self._feed())
+
+    def leave(self, subscriber: Subscriber) -> None:
+        self.subscribers.remove(subscriber)
+        if not self.subscribers:
+            self._feeding.cancel()
+            self._feeding = None
+
+    async def _feed(self) -> None:
+        raise NotImplementedError
+
+
+class FallbackFeed(Feed):
     """What a stream of an invalid or unknown room gets instead: quotes from the Hitokoto
-    API, or from quotes.json when the API fails. One pseudo-room (not in the hub's rooms) shared
-    by every such stream, so one poller serves them all, at most one request per
-    FALLBACK_POLL_S, and only while someone listens. No presence or heartbeat: its
-    listeners are strangers in different rooms."""
+    API, or from quotes.json when the API fails. One feed shared by every such stream, so
+    one poller serves them all, at most one request per FALLBACK_POLL_S."""
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
-        super().__init__(RoomRecord("fallback", None, "", False, None, {}, 0, 0), settings, metrics)
+        super().__init__("fallback", settings, metrics)
         self._ids = itertools.count(1)  # quote ids are not stored, and not sent as `id:`
-        self._poller: asyncio.Task | None = None
         self._next_poll = 0.0  # loop time; kept across poller restarts
         self._failing = False
 
@@ -1342,18 +1381,7 @@ class FallbackFeed(Room):
             "keepalive_s": self.settings.keepalive_s,
         }
 
-    def join(self, subscriber: Subscriber) -> None:
-        self.subscribers.add(subscriber)
-        if self._poller is None:
-            self._poller = asyncio.create_task(self._poll())
-
-    def leave(self, subscriber: Subscriber) -> None:
-        self.subscribers.remove(subscriber)
-        if not self.subscribers:
-            self._poller.cancel()
-            self._poller = None
-
-    async def _poll(self) -> None:
+    async def _feed(self) -> None:
         loop = asyncio.get_running_loop()
         async with httpx.AsyncClient(timeout=self.settings.fallback_timeout_s) as client:
             while True:
@@ -1391,6 +1419,27 @@ class FallbackFeed(Room):
             self._failing = False
             log.info("quote API answers again")
         return message
+
+
+class ClockFeed(Feed):
+    """`/api/v1/clock`, the seed tutorial's sample: the server time every CLOCK_INTERVAL_S.
+    One ticker for every clock stream (a task per stream cost a core at 2000 streams)."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        super().__init__("clock", settings, metrics)
+
+    def opening(self, retry_ms: int, hello: dict[str, Any]) -> bytes:
+        return KEEPALIVE_FRAME  # as it always began: the EventSource opens before a tick
+
+    def hello(self) -> dict[str, Any]:
+        return {}
+
+    async def _feed(self) -> None:
+        while True:
+            ms = now_ms()
+            iso = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+            self.append(message_frame(ms, compact_json({"time": ms, "iso": iso})))
+            await asyncio.sleep(self.settings.clock_interval_s)
 
 
 IDLE_TURN_S = 50e-6  # a turn of the event loop that ran nothing else takes a few µs
@@ -1921,6 +1970,7 @@ class Hub:
             changes = BrokerChanges(self.apply_room, self.forget_room, accounts_changed)
             self.broker = RedisBroker(settings.broker_url, storage, settings, self.rooms, changes)
         self.fallback = FallbackFeed(settings, metrics)
+        self.clock = ClockFeed(settings, metrics)
         self.pending: list[PendingPublish] = []
         self._pending_ready = asyncio.Event()
         self._writing: asyncio.Task
@@ -2181,7 +2231,7 @@ class Hub:
         client leaves or the server finishes the stream; frames go out through `write`. The
         hello is made after joining, so its presence counts this subscriber."""
         await start({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-        shared = room is not self.fallback  # the quote feed is each process's own
+        shared = not isinstance(room, Feed)  # a feed is each process's own
         subscriber = Subscriber(write, role, room.head)
         room.join(subscriber)
         log.info("stream open room=%s role=%s client=%s", room.id, role, client)
@@ -2200,12 +2250,11 @@ class Hub:
                 raise
             asyncio.current_task().uncancel()
             if subscriber.ending:  # the frames still due to it, then the final event
-                if subscriber.flushing is not None:  # a write in progress; then the flush stops
-                    await subscriber.flushing
-                # (unless the ring forgot some meanwhile: then resuming by id brings them all)
-                has_all = subscriber.live and subscriber.cursor >= room.base
-                due = room.due(subscriber) if has_all else b""
-                await write({"type": "http.response.body", "body": due + subscriber.ending})
+                # within SHUTDOWN_TIMEOUT: a client that does not read must not hold a
+                # shutdown (its connection is then aborted: see abort_connections_left_open)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.settings.shutdown_timeout_s):
+                        await self._send_final(subscriber, room, write)
         finally:
             room.leave(subscriber)
             if shared:
@@ -2221,25 +2270,65 @@ class Hub:
                 subscriber.sent,
             )
 
+    @staticmethod
+    async def _send_final(subscriber: Subscriber, room: Room, write: ASGISend) -> None:
+        if subscriber.flushing is not None:  # a write in progress; then the flush stops
+            await subscriber.flushing
+        # (unless the ring forgot some meanwhile: then resuming by id brings them all)
+        has_all = subscriber.live and subscriber.cursor >= room.base
+        due = room.due(subscriber) if has_all else b""
+        await write({"type": "http.response.body", "body": due + subscriber.ending})
+
     async def _send_hello_and_replay(
         self, subscriber: Subscriber, room: Room, last_id: int | None, hello_extra: dict[str, Any]
     ) -> None:
-        """A stream's first write: `retry:`, the hello and the messages after last_id. (A
-        function of its own so the replay is not kept alive for the life of the stream.)"""
+        """A stream's first writes: `retry:`, the hello and the messages after last_id. The
+        replay is read REPLAY_PAGE_ROWS messages at a time and written REPLAY_PAGE_BYTES at
+        a time, each write within REPLAY_WRITE_TIMEOUT_S: a client that does not read it
+        holds one page, and is dropped as a slow consumer (as it is when the ring moves a
+        whole SUBSCRIBER_QUEUE on meanwhile). Messages the ring also brings during the replay
+        are skipped there (`replayed_through`). (A function of its own so the replay is not
+        kept alive for the life of the stream.)"""
         hello = {**room.hello(), **hello_extra}
-        replay: list[bytes] = []
+        rows: list[tuple[int, str]] = []
         if last_id is not None:
-            rows = await self.broker.history(room, last_id)
+            rows = await self.broker.history(room, last_id, limit=REPLAY_PAGE_ROWS)
             # The first id after last_id is missing (trimmed, or everything up to last_id is),
             # or the client is ahead of the room: it has ids the room has not (from another
             # server, or whose commit failed when even its id could not be recorded).
             hello["gap"] = (rows[0][0] if rows else room.record.last_id + 1) != last_id + 1
-            replay = [message_frame(message_id, payload) for message_id, payload in rows]
-            subscriber.replayed_through = rows[-1][0] if rows else 0
-        retry = b"retry: %d\n" % self.settings.retry_ms
-        first = retry + event_frame("meta", hello) + b"".join(replay)
-        await subscriber.send({"type": "http.response.body", "body": first, "more_body": True})
-        subscriber.sent += len(first)
+        chunk = [room.opening(self.settings.retry_ms, hello)]
+        size = len(chunk[0])
+        while True:
+            for message_id, payload in rows:
+                frame = message_frame(message_id, payload)
+                if size and size + len(frame) > self.settings.replay_page_bytes:
+                    await self._replay_write(subscriber, room, b"".join(chunk))
+                    chunk, size = [], 0
+                chunk.append(frame)
+                size += len(frame)
+                subscriber.replayed_through = message_id
+            if len(rows) < REPLAY_PAGE_ROWS:
+                break
+            rows = await self.broker.history(
+                room, subscriber.replayed_through, limit=REPLAY_PAGE_ROWS
+            )
+            if rows and rows[0][0] != subscriber.replayed_through + 1:
+                # Trimmed from the history while this replay read it: the client resumes
+                # from the last id it has, and is told of the gap.
+                room.drop_slow_consumer(subscriber)
+                break
+        await self._replay_write(subscriber, room, b"".join(chunk))
+
+    async def _replay_write(self, subscriber: Subscriber, room: Room, chunk: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        timeout_s = self.settings.replay_write_timeout_s
+        deadline = loop.call_later(timeout_s, room.drop_slow_consumer, subscriber)
+        try:
+            await subscriber.send({"type": "http.response.body", "body": chunk, "more_body": True})
+        finally:
+            deadline.cancel()
+        subscriber.sent += len(chunk)
 
     async def readiness(self) -> dict[str, str]:
         """What serving depends on, each "ok" or what is wrong: SQLite takes a write, and
@@ -2256,8 +2345,8 @@ class Hub:
         return await self.broker.presence_counts(room)
 
     def streams(self) -> list[Room]:
-        """Everything streams are served from: the rooms and the fallback feed."""
-        return [*self.rooms.values(), self.fallback]
+        """Everything streams are served from: the rooms and the feeds."""
+        return [*self.rooms.values(), self.fallback, self.clock]
 
     async def _keepalive(self) -> None:
         while True:
@@ -3076,6 +3165,13 @@ def stream_events(app: StreamingMessage, scope, receive, send, headers, match) -
     return hub.serve_stream(send, send.raw, receive, room, role, last_id, client)
 
 
+@event_stream("a message with the time every CLOCK_INTERVAL_S")
+def clock(app: StreamingMessage, scope, receive, send, headers, match) -> Awaitable[None]:
+    """The seed tutorial's sample: the server time every CLOCK_INTERVAL_S"""
+    client = scope["client"][0] if scope.get("client") else "-"
+    return app.hub.serve_stream(send, send.raw, receive, app.hub.clock, "player", None, client)
+
+
 @document_request(PublishBody)
 @document_headers(PublishHeaders)
 @document_response(PublishReply, 202)
@@ -3119,6 +3215,7 @@ HOT_ROUTES = (
         "/api/v1/events/<room>", "GET", re.compile(rb"/api/v1/events/([^/]*)/?"), stream_events
     ),
     HotRoute("/api/v1/send", "POST", re.compile(rb"/api/v1/send/?"), publish_post),
+    HotRoute("/api/v1/clock", "GET", re.compile(rb"/api/v1/clock"), clock),
     HotRoute("/api/v1/send/<speaker>", "GET", re.compile(rb"/api/v1/send/(.+?)/*"), publish_get),
 )
 
@@ -4388,26 +4485,8 @@ async def room_ai(room_id: str, data: RoomAiRequest):
     return ok("AI Answer Started", 202, uid=chat.uid, target={"room": room.id})
 
 
-@routes.get("/api/v1/clock")
-@event_stream("a message with the time every CLOCK_INTERVAL_S")
-async def clock():
-    """The seed tutorial's sample: the server time every CLOCK_INTERVAL_S"""
-
-    closing, interval_s = current_app.relay.closing, current_app.settings.clock_interval_s
-
-    async def ticks() -> AsyncIterator[bytes]:
-        while not closing.is_set():
-            ms = now_ms()
-            iso = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
-            yield message_frame(ms, compact_json({"time": ms, "iso": iso}))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(closing.wait(), interval_s)
-
-    return sse_response(ticks())
-
-
 # ---------------------------------------------------------------------------------------
-# Server: three adaptations of Hypercorn and h11, each for a reason told below, all in
+# Server: four adaptations of Hypercorn and h11, each for a reason told below, all in
 # this section. install() puts them in place when the app starts serving (never at
 # import). Each was written for h11 0.16.0 and Hypercorn 0.18.0 (both pinned in
 # requirements.txt) and first checks that the code it adapts is still as it was then: if
@@ -4418,6 +4497,13 @@ async def clock():
 
 class AdaptationError(RuntimeError):
     """A dependency changed under one of the server adaptations."""
+
+
+def require_source(code: Any, lines: Iterable[str], otherwise: str) -> None:
+    """AdaptationError(`otherwise`) unless the source of `code` has each of these lines."""
+    source = inspect.getsource(code)
+    if not all(line in source for line in lines):
+        raise AdaptationError(otherwise)
 
 
 def accept_utf8_request_targets() -> None:
@@ -4502,15 +4588,17 @@ def use_keep_alive_timer() -> None:
     tcp_server = hypercorn.asyncio.tcp_server
     if tcp_server.AsyncioSingleTask is KeepAliveTimer:
         return
-    source = inspect.getsource(tcp_server.TCPServer)
     expected = (
         "self.idle_task = AsyncioSingleTask()",
         "self.idle_task.restart(task_group, self._idle_timeout)",
         "self.context.terminated.wait()",
         "async def _initiate_server_close(self)",
     )
-    if not all(line in source for line in expected):
-        raise AdaptationError("hypercorn's TCPServer no longer uses AsyncioSingleTask as written")
+    require_source(
+        tcp_server.TCPServer,
+        expected,
+        "hypercorn's TCPServer no longer uses AsyncioSingleTask as written",
+    )
     tcp_server.AsyncioSingleTask = KeepAliveTimer
 
 
@@ -4539,17 +4627,57 @@ class StreamsEndingContext(hypercorn.asyncio.worker_context.WorkerContext):
 
 def end_streams_when_workers_stop(end_streams: Callable[[], Awaitable[None]]) -> None:
     run = hypercorn.asyncio.run
-    source = inspect.getsource(run.worker_serve)
-    if "context = WorkerContext(" not in source or "await context.terminated.set()" not in source:
-        raise AdaptationError("hypercorn's worker_serve no longer makes its WorkerContext so")
+    require_source(
+        run.worker_serve,
+        ("context = WorkerContext(", "await context.terminated.set()"),
+        "hypercorn's worker_serve no longer makes its WorkerContext so",
+    )
     run.WorkerContext = functools.partial(StreamsEndingContext, end_streams)
 
 
+CLOSE_GRACE_S = 1  # for a connection closing during shutdown to hand its last bytes over
+
+
+def abort_connections_left_open() -> None:
+    """Hypercorn closes a connection with `writer.close()` then `await writer.wait_closed()`,
+    which returns once every byte written was taken by the client: never, for a client that
+    does not read. Cancelling it does not help (`TCPServer._close` swallows the cancellation,
+    and the connection's task awaits the close again). So one non-reading stream held a
+    SIGTERM until the client went (40-90 s). The streams have had SHUTDOWN_TIMEOUT to send
+    their last frames (Hub.serve_stream); a connection that closes while the worker stops
+    and is still open CLOSE_GRACE_S later is aborted: its unsent bytes are dropped."""
+    tcp_server = hypercorn.asyncio.tcp_server
+    close = tcp_server.TCPServer._close
+    if getattr(close, "aborts", False):
+        return
+    expected = (
+        "self.context = context",
+        "self.writer = writer",
+        "async def _close(self)",
+        "await self.writer.wait_closed()",
+    )
+    require_source(
+        tcp_server.TCPServer,
+        expected,
+        "hypercorn's TCPServer no longer closes its writer as written",
+    )
+
+    async def close_or_abort(server: Any) -> None:
+        if server.context.terminated.is_set():
+            # a no-op if the connection is closed by then
+            asyncio.get_running_loop().call_later(CLOSE_GRACE_S, server.writer.transport.abort)
+        await close(server)
+
+    close_or_abort.aborts = True
+    tcp_server.TCPServer._close = close_or_abort
+
+
 def install(end_streams: Callable[[], Awaitable[None]]) -> None:
-    """Put the three adaptations in place (again: the last app's `end_streams` wins)."""
+    """Put the four adaptations in place (again: the last app's `end_streams` wins)."""
     accept_utf8_request_targets()
     use_keep_alive_timer()
     end_streams_when_workers_stop(end_streams)
+    abort_connections_left_open()
 
 
 # ---------------------------------------------------------------------------------------
@@ -4699,7 +4827,9 @@ async def serve(app: StreamingMessage | BehindProxy) -> None:
     config.errorlog = log  # so Hypercorn's lines are redacted too
     config.h11_max_incomplete_size = settings.max_header_bytes  # request line + headers
     config.h2_max_header_list_size = settings.max_header_bytes
-    config.graceful_timeout = settings.shutdown_timeout_s
+    # after the streams' last frames (SHUTDOWN_TIMEOUT) and their connections' close: the
+    # app has ended every connection by then (Hypercorn cancelling them logs tracebacks)
+    config.graceful_timeout = settings.shutdown_timeout_s + 2 * CLOSE_GRACE_S
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -75,3 +75,19 @@ async def test_a_subscriber_a_whole_ring_behind_is_dropped(tmp_path):
     assert fast.received.count(b"data:") == 39
     assert len(room.frames) < 2 * settings.subscriber_queue  # the ring did not grow with it
     stuck.blocked.set()
+
+
+async def test_a_big_batch_is_fanned_out_over_several_turns(settings: Settings):
+    """A turn of a wake writes WAKE_SLICE subscribers, or fewer when their frames are big:
+    a 1 MB batch to 8 subscribers held the event loop for all 8 writes."""
+    room = a_room(settings)
+    connections = [Connection() for _ in range(8)]
+    for connection in connections:
+        live_subscriber(room, connection)
+    frames = [message_frame(i, '{"pad":"%s"}' % ("x" * 60_000)) for i in range(1, 17)]
+    for message_id, frame in enumerate(frames, 1):
+        room.append(frame, message_id)
+    room._write_slice(list(room.subscribers), 0, room.head)  # one turn
+    assert 0 < sum(bool(connection.received) for connection in connections) < 8
+    await settle(room)
+    assert all(connection.received == b"".join(frames) for connection in connections)

@@ -33,6 +33,7 @@ async def test_the_adaptations_apply_to_the_installed_versions():
     request = parser.next_event()
     assert request.target == b"/send/otto?msg=%E5%86%B2%EF%BC%81%E5%86%B2%E5%88%BA%EF%BC%81"
     assert hypercorn.asyncio.tcp_server.AsyncioSingleTask is KeepAliveTimer
+    assert hypercorn.asyncio.tcp_server.TCPServer._close.aborts
     context = hypercorn.asyncio.run.WorkerContext(None)
     assert isinstance(context, StreamsEndingContext)
     await context.terminated.set()
@@ -75,4 +76,14 @@ def test_an_adaptation_refuses_to_start_when_its_dependency_changed(monkeypatch)
     monkeypatch.setattr(hypercorn.asyncio.tcp_server, "AsyncioSingleTask", object)
     monkeypatch.setattr(hypercorn.asyncio.tcp_server, "TCPServer", ChangedTCPServer)
     with pytest.raises(AdaptationError, match="TCPServer"):
+        install(end_streams)
+
+    class TCPServerClosingOtherwise(hypercorn.asyncio.tcp_server.TCPServer):
+        async def _close(self) -> None:  # a Hypercorn that closes its connections otherwise
+            self.writer.close()
+
+    monkeypatch.undo()
+    install(end_streams)
+    monkeypatch.setattr(hypercorn.asyncio.tcp_server, "TCPServer", TCPServerClosingOtherwise)
+    with pytest.raises(AdaptationError, match="closes its writer"):
         install(end_streams)

@@ -38,6 +38,7 @@ async def test_messages_advance_the_room_and_are_trimmed_to_its_history(storage:
     await write(storage, [("a", i, f'{{"id":{i}}}') for i in range(1, 6)])
     assert await storage.history("a", 0) == [(3, '{"id":3}'), (4, '{"id":4}'), (5, '{"id":5}')]
     assert await storage.history("a", 3, before=5) == [(4, '{"id":4}')]
+    assert await storage.history("a", 3, limit=1) == [(4, '{"id":4}')]  # a replay's page
     assert await storage.last_ids({"a", "nope"}) == {"a": 5}
     with pytest.raises(sqlite3.IntegrityError):  # an id is never stored twice: all or none
         await write(storage, [("a", 6, "{}"), ("a", 5, "{}")])
