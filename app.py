@@ -58,7 +58,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import aiosqlite
@@ -204,6 +204,8 @@ class Settings(BaseSettings):
     login_max_failures: Annotated[int, Field(ge=0)] = 10
     login_max_failures_per_address: Annotated[int, Field(ge=0)] = 30
     login_window_s: Seconds = 900
+    login_delay_s: Annotated[float, Field(ge=0)] = 1
+    login_delay_max_s: Seconds = 30
     max_header_bytes: Count = 16384
     body_timeout_s: Seconds = 10
     trust_proxy: Annotated[int, Field(ge=0)] = 0
@@ -2209,25 +2211,43 @@ def load_secret_key(settings: Settings) -> str:
     return key
 
 
+class Limit(NamedTuple):
+    """What a RateLimiter allows a key: at most `events` in the window (0: any number), and,
+    with `delay_s`, after n events in the window the next only `delay_s * 2**(n-1)` (at most
+    `max_delay_s`) after the last."""
+
+    events: int
+    delay_s: float = 0
+    max_delay_s: float = 0
+
+    def wait(self, window: deque[float], window_s: float, now: float) -> float:
+        """Seconds until the key's next event is allowed (0 or less: now)."""
+        wait = window[0] + window_s - now if 0 < self.events <= len(window) else 0.0
+        if self.delay_s and window:
+            delay = min(self.delay_s * 2 ** min(len(window) - 1, 32), self.max_delay_s)
+            wait = max(wait, window[-1] + delay - now)
+        return wait
+
+
 class RateLimiter:
-    """Events per key (a username, a client address) in a sliding window. Past a key's
-    limit (0: none) the next event is refused with 429 and Retry-After."""
+    """Events per key (a client address, a username at an address) in a sliding window,
+    each key held to its Limit: an event it does not allow yet is refused with 429 and
+    Retry-After."""
 
     def __init__(self, window_s: float) -> None:
         self.window_s = window_s
         self.events: dict[str, deque[float]] = {}
 
-    def take(self, limits: dict[str, int], msg: str) -> float:
-        """Count an event for every key, or, when a key is at its limit, none: raise 429
-        with `msg` ({retry} is the seconds to wait). Returns the event's stamp."""
+    def take(self, limits: dict[str, Limit], msg: str) -> float:
+        """Count an event for every key, or, when a key's limit does not allow it yet, none:
+        raise 429 with `msg` ({retry} is the seconds to wait). Returns the event's stamp."""
         now = time.monotonic()
         wait = 0.0
         for key, limit in limits.items():
             window = self.events.setdefault(key, deque())
             while window and window[0] <= now - self.window_s:
                 window.popleft()
-            if 0 < limit <= len(window):
-                wait = max(wait, window[0] + self.window_s - now)
+            wait = max(wait, limit.wait(window, self.window_s, now))
         if wait > 0:
             retry = max(1, math.ceil(wait))
             raise ApiError(429, msg.format(retry=retry), retry_after=retry)
@@ -2238,12 +2258,15 @@ class RateLimiter:
             self.events = {k: w for k, w in self.events.items() if w and w[-1] > recent}
         return now
 
-    def give_back(self, limits: dict[str, int], stamp: float) -> None:
-        """Uncount an event (a login that succeeded)."""
-        for key in limits:
-            window = self.events.get(key)
-            if window is not None and stamp in window:
-                window.remove(stamp)
+    def give_back(self, key: str, stamp: float) -> None:
+        """Uncount an event."""
+        window = self.events.get(key)
+        if window is not None and stamp in window:
+            window.remove(stamp)
+
+    def forget(self, key: str) -> None:
+        """Uncount every event of a key."""
+        self.events.pop(key, None)
 
 
 class Accounts:
@@ -2262,8 +2285,8 @@ class Accounts:
         self.users: dict[str, User] = {}
         self.sessions: dict[str, tuple[str, int]] = {}  # live: id -> (user id, expiry ms)
         self.api_tokens: dict[str, ApiToken] = {}  # by SHA-256 of the secret
-        # a login attempt counts when it starts (parallel guesses count too) and is given
-        # back when it succeeds
+        # a login attempt counts when it starts (parallel guesses count too); one that
+        # succeeds is given back, and clears its username's failures at that address
         self.logins = RateLimiter(settings.login_window_s)
         self.started = False
 
@@ -2347,12 +2370,20 @@ class Accounts:
                 return False
 
     async def verify_login(self, username: str, password: str, address: str) -> User | None:
-        """The enabled user with this username and password, else None. Attempts are limited
-        per username and per client address (429); an unknown username costs the same
-        argon2 verification as a wrong password."""
+        """The enabled user with this username and password, else None. Failed attempts are
+        counted per username at a client address, so guesses from one address never lock
+        the user out at another: each failure doubles the wait before the next attempt
+        there (LOGIN_DELAY_S up to LOGIN_DELAY_MAX_S), LOGIN_MAX_FAILURES ends them for the
+        window; and per address (LOGIN_MAX_FAILURES_PER_ADDRESS, any username). Refused:
+        429. An unknown username costs the same argon2 verification as a wrong password."""
+        settings = self.settings
+        at_address = f"user:{username.lower()} address:{address}"
+        from_address = f"address:{address}"
         limits = {
-            f"user:{username.lower()}": self.settings.login_max_failures,
-            f"address:{address}": self.settings.login_max_failures_per_address,
+            at_address: Limit(
+                settings.login_max_failures, settings.login_delay_s, settings.login_delay_max_s
+            ),
+            from_address: Limit(settings.login_max_failures_per_address),
         }
         stamp = self.logins.take(limits, "Too many failed logins: try again in {retry} s")
         found = await self.storage.user_login(username)
@@ -2363,7 +2394,8 @@ class Accounts:
                 "failed login for %s from %s", user.username if user else "an unknown user", address
             )
             return None
-        self.logins.give_back(limits, stamp)
+        self.logins.forget(at_address)
+        self.logins.give_back(from_address, stamp)
         self.users[user.id] = user  # a user made by the CLI while the server runs
         return user
 
@@ -3885,7 +3917,9 @@ class Relay:
                 retry_after=BUSY_RETRY_AFTER_S,
             )
         limit, window = self.settings.chat_rate_limit, self.settings.chat_rate_window_s
-        self.starts.take({client: limit}, f"Rate limited: at most {limit} chats per {window:g} s")
+        self.starts.take(
+            {client: Limit(limit)}, f"Rate limited: at most {limit} chats per {window:g} s"
+        )
 
     def find(self, uid: str) -> Chat:
         chat = self.chats.get(uid)

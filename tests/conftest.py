@@ -121,6 +121,15 @@ class Server:
         return reply.json()
 
 
+def assert_envelope(reply: httpx.Response, status: int, fragment: str) -> None:
+    """An error reply in the envelope: `status`, and `fragment` in its msg."""
+    assert reply.status_code == status, reply.text
+    assert reply.headers["content-type"] == "application/json"
+    body = reply.json()
+    assert body["success"] is False and body["code"] == status
+    assert fragment in body["msg"], body
+
+
 @pytest.fixture
 def make_server(tmp_path: Path) -> Iterator:
     """make(**env) starts a server with its own DATA_DIR; make(data_dir=..., **env) with a

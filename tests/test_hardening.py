@@ -11,21 +11,13 @@ import socket
 import time
 
 import httpx
-from conftest import Server, collect, subscribe
+from conftest import Server, assert_envelope, collect, subscribe
 
 ADMIN = {"ADMIN_USERNAME": "admin", "ADMIN_PASSWORD": "admin password 1"}
 
 
 def root(server: Server) -> dict[str, str]:
     return {"Authorization": f"Bearer {server.token}"}
-
-
-def assert_envelope(reply: httpx.Response, status: int, fragment: str) -> None:
-    assert reply.status_code == status, reply.text
-    assert reply.headers["content-type"] == "application/json"
-    body = reply.json()
-    assert body["success"] is False and body["code"] == status
-    assert fragment in body["msg"], body
 
 
 def raw_request(server: Server, head: bytes, body: bytes = b"") -> bytes:

@@ -412,7 +412,8 @@ ADMIN_PASSWORD = "admin password 1"
 
 @pytest.fixture
 def hub(make_server) -> Server:
-    return make_server(ADMIN_USERNAME="admin", ADMIN_PASSWORD=ADMIN_PASSWORD)
+    # no wait after a failed login: a test tries a wrong password, then the right one
+    return make_server(ADMIN_USERNAME="admin", ADMIN_PASSWORD=ADMIN_PASSWORD, LOGIN_DELAY_S="0")
 
 
 async def log_in(page: Page, username: str = "admin", password: str = ADMIN_PASSWORD) -> None:

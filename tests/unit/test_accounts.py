@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 import pytest
 
-from app import Accounts, ApiError, Metrics, Room, RoomRecord, Settings
+from app import Accounts, ApiError, Limit, Metrics, Room, RoomRecord, Settings
 
 
 def a_room(settings: Settings, owner: str | None, private: bool = False) -> Room:
@@ -15,7 +17,7 @@ def a_room(settings: Settings, owner: str | None, private: bool = False) -> Room
 async def test_login_session_refresh_and_reuse(accounts: Accounts):
     user = await accounts.create_user("alice", "correct horse", "user")
     assert await accounts.verify_login("alice", "wrong password", "1.2.3.4") is None
-    assert await accounts.verify_login("ALICE", "correct horse", "1.2.3.4") == user
+    assert await accounts.verify_login("ALICE", "correct horse", "5.6.7.8") == user
     access, refresh = await accounts.start_session(user)
     assert accounts.authenticate(access).user_id == user.id
     _, access2, refresh2 = await accounts.refresh_session(refresh)
@@ -25,6 +27,29 @@ async def test_login_session_refresh_and_reuse(accounts: Accounts):
     with pytest.raises(ApiError, match="Session ended"):
         accounts.authenticate(access2)
     assert accounts.announced, "the other processes are told of every change"
+
+
+def test_a_limit_doubles_the_wait_after_each_event_up_to_its_cap_then_stops_them():
+    limit = Limit(events=5, delay_s=1, max_delay_s=5)
+    window: deque[float] = deque()
+    waits = []
+    for _ in range(5):
+        waits.append(limit.wait(window, 900, 0.0))
+        window.append(0.0)
+    assert waits == [0, 1, 2, 4, 5]
+    assert limit.wait(window, 900, 0.0) == 900  # the hard limit: until the window moves
+    assert Limit(events=5).wait(deque([0.0] * 4), 900, 0.0) == 0  # no delay_s: no wait
+
+
+async def test_failed_logins_wait_at_their_address_only(accounts: Accounts):
+    user = await accounts.create_user("alice", "correct horse", "user")
+    assert await accounts.verify_login("alice", "a guess", "203.0.113.66") is None
+    for password in ("a guess", "correct horse"):
+        with pytest.raises(ApiError) as refused:
+            await accounts.verify_login("alice", password, "203.0.113.66")
+        assert refused.value.status == 429 and refused.value.headers() == [("Retry-After", "1")]
+    assert await accounts.verify_login("alice", "correct horse", "198.51.100.7") == user
+    assert await accounts.verify_login("bob", "a guess", "203.0.113.66") is None  # another user
 
 
 async def test_rights_of_the_root_token_users_and_api_tokens(accounts: Accounts, settings):
