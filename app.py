@@ -191,6 +191,7 @@ class Settings(BaseSettings):
     chat_rate_window_s: Seconds = 60
     chat_max_per_client: Count = 3
     chat_max_total: Count = 50
+    room_ai_max_total: Count = 10
     chat_require_login: bool = False
     chat_ttl_s: Seconds = 300
     chat_idle_s: Seconds = 30
@@ -2211,6 +2212,20 @@ def load_secret_key(settings: Settings) -> str:
     return key
 
 
+def client_key(address: str) -> str:
+    """What a client's limits are counted under: its address; for IPv6, its /64 (a host
+    gets a whole /64 from its provider and may send from any address in it)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:  # ::ffff:a.b.c.d is IPv4 a.b.c.d
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 class Limit(NamedTuple):
     """What a RateLimiter allows a key: at most `events` in the window (0: any number), and,
     with `delay_s`, after n events in the window the next only `delay_s * 2**(n-1)` (at most
@@ -2371,14 +2386,16 @@ class Accounts:
 
     async def verify_login(self, username: str, password: str, address: str) -> User | None:
         """The enabled user with this username and password, else None. Failed attempts are
-        counted per username at a client address, so guesses from one address never lock
-        the user out at another: each failure doubles the wait before the next attempt
-        there (LOGIN_DELAY_S up to LOGIN_DELAY_MAX_S), LOGIN_MAX_FAILURES ends them for the
-        window; and per address (LOGIN_MAX_FAILURES_PER_ADDRESS, any username). Refused:
-        429. An unknown username costs the same argon2 verification as a wrong password."""
+        counted per username at a client address (see client_key), so guesses from one
+        address never lock the user out at another: each failure doubles the wait before
+        the next attempt there (LOGIN_DELAY_S up to LOGIN_DELAY_MAX_S), LOGIN_MAX_FAILURES
+        ends them for the window; and per address (LOGIN_MAX_FAILURES_PER_ADDRESS, any
+        username). Refused: 429. An unknown username costs the same argon2 verification as
+        a wrong password."""
         settings = self.settings
-        at_address = f"user:{username.lower()} address:{address}"
-        from_address = f"address:{address}"
+        client = client_key(address)
+        at_address = f"user:{username.lower()} address:{client}"
+        from_address = f"address:{client}"
         limits = {
             at_address: Limit(
                 settings.login_max_failures, settings.login_delay_s, settings.login_delay_max_s
@@ -3864,7 +3881,8 @@ class Relay:
     def __init__(self, settings: Settings, metrics: Metrics, hub: Hub) -> None:
         self.settings, self.metrics, self.hub = settings, metrics, hub
         self.chats: dict[str, Chat] = {}
-        self.starts = RateLimiter(self.settings.chat_rate_window_s)  # chat starts per client
+        # chat starts per client (its address, or IPv6 /64: client_key)
+        self.starts = RateLimiter(self.settings.chat_rate_window_s)
         self.client: httpx.AsyncClient
         self.closing = asyncio.Event()
         self._reaper: asyncio.Task
@@ -3875,7 +3893,9 @@ class Relay:
             timeout=httpx.Timeout(
                 self.settings.llm_read_timeout_s, connect=self.settings.llm_connect_timeout_s
             ),
-            limits=httpx.Limits(max_connections=self.settings.chat_max_total),
+            limits=httpx.Limits(
+                max_connections=self.settings.chat_max_total + self.settings.room_ai_max_total
+            ),
         )
         self._reaper = asyncio.create_task(self._reap())
         if self.settings.llm_api_key:
@@ -3885,30 +3905,37 @@ class Relay:
 
     def start_chat(
         self,
-        client: str,
+        address: str,
         messages: list[dict[str, str]],
         uid: str | None = None,
         room: Room | None = None,
         speaker: str = "",
     ) -> Chat:
+        """A chat for the client at `address`; in `room`, the AI speaker (the caller checked
+        the publish right)."""
         if self.closing.is_set():
             raise shutting_down()
         if uid in self.chats:
             raise ApiError(409, f"Chat already exists: {uid}", uid=uid)
-        self.admit(client)
+        client = client_key(address)
+        self.admit(client, room is not None)
         chat = Chat(self, uid or uuid.uuid4().hex, client, room, speaker)
         self.chats[chat.uid] = chat
         chat.task = asyncio.create_task(chat.answer(messages))
         self.metrics.relay_streams.inc()
         return chat
 
-    def admit(self, client: str) -> None:
-        """Count a chat start for `client`, or raise 429 when a limit says no."""
+    def admit(self, client: str, in_room: bool) -> None:
+        """Count a chat start for `client`, or raise 429 when a limit says no. The rooms' AI
+        speakers (publish rights) have a capacity of their own, which chats anyone may
+        start cannot take."""
         running = [chat for chat in self.chats.values() if chat.state == "running"]
-        if len(running) >= self.settings.chat_max_total:
-            raise ApiError(
-                429, "The server is busy with other chats", retry_after=BUSY_RETRY_AFTER_S
-            )
+        if in_room:
+            capacity, busy = self.settings.room_ai_max_total, "other AI answers in rooms"
+        else:
+            capacity, busy = self.settings.chat_max_total, "other chats"
+        if sum((chat.room is not None) == in_room for chat in running) >= capacity:
+            raise ApiError(429, f"The server is busy with {busy}", retry_after=BUSY_RETRY_AFTER_S)
         if sum(chat.client == client for chat in running) >= self.settings.chat_max_per_client:
             raise ApiError(
                 429,

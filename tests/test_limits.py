@@ -38,3 +38,45 @@ def test_failed_logins_at_one_address_do_not_lock_the_user_out_at_another(make_s
         assert_envelope(refused, 429, "Too many failed logins")
         assert 1 <= int(refused.headers["retry-after"]) <= 30
         assert refused.json()["retry_after"] == int(refused.headers["retry-after"])
+
+
+# The AI relay (11)
+
+
+async def test_the_room_ai_starts_while_anonymous_chats_fill_chat_max_total(make_server):
+    server: Server = make_server(
+        TRUST_PROXY="1",
+        DEMO_DELAY_S="0.2",  # demo chats stay running for seconds
+        CHAT_MAX_TOTAL="2",
+        ROOM_AI_MAX_TOTAL="1",
+    )
+    chat_url, ai_url = f"{server.url}/api/v1/chat", f"{server.url}/api/v1/rooms/lobby/ai"
+    async with httpx.AsyncClient(timeout=10) as client:
+        for n in (1, 2):
+            reply = await client.post(
+                chat_url, json={"prompt": "hi"}, headers=from_address(f"203.0.113.{n}")
+            )
+            assert reply.status_code == 202, reply.text
+        busy = await client.post(chat_url, json={"prompt": "hi"}, headers=from_address("::1"))
+        assert_envelope(busy, 429, "The server is busy with other chats")
+        root = {"Authorization": f"Bearer {server.token}"}
+        started = await client.post(ai_url, json={"prompt": "hi"}, headers=root)
+        assert started.status_code == 202, started.text
+        full = await client.post(ai_url, json={"prompt": "hi"}, headers=root)
+        assert_envelope(full, 429, "The server is busy with other AI answers in rooms")
+        assert int(full.headers["retry-after"]) > 0
+
+
+async def test_ipv6_clients_of_one_64_share_their_limits(make_server):
+    server: Server = make_server(TRUST_PROXY="1", DEMO_DELAY_S="0.2", CHAT_MAX_PER_CLIENT="1")
+    url = f"{server.url}/api/v1/chat"
+    async with httpx.AsyncClient(timeout=10) as client:
+
+        async def start(address: str) -> httpx.Response:
+            return await client.post(url, json={"prompt": "hi"}, headers=from_address(address))
+
+        assert (await start("2001:db8:1:2::1")).status_code == 202
+        same_64 = await start("2001:db8:1:2:ffff:ffff:ffff:fffe")
+        assert_envelope(same_64, 429, "Too many chats at once (max 1)")
+        assert (await start("2001:db8:1:3::1")).status_code == 202  # the next /64
+        assert (await start("203.0.113.9")).status_code == 202

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections import deque
-
 import pytest
 
-from app import Accounts, ApiError, Limit, Metrics, Room, RoomRecord, Settings
+from app import Accounts, ApiError, Metrics, Room, RoomRecord, Settings
 
 
 def a_room(settings: Settings, owner: str | None, private: bool = False) -> Room:
@@ -27,18 +25,6 @@ async def test_login_session_refresh_and_reuse(accounts: Accounts):
     with pytest.raises(ApiError, match="Session ended"):
         accounts.authenticate(access2)
     assert accounts.announced, "the other processes are told of every change"
-
-
-def test_a_limit_doubles_the_wait_after_each_event_up_to_its_cap_then_stops_them():
-    limit = Limit(events=5, delay_s=1, max_delay_s=5)
-    window: deque[float] = deque()
-    waits = []
-    for _ in range(5):
-        waits.append(limit.wait(window, 900, 0.0))
-        window.append(0.0)
-    assert waits == [0, 1, 2, 4, 5]
-    assert limit.wait(window, 900, 0.0) == 900  # the hard limit: until the window moves
-    assert Limit(events=5).wait(deque([0.0] * 4), 900, 0.0) == 0  # no delay_s: no wait
 
 
 async def test_failed_logins_wait_at_their_address_only(accounts: Accounts):
