@@ -97,6 +97,7 @@ from quart_schema import (
     document_request,
     document_response,
     hide,
+    validate_querystring,
     validate_request,
     validate_response,
 )
@@ -208,6 +209,7 @@ class Settings(BaseSettings):
     login_delay_s: Annotated[float, Field(ge=0)] = 1
     login_delay_max_s: Seconds = 30
     max_header_bytes: Count = 16384
+    max_rooms_per_user: Annotated[int, Field(ge=0)] = 100
     body_timeout_s: Seconds = 10
     trust_proxy: Annotated[int, Field(ge=0)] = 0
     access_log: bool = True
@@ -680,10 +682,19 @@ class Storage:
             for row in await self._rows(f"SELECT {ROOM_COLUMNS} FROM rooms")
         ]
 
-    async def insert_room(self, room: RoomRecord) -> int:
+    async def insert_room(self, room: RoomRecord, max_owned: int = 0) -> int | None:
         """Store a new room; returns its last id: 0, or for the id of a deleted room, that
-        room's (see deleted_rooms in schema.sql)."""
+        room's (see deleted_rooms in schema.sql). None, storing nothing, when its owner has
+        `max_owned` rooms already (0: no limit): counted in the transaction, so processes
+        creating rooms at once cannot pass the limit together."""
         async with self.transaction() as db:
+            if max_owned and room.owner is not None:
+                async with db.execute(
+                    "SELECT COUNT(*) FROM rooms WHERE owner = ?", (room.owner,)
+                ) as cursor:
+                    (owned,) = await cursor.fetchone()
+                if owned >= max_owned:
+                    return None
             async with db.execute(
                 "SELECT last_id FROM deleted_rooms WHERE id = ?", (room.id,)
             ) as cursor:
@@ -1833,7 +1844,10 @@ class Hub:
         for record in await self.storage.load_rooms():
             self.apply_room(record)
 
-    async def create_room(self, room_id: str, owner: str | None, **fields: Any) -> RoomRecord:
+    async def create_room(
+        self, room_id: str, owner: str | None, max_owned: int = 0, **fields: Any
+    ) -> RoomRecord:
+        """Create a room; 403 when its owner has `max_owned` rooms already (0: no limit)."""
         record = RoomRecord(
             id=room_id,
             owner=owner,
@@ -1844,7 +1858,14 @@ class Hub:
             last_id=0,
             created_at=now_ms(),
         )
-        record.last_id = await self.storage.insert_room(record)
+        last_id = await self.storage.insert_room(record, max_owned)
+        if last_id is None:
+            raise ApiError(
+                403,
+                f"Room limit reached: a user may own {max_owned} rooms; delete one first",
+                limit=max_owned,
+            )
+        record.last_id = last_id
         self.rooms[room_id] = Room(record, self.settings, self.metrics)
         await self.broker.room_changed(record)
         return record
@@ -3406,8 +3427,20 @@ class RoomOut(RoomRecord):
     subscribers: Presence
 
 
+ROOMS_PAGE, MAX_ROOMS_PAGE = 100, 1000
+
+
+class RoomsQuery(BaseModel):
+    limit: int = Field(default=ROOMS_PAGE, ge=1, le=MAX_ROOMS_PAGE, description="rooms per page")
+    after: matching(ROOM_ID.pattern, "a room id") | None = Field(
+        default=None, description="the `next` of the previous page: the rooms after this id"
+    )
+    token: str | None = Field(default=None, description="for the private rooms one may read")
+
+
 class RoomsReply(Reply):
     rooms: list[RoomOut]
+    next: str | None = Field(description="`after` for the next page; null: this was the last")
 
 
 class RoomReply(Reply):
@@ -3431,32 +3464,44 @@ async def room_summary(room: Room) -> dict[str, Any]:
 
 
 @routes.get("/api/v1/rooms")
+@validate_querystring(RoomsQuery)
 @validate_response(RoomsReply)
-async def list_rooms():
-    """Public rooms, and the private ones the caller may subscribe to"""
+async def list_rooms(query_args: RoomsQuery):
+    """Public rooms, and the private ones the caller may subscribe to, a page at a time
+
+    By id; the reply's `next` is the `after` of the next page (null: none)."""
     token = request_token()
     principal = current_app.accounts.authenticate(token) if token else None
-    rooms = [
-        await room_summary(room)
-        for room in current_app.hub.rooms.values()
-        if not room.record.private or (principal and principal.may(room, "subscribe"))
-    ]
-    return ok(rooms=rooms)
+    after = query_args.after.lower() if query_args.after is not None else ""
+    rooms = current_app.hub.rooms
+    page = []
+    for room_id in sorted(room_id for room_id in rooms if room_id > after):
+        room = rooms[room_id]
+        if not room.record.private or (principal and principal.may(room, "subscribe")):
+            if len(page) == query_args.limit:
+                return ok(rooms=page, next=page[-1]["id"])
+            page.append(await room_summary(room))
+    return ok(rooms=page, next=None)
 
 
 @routes.post("/api/v1/rooms")
 @validate_request(RoomCreate)
 @validate_response(RoomCreatedReply, 201)
 async def create_room(data: RoomCreate):
-    """Create a room (owned by the caller)"""
+    """Create a room (owned by the caller; a user may own MAX_ROOMS_PER_USER, admins any
+    number)"""
     principal = current_app.accounts.authorize(request_token(data.token), None, "manage")
     canonical = data.id.lower()
     conflict = ApiError(409, f"Room already exists: {canonical}", room=canonical)
     if canonical in current_app.hub.rooms:
         raise conflict
     fields = data.fields({})
+    # admins (and the root token) are trusted with any number of rooms
+    max_owned = 0 if principal.role == "admin" else current_app.settings.max_rooms_per_user
     try:
-        record = await current_app.hub.create_room(canonical, principal.user_id, **fields)
+        record = await current_app.hub.create_room(
+            canonical, principal.user_id, max_owned, **fields
+        )
     except sqlite3.IntegrityError:
         raise conflict from None
     return ok("Room Created", 201, room=record.as_dict())

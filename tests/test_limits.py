@@ -80,3 +80,74 @@ async def test_ipv6_clients_of_one_64_share_their_limits(make_server):
         assert_envelope(same_64, 429, "Too many chats at once (max 1)")
         assert (await start("2001:db8:1:3::1")).status_code == 202  # the next /64
         assert (await start("203.0.113.9")).status_code == 202
+
+
+# Rooms (12)
+
+
+def session(server: Server, username: str, role: str) -> dict[str, str]:
+    """Authorization for a new user's login session."""
+    password = f"{username} password"
+    body = {"username": username, "password": password}
+    user = body | {"role": role}
+    made = httpx.post(f"{server.url}/api/v1/users", json=user, headers=bearer(server.token))
+    assert made.status_code == 201, made.text
+    reply = httpx.post(f"{server.url}/api/v1/auth/login", json=body)
+    assert reply.status_code == 200, reply.text
+    return bearer(reply.json()["access_token"])
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_a_user_owns_at_most_max_rooms_per_user_and_admins_any_number(make_server):
+    server: Server = make_server(MAX_ROOMS_PER_USER="2")
+    url = f"{server.url}/api/v1/rooms"
+    user, admin = session(server, "alice", "user"), session(server, "boss", "admin")
+    for room in ("a1", "a2"):
+        assert httpx.post(url, json={"id": room}, headers=user).status_code == 201
+    refused = httpx.post(url, json={"id": "a3"}, headers=user)
+    assert_envelope(refused, 403, "Room limit reached: a user may own 2 rooms; delete one first")
+    assert refused.json()["limit"] == 2
+    assert httpx.get(f"{url}/a3").status_code == 404, "nothing was made"
+    assert httpx.delete(f"{url}/a1", headers=user).status_code == 200
+    assert httpx.post(url, json={"id": "a3"}, headers=user).status_code == 201
+    for room in ("b1", "b2", "b3"):
+        assert httpx.post(url, json={"id": room}, headers=admin).status_code == 201
+        assert httpx.post(url, json={"id": f"r{room}"}, headers=bearer(server.token)).is_success
+
+
+def test_the_room_list_comes_in_pages_by_id(make_server):
+    server: Server = make_server()
+    url = f"{server.url}/api/v1/rooms"
+    made = [f"room{n:02d}" for n in range(12)]
+    for room in reversed(made):
+        reply = httpx.post(
+            url, json={"id": room, "private": room == "room05"}, headers=bearer(server.token)
+        )
+        assert reply.status_code == 201
+    everything = httpx.get(url).json()
+    assert everything["next"] is None  # fits in the default page: as before paging
+    public = sorted({*made, "lobby"} - {"room05"})
+    assert [room["id"] for room in everything["rooms"]] == public
+    pages, after = [], None
+    while True:
+        page = httpx.get(url, params={"limit": 5} | ({"after": after} if after else {})).json()
+        assert page["success"] is True and len(page["rooms"]) <= 5
+        pages.append([room["id"] for room in page["rooms"]])
+        if (after := page["next"]) is None:
+            break
+        assert after == pages[-1][-1]
+    assert pages == [public[:5], public[5:10], public[10:]]
+    with_private = httpx.get(
+        url, params={"limit": 5, "after": "room04"}, headers=bearer(server.token)
+    )
+    assert [room["id"] for room in with_private.json()["rooms"]] == made[5:10]
+    assert httpx.get(url, params={"after": "ROOM10"}).json()["rooms"][0]["id"] == "room11"
+    for bad, fragment in [
+        ({"limit": 0}, "limit"),
+        ({"limit": 1001}, "limit"),
+        ({"after": "no!"}, "after"),
+    ]:
+        assert_envelope(httpx.get(url, params=bad), 400, fragment)

@@ -472,6 +472,23 @@ async def test_admin_login_create_room_send_and_a_player_shows_it(browser: Brows
     await page.wait_for_selector("#login-view:not([hidden])")
 
 
+async def test_admin_lists_every_room_past_one_page(browser: Browser, hub: Server):
+    made = [f"r{n:04d}" for n in range(1001)]  # the page asks for 1000 at a time
+    root = {"Authorization": f"Bearer {hub.token}"}
+    async with httpx.AsyncClient(base_url=hub.url, headers=root) as client:
+        for start in range(0, len(made), 50):
+            replies = await asyncio.gather(
+                *(
+                    client.post("/api/v1/rooms", json={"id": room})
+                    for room in made[start : start + 50]
+                )
+            )
+            assert all(reply.status_code == 201 for reply in replies)
+    page = await admin_page(browser, hub)
+    await page.wait_for_selector("#rooms button[data-room=r1000]")
+    assert await page.locator("#rooms button").count() == len(made) + 1  # and the lobby
+
+
 async def test_admin_api_token_is_shown_once_and_works_from_curl(browser: Browser, hub: Server):
     page = await admin_page(browser, hub, permissions=["clipboard-read", "clipboard-write"])
     await page.fill("#create-token [name=name]", "obs")
