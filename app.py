@@ -2995,6 +2995,18 @@ class ApiRequest(Request):
         return request_json(body) if body else {}
 
 
+def oversized_head(scope: dict[str, Any], limit: int) -> ApiError | None:
+    """The error for a request whose target (414) or target and headers (431) are over
+    MAX_HEADER_BYTES. Hypercorn bounds what it buffers of a head still arriving, but not a
+    head that arrives at once (60 KB request lines were accepted)."""
+    target = len(scope["raw_path"]) + len(scope["query_string"])
+    if target > limit:
+        return ApiError(414, f"Request target too long (max {limit} bytes)")
+    if target + sum(len(name) + len(value) for name, value in scope["headers"]) > limit:
+        return ApiError(431, f"Request headers too large (max {limit} bytes)")
+    return None
+
+
 class StreamingMessage(Quart):
     """Quart with the hot path in front: streams, publishes and API preflights are served
     as plain ASGI (one Hypercorn request and none of Quart's); the rest goes on to Quart.
@@ -3020,13 +3032,8 @@ class StreamingMessage(Quart):
             extra.append(HSTS)
         send_with_headers = HeaderedSend(send, scope, extra, settings.frame_ancestors)
         try:
-            # Hypercorn bounds the headers it buffers (MAX_HEADER_BYTES), but not headers
-            # that arrive at once
-            if sum(len(name) + len(value) for name, value in scope["headers"]) > (
-                settings.max_header_bytes
-            ):
-                msg = f"Request headers too large (max {settings.max_header_bytes} bytes)"
-                await send_error(send_with_headers, ApiError(431, msg))
+            if oversized := oversized_head(scope, settings.max_header_bytes):
+                await send_error(send_with_headers, oversized)
             elif scope["path"].startswith("/api/v1/"):
                 try:
                     await self.hot_route(scope, receive, send_with_headers, headers)

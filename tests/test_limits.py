@@ -5,8 +5,10 @@ and only the known usage fields from the AI service."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
-from conftest import Server, assert_envelope
+from conftest import Server, assert_envelope, raw_request
 
 ADMIN = {"ADMIN_USERNAME": "admin", "ADMIN_PASSWORD": "admin password 1"}
 
@@ -151,3 +153,28 @@ def test_the_room_list_comes_in_pages_by_id(make_server):
         ({"after": "no!"}, "after"),
     ]:
         assert_envelope(httpx.get(url, params=bad), 400, fragment)
+
+
+# The request line (13a)
+
+
+def reply_of(raw: bytes) -> tuple[int, dict]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), json.loads(body)
+
+
+def test_max_header_bytes_covers_the_request_line(server: Server):
+    """A 60 KB request line arriving at once (Hypercorn only bounds a head still arriving)."""
+    limit = 16384  # MAX_HEADER_BYTES's default
+    for target in [b"/healthz?pad=" + b"x" * 60_000, b"/api/v1/rooms/" + b"a" * 60_000]:
+        raw = raw_request(server, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert reply_of(raw) == (
+            414,
+            {"success": False, "code": 414, "msg": f"Request target too long (max {limit} bytes)"},
+        )
+    pad = b"x" * 9000
+    head = b"GET /healthz?pad=" + pad + b" HTTP/1.1\r\nHost: x\r\nX-Pad: " + pad + b"\r\n\r\n"
+    status, body = reply_of(raw_request(server, head))
+    assert status == 431 and body["msg"] == (f"Request headers too large (max {limit} bytes)")
+    fits = b"GET /healthz?pad=" + pad + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert reply_of(raw_request(server, fits))[0] == 200
