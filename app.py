@@ -3827,6 +3827,19 @@ def chat_messages(data: ChatRequest, settings: Settings) -> list[dict[str, str]]
     return conversation
 
 
+USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
+
+
+def known_usage(usage: Any) -> dict[str, int] | None:
+    """What the relay passes on of an upstream's `usage`: the known counts, when they are
+    integers (0 or more). Anything else a service sends there (nested details, costs, its
+    own fields) stays here; None when nothing is left."""
+    if not isinstance(usage, dict):
+        return None
+    counts = {name: usage.get(name) for name in USAGE_FIELDS}
+    return {name: n for name, n in counts.items() if type(n) is int and n >= 0} or None
+
+
 async def upstream_refusal(response: httpx.Response) -> ApiError:
     """The error for a non-200 answer. Its body goes to the log (without the key), never to
     the client."""
@@ -4094,7 +4107,7 @@ class Relay:
                     if chunk.get("error"):
                         log.warning("AI service error in stream: %s", event.data[:300])
                         raise ApiError(502, "The AI service reported an error")
-                    done["usage"] = chunk.get("usage") or done["usage"]
+                    done["usage"] = known_usage(chunk.get("usage")) or done["usage"]
                     for choice in chunk.get("choices") or []:
                         content = (choice.get("delta") or {}).get("content")
                         if not isinstance(content, str | None):

@@ -269,4 +269,5 @@ def fake_llm() -> Iterator[FakeLLM]:
 def llm(fake_llm: FakeLLM) -> FakeLLM:
     """The stand-in, reset to answer normally."""
     fake_llm.mode, fake_llm.words, fake_llm.delay = "ok", list(WORDS), 0.02
+    fake_llm.usage = None
     return fake_llm

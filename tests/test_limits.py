@@ -9,6 +9,8 @@ import json
 
 import httpx
 from conftest import Server, assert_envelope, raw_request
+from fake_llm import INTERNALS, FakeLLM, relay_env
+from httpx_sse import aconnect_sse
 
 ADMIN = {"ADMIN_USERNAME": "admin", "ADMIN_PASSWORD": "admin password 1"}
 
@@ -178,3 +180,36 @@ def test_max_header_bytes_covers_the_request_line(server: Server):
     assert status == 431 and body["msg"] == (f"Request headers too large (max {limit} bytes)")
     fits = b"GET /healthz?pad=" + pad + b" HTTP/1.1\r\nHost: x\r\n\r\n"
     assert reply_of(raw_request(server, fits))[0] == 200
+
+
+# The AI service's usage (13b)
+
+
+async def test_only_the_known_integer_usage_counts_reach_the_client(make_server, llm: FakeLLM):
+    server: Server = make_server(**relay_env(llm))
+
+    async def usage_sent(upstream_usage: dict) -> dict | None:
+        """The `usage` of a chat's `done` event, the stand-in sending `upstream_usage`."""
+        llm.usage = upstream_usage
+        async with (
+            httpx.AsyncClient(timeout=10) as client,
+            aconnect_sse(
+                client, "POST", f"{server.url}/api/v1/chat/stream", json={"prompt": "hi"}
+            ) as source,
+        ):
+            done = [event async for event in source.aiter_sse() if event.event == "done"]
+        return json.loads(done[0].data)["usage"]
+
+    sent = await usage_sent(
+        {
+            "prompt_tokens": 9,
+            "completion_tokens": True,  # not a count
+            "total_tokens": 20,
+            "prompt_tokens_details": {"cached_tokens": 3, "audio_tokens": 0},
+            "cost": 0.0021,
+            "reasoning_tokens": 4,
+            "route": {"shard": INTERNALS},
+        }
+    )
+    assert sent == {"prompt_tokens": 9, "total_tokens": 20}
+    assert await usage_sent({"prompt_tokens": "9", "total_tokens": -1, "extra": [1]}) is None
