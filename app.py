@@ -58,7 +58,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 import aiosqlite
@@ -195,6 +195,7 @@ class Settings(BaseSettings):
     chat_rate_window_s: Seconds = 60
     chat_max_per_client: Count = 3
     chat_max_total: Count = 50
+    room_ai_max_total: Count = 10
     chat_require_login: bool = False
     chat_ttl_s: Seconds = 300
     chat_idle_s: Seconds = 30
@@ -208,7 +209,10 @@ class Settings(BaseSettings):
     login_max_failures: Annotated[int, Field(ge=0)] = 10
     login_max_failures_per_address: Annotated[int, Field(ge=0)] = 30
     login_window_s: Seconds = 900
+    login_delay_s: Annotated[float, Field(ge=0)] = 1
+    login_delay_max_s: Seconds = 30
     max_header_bytes: Count = 16384
+    max_rooms_per_user: Annotated[int, Field(ge=0)] = 100
     body_timeout_s: Seconds = 10
     trust_proxy: Annotated[int, Field(ge=0)] = 0
     access_log: bool = True
@@ -694,10 +698,19 @@ class Storage:
             for row in await self._rows(f"SELECT {ROOM_COLUMNS} FROM rooms")
         ]
 
-    async def insert_room(self, room: RoomRecord) -> int:
+    async def insert_room(self, room: RoomRecord, max_owned: int = 0) -> int | None:
         """Store a new room; returns its last id: 0, or for the id of a deleted room, that
-        room's (see deleted_rooms in schema.sql)."""
+        room's (see deleted_rooms in schema.sql). None, storing nothing, when its owner has
+        `max_owned` rooms already (0: no limit): counted in the transaction, so processes
+        creating rooms at once cannot pass the limit together."""
         async with self.transaction() as db:
+            if max_owned and room.owner is not None:
+                async with db.execute(
+                    "SELECT COUNT(*) FROM rooms WHERE owner = ?", (room.owner,)
+                ) as cursor:
+                    (owned,) = await cursor.fetchone()
+                if owned >= max_owned:
+                    return None
             async with db.execute(
                 "SELECT last_id FROM deleted_rooms WHERE id = ?", (room.id,)
             ) as cursor:
@@ -2001,7 +2014,10 @@ class Hub:
         for record in await self.storage.load_rooms():
             self.apply_room(record)
 
-    async def create_room(self, room_id: str, owner: str | None, **fields: Any) -> RoomRecord:
+    async def create_room(
+        self, room_id: str, owner: str | None, max_owned: int = 0, **fields: Any
+    ) -> RoomRecord:
+        """Create a room; 403 when its owner has `max_owned` rooms already (0: no limit)."""
         record = RoomRecord(
             id=room_id,
             owner=owner,
@@ -2012,7 +2028,14 @@ class Hub:
             last_id=0,
             created_at=now_ms(),
         )
-        record.last_id = await self.storage.insert_room(record)
+        last_id = await self.storage.insert_room(record, max_owned)
+        if last_id is None:
+            raise ApiError(
+                403,
+                f"Room limit reached: a user may own {max_owned} rooms; delete one first",
+                limit=max_owned,
+            )
+        record.last_id = last_id
         self.rooms[room_id] = Room(record, self.settings, self.metrics)
         await self.broker.room_changed(record)
         return record
@@ -2495,25 +2518,57 @@ def load_secret_key(settings: Settings) -> str:
     return key
 
 
+def client_key(address: str) -> str:
+    """What a client's limits are counted under: its address; for IPv6, its /64 (a host
+    gets a whole /64 from its provider and may send from any address in it)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:  # ::ffff:a.b.c.d is IPv4 a.b.c.d
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+class Limit(NamedTuple):
+    """What a RateLimiter allows a key: at most `events` in the window (0: any number), and,
+    with `delay_s`, after n events in the window the next only `delay_s * 2**(n-1)` (at most
+    `max_delay_s`) after the last."""
+
+    events: int
+    delay_s: float = 0
+    max_delay_s: float = 0
+
+    def wait(self, window: deque[float], window_s: float, now: float) -> float:
+        """Seconds until the key's next event is allowed (0 or less: now)."""
+        wait = window[0] + window_s - now if 0 < self.events <= len(window) else 0.0
+        if self.delay_s and window:
+            delay = min(self.delay_s * 2 ** min(len(window) - 1, 32), self.max_delay_s)
+            wait = max(wait, window[-1] + delay - now)
+        return wait
+
+
 class RateLimiter:
-    """Events per key (a username, a client address) in a sliding window. Past a key's
-    limit (0: none) the next event is refused with 429 and Retry-After."""
+    """Events per key (a client address, a username at an address) in a sliding window,
+    each key held to its Limit: an event it does not allow yet is refused with 429 and
+    Retry-After."""
 
     def __init__(self, window_s: float) -> None:
         self.window_s = window_s
         self.events: dict[str, deque[float]] = {}
 
-    def take(self, limits: dict[str, int], msg: str) -> float:
-        """Count an event for every key, or, when a key is at its limit, none: raise 429
-        with `msg` ({retry} is the seconds to wait). Returns the event's stamp."""
+    def take(self, limits: dict[str, Limit], msg: str) -> float:
+        """Count an event for every key, or, when a key's limit does not allow it yet, none:
+        raise 429 with `msg` ({retry} is the seconds to wait). Returns the event's stamp."""
         now = time.monotonic()
         wait = 0.0
         for key, limit in limits.items():
             window = self.events.setdefault(key, deque())
             while window and window[0] <= now - self.window_s:
                 window.popleft()
-            if 0 < limit <= len(window):
-                wait = max(wait, window[0] + self.window_s - now)
+            wait = max(wait, limit.wait(window, self.window_s, now))
         if wait > 0:
             retry = max(1, math.ceil(wait))
             raise ApiError(429, msg.format(retry=retry), retry_after=retry)
@@ -2524,12 +2579,15 @@ class RateLimiter:
             self.events = {k: w for k, w in self.events.items() if w and w[-1] > recent}
         return now
 
-    def give_back(self, limits: dict[str, int], stamp: float) -> None:
-        """Uncount an event (a login that succeeded)."""
-        for key in limits:
-            window = self.events.get(key)
-            if window is not None and stamp in window:
-                window.remove(stamp)
+    def give_back(self, key: str, stamp: float) -> None:
+        """Uncount an event."""
+        window = self.events.get(key)
+        if window is not None and stamp in window:
+            window.remove(stamp)
+
+    def forget(self, key: str) -> None:
+        """Uncount every event of a key."""
+        self.events.pop(key, None)
 
 
 class Accounts:
@@ -2548,8 +2606,8 @@ class Accounts:
         self.users: dict[str, User] = {}
         self.sessions: dict[str, tuple[str, int]] = {}  # live: id -> (user id, expiry ms)
         self.api_tokens: dict[str, ApiToken] = {}  # by SHA-256 of the secret
-        # a login attempt counts when it starts (parallel guesses count too) and is given
-        # back when it succeeds
+        # a login attempt counts when it starts (parallel guesses count too); one that
+        # succeeds is given back, and clears its username's failures at that address
         self.logins = RateLimiter(settings.login_window_s)
         self.started = False
 
@@ -2633,12 +2691,22 @@ class Accounts:
                 return False
 
     async def verify_login(self, username: str, password: str, address: str) -> User | None:
-        """The enabled user with this username and password, else None. Attempts are limited
-        per username and per client address (429); an unknown username costs the same
-        argon2 verification as a wrong password."""
+        """The enabled user with this username and password, else None. Failed attempts are
+        counted per username at a client address (see client_key), so guesses from one
+        address never lock the user out at another: each failure doubles the wait before
+        the next attempt there (LOGIN_DELAY_S up to LOGIN_DELAY_MAX_S), LOGIN_MAX_FAILURES
+        ends them for the window; and per address (LOGIN_MAX_FAILURES_PER_ADDRESS, any
+        username). Refused: 429. An unknown username costs the same argon2 verification as
+        a wrong password."""
+        settings = self.settings
+        client = client_key(address)
+        at_address = f"user:{username.lower()} address:{client}"
+        from_address = f"address:{client}"
         limits = {
-            f"user:{username.lower()}": self.settings.login_max_failures,
-            f"address:{address}": self.settings.login_max_failures_per_address,
+            at_address: Limit(
+                settings.login_max_failures, settings.login_delay_s, settings.login_delay_max_s
+            ),
+            from_address: Limit(settings.login_max_failures_per_address),
         }
         stamp = self.logins.take(limits, "Too many failed logins: try again in {retry} s")
         found = await self.storage.user_login(username)
@@ -2649,7 +2717,8 @@ class Accounts:
                 "failed login for %s from %s", user.username if user else "an unknown user", address
             )
             return None
-        self.logins.give_back(limits, stamp)
+        self.logins.forget(at_address)
+        self.logins.give_back(from_address, stamp)
         self.users[user.id] = user  # a user made by the CLI while the server runs
         return user
 
@@ -3264,6 +3333,18 @@ class ApiRequest(Request):
         return request_json(body) if body else {}
 
 
+def oversized_head(scope: dict[str, Any], limit: int) -> ApiError | None:
+    """The error for a request whose target (414) or target and headers (431) are over
+    MAX_HEADER_BYTES. Hypercorn bounds what it buffers of a head still arriving, but not a
+    head that arrives at once (60 KB request lines were accepted)."""
+    target = len(scope["raw_path"]) + len(scope["query_string"])
+    if target > limit:
+        return ApiError(414, f"Request target too long (max {limit} bytes)")
+    if target + sum(len(name) + len(value) for name, value in scope["headers"]) > limit:
+        return ApiError(431, f"Request headers too large (max {limit} bytes)")
+    return None
+
+
 class StreamingMessage(Quart):
     """Quart with the hot path in front: streams, publishes and API preflights are served
     as plain ASGI (one Hypercorn request and none of Quart's); the rest goes on to Quart.
@@ -3289,13 +3370,8 @@ class StreamingMessage(Quart):
             extra.append(HSTS)
         send_with_headers = HeaderedSend(send, scope, extra, settings.frame_ancestors)
         try:
-            # Hypercorn bounds the headers it buffers (MAX_HEADER_BYTES), but not headers
-            # that arrive at once
-            if sum(len(name) + len(value) for name, value in scope["headers"]) > (
-                settings.max_header_bytes
-            ):
-                msg = f"Request headers too large (max {settings.max_header_bytes} bytes)"
-                await send_error(send_with_headers, ApiError(431, msg))
+            if oversized := oversized_head(scope, settings.max_header_bytes):
+                await send_error(send_with_headers, oversized)
             elif scope["path"].startswith("/api/v1/"):
                 try:
                     await self.hot_route(scope, receive, send_with_headers, headers)
@@ -3713,8 +3789,20 @@ class RoomOut(RoomRecord):
     subscribers: Presence
 
 
+ROOMS_PAGE, MAX_ROOMS_PAGE = 100, 1000
+
+
+class RoomsQuery(BaseModel):
+    limit: int = Field(default=ROOMS_PAGE, ge=1, le=MAX_ROOMS_PAGE, description="rooms per page")
+    after: matching(ROOM_ID.pattern, "a room id") | None = Field(
+        default=None, description="the `next` of the previous page: the rooms after this id"
+    )
+    token: str | None = Field(default=None, description="for the private rooms one may read")
+
+
 class RoomsReply(Reply):
     rooms: list[RoomOut]
+    next: str | None = Field(description="`after` for the next page; null: this was the last")
 
 
 class RoomReply(Reply):
@@ -3738,32 +3826,44 @@ async def room_summary(room: Room) -> dict[str, Any]:
 
 
 @routes.get("/api/v1/rooms")
+@validate_querystring(RoomsQuery)
 @validate_response(RoomsReply)
-async def list_rooms():
-    """Public rooms, and the private ones the caller may subscribe to"""
+async def list_rooms(query_args: RoomsQuery):
+    """Public rooms, and the private ones the caller may subscribe to, a page at a time
+
+    By id; the reply's `next` is the `after` of the next page (null: none)."""
     token = request_token()
     principal = current_app.accounts.authenticate(token) if token else None
-    rooms = [
-        await room_summary(room)
-        for room in current_app.hub.rooms.values()
-        if not room.record.private or (principal and principal.may(room, "subscribe"))
-    ]
-    return ok(rooms=rooms)
+    after = query_args.after.lower() if query_args.after is not None else ""
+    rooms = current_app.hub.rooms
+    page = []
+    for room_id in sorted(room_id for room_id in rooms if room_id > after):
+        room = rooms[room_id]
+        if not room.record.private or (principal and principal.may(room, "subscribe")):
+            if len(page) == query_args.limit:
+                return ok(rooms=page, next=page[-1]["id"])
+            page.append(await room_summary(room))
+    return ok(rooms=page, next=None)
 
 
 @routes.post("/api/v1/rooms")
 @validate_request(RoomCreate)
 @validate_response(RoomCreatedReply, 201)
 async def create_room(data: RoomCreate):
-    """Create a room (owned by the caller)"""
+    """Create a room (owned by the caller; a user may own MAX_ROOMS_PER_USER, admins any
+    number)"""
     principal = current_app.accounts.authorize(request_token(data.token), None, "manage")
     canonical = data.id.lower()
     conflict = ApiError(409, f"Room already exists: {canonical}", room=canonical)
     if canonical in current_app.hub.rooms:
         raise conflict
     fields = data.fields({})
+    # admins (and the root token) are trusted with any number of rooms
+    max_owned = 0 if principal.role == "admin" else current_app.settings.max_rooms_per_user
     try:
-        record = await current_app.hub.create_room(canonical, principal.user_id, **fields)
+        record = await current_app.hub.create_room(
+            canonical, principal.user_id, max_owned, **fields
+        )
     except sqlite3.IntegrityError:
         raise conflict from None
     return ok("Room Created", 201, room=record.as_dict())
@@ -4116,6 +4216,19 @@ def chat_messages(data: ChatRequest, settings: Settings) -> list[dict[str, str]]
     return conversation
 
 
+USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
+
+
+def known_usage(usage: Any) -> dict[str, int] | None:
+    """What the relay passes on of an upstream's `usage`: the known counts, when they are
+    integers (0 or more). Anything else a service sends there (nested details, costs, its
+    own fields) stays here; None when nothing is left."""
+    if not isinstance(usage, dict):
+        return None
+    counts = {name: usage.get(name) for name in USAGE_FIELDS}
+    return {name: n for name, n in counts.items() if type(n) is int and n >= 0} or None
+
+
 async def upstream_refusal(response: httpx.Response) -> ApiError:
     """The error for a non-200 answer. Its body goes to the log (without the key), never to
     the client."""
@@ -4222,7 +4335,8 @@ class Relay:
     def __init__(self, settings: Settings, metrics: Metrics, hub: Hub) -> None:
         self.settings, self.metrics, self.hub = settings, metrics, hub
         self.chats: dict[str, Chat] = {}
-        self.starts = RateLimiter(self.settings.chat_rate_window_s)  # chat starts per client
+        # chat starts per client (its address, or IPv6 /64: client_key)
+        self.starts = RateLimiter(self.settings.chat_rate_window_s)
         self.client: httpx.AsyncClient
         self.closing = asyncio.Event()
         self._reaper: asyncio.Task
@@ -4233,7 +4347,9 @@ class Relay:
             timeout=httpx.Timeout(
                 self.settings.llm_read_timeout_s, connect=self.settings.llm_connect_timeout_s
             ),
-            limits=httpx.Limits(max_connections=self.settings.chat_max_total),
+            limits=httpx.Limits(
+                max_connections=self.settings.chat_max_total + self.settings.room_ai_max_total
+            ),
         )
         self._reaper = asyncio.create_task(self._reap())
         if self.settings.llm_api_key:
@@ -4243,30 +4359,37 @@ class Relay:
 
     def start_chat(
         self,
-        client: str,
+        address: str,
         messages: list[dict[str, str]],
         uid: str | None = None,
         room: Room | None = None,
         speaker: str = "",
     ) -> Chat:
+        """A chat for the client at `address`; in `room`, the AI speaker (the caller checked
+        the publish right)."""
         if self.closing.is_set():
             raise shutting_down()
         if uid in self.chats:
             raise ApiError(409, f"Chat already exists: {uid}", uid=uid)
-        self.admit(client)
+        client = client_key(address)
+        self.admit(client, room is not None)
         chat = Chat(self, uid or uuid.uuid4().hex, client, room, speaker)
         self.chats[chat.uid] = chat
         chat.task = asyncio.create_task(chat.answer(messages))
         self.metrics.relay_streams.inc()
         return chat
 
-    def admit(self, client: str) -> None:
-        """Count a chat start for `client`, or raise 429 when a limit says no."""
+    def admit(self, client: str, in_room: bool) -> None:
+        """Count a chat start for `client`, or raise 429 when a limit says no. The rooms' AI
+        speakers (publish rights) have a capacity of their own, which chats anyone may
+        start cannot take."""
         running = [chat for chat in self.chats.values() if chat.state == "running"]
-        if len(running) >= self.settings.chat_max_total:
-            raise ApiError(
-                429, "The server is busy with other chats", retry_after=BUSY_RETRY_AFTER_S
-            )
+        if in_room:
+            capacity, busy = self.settings.room_ai_max_total, "other AI answers in rooms"
+        else:
+            capacity, busy = self.settings.chat_max_total, "other chats"
+        if sum((chat.room is not None) == in_room for chat in running) >= capacity:
+            raise ApiError(429, f"The server is busy with {busy}", retry_after=BUSY_RETRY_AFTER_S)
         if sum(chat.client == client for chat in running) >= self.settings.chat_max_per_client:
             raise ApiError(
                 429,
@@ -4275,7 +4398,9 @@ class Relay:
                 retry_after=BUSY_RETRY_AFTER_S,
             )
         limit, window = self.settings.chat_rate_limit, self.settings.chat_rate_window_s
-        self.starts.take({client: limit}, f"Rate limited: at most {limit} chats per {window:g} s")
+        self.starts.take(
+            {client: Limit(limit)}, f"Rate limited: at most {limit} chats per {window:g} s"
+        )
 
     def find(self, uid: str) -> Chat:
         chat = self.chats.get(uid)
@@ -4371,7 +4496,7 @@ class Relay:
                     if chunk.get("error"):
                         log.warning("AI service error in stream: %s", event.data[:300])
                         raise ApiError(502, "The AI service reported an error")
-                    done["usage"] = chunk.get("usage") or done["usage"]
+                    done["usage"] = known_usage(chunk.get("usage")) or done["usage"]
                     for choice in chunk.get("choices") or []:
                         content = (choice.get("delta") or {}).get("content")
                         if not isinstance(content, str | None):

@@ -10,6 +10,7 @@ CREATE TABLE IF NOT EXISTS rooms (
     last_id      INTEGER NOT NULL DEFAULT 0,  -- last message id handed out; ids are never reused
     created_at   INTEGER NOT NULL             -- epoch ms
 );
+CREATE INDEX IF NOT EXISTS rooms_owner ON rooms (owner);  -- rooms per user (MAX_ROOMS_PER_USER)
 
 -- The last id of each deleted room. A room made again with its id goes on from there: a
 -- client resuming with an id of the old room gets every message of the new one.

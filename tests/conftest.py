@@ -7,6 +7,7 @@ import asyncio
 import fcntl
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -119,6 +120,27 @@ class Server:
         )
         assert reply.status_code == 202, reply.text
         return reply.json()
+
+
+def assert_envelope(reply: httpx.Response, status: int, fragment: str) -> None:
+    """An error reply in the envelope: `status`, and `fragment` in its msg."""
+    assert reply.status_code == status, reply.text
+    assert reply.headers["content-type"] == "application/json"
+    body = reply.json()
+    assert body["success"] is False and body["code"] == status
+    assert fragment in body["msg"], body
+
+
+def raw_request(server: Server, head: bytes, body: bytes = b"") -> bytes:
+    """Send bytes as they are (a slow client); the whole reply (it has a Content-Length)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head + body)
+        reply = b""
+        while b"\r\n\r\n" not in reply or len(reply.partition(b"\r\n\r\n")[2]) < int(
+            re.search(rb"content-length: (\d+)", reply).group(1)
+        ):
+            reply += sock.recv(65536)
+        return reply
 
 
 @pytest.fixture
@@ -255,4 +277,5 @@ def fake_llm() -> Iterator[FakeLLM]:
 def llm(fake_llm: FakeLLM) -> FakeLLM:
     """The stand-in, reset to answer normally."""
     fake_llm.mode, fake_llm.words, fake_llm.delay = "ok", list(WORDS), 0.02
+    fake_llm.usage = None
     return fake_llm

@@ -37,14 +37,15 @@ class Call:
 
 
 class FakeLLM:
-    """`with FakeLLM() as llm:` serves at `llm.base_url`. Set `mode`, `words`, `delay`
-    before a request; `calls` holds what arrived."""
+    """`with FakeLLM() as llm:` serves at `llm.base_url`. Set `mode`, `words`, `delay`,
+    `usage` before a request; `calls` holds what arrived."""
 
     def __init__(self, key: str = KEY) -> None:
         self.key = key
         self.mode = "ok"
         self.words = list(WORDS)
         self.delay = 0.02  # seconds between chunks
+        self.usage: dict | None = None  # the usage chunk's `usage`; None: the counts
         self.calls: list[Call] = []
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -117,7 +118,8 @@ class Handler(BaseHTTPRequestHandler):
                 call.disconnected.set()
                 return
         self.event({}, "stop", model)
-        usage = {"prompt_tokens": 9, "completion_tokens": len(pieces), "total_tokens": 9}
+        counts = {"prompt_tokens": 9, "completion_tokens": len(pieces), "total_tokens": 9}
+        usage = counts if fake.usage is None else fake.usage
         self.data(
             {"id": "chatcmpl-1", "object": "chat.completion.chunk", "choices": [], "usage": usage}
         )

@@ -29,13 +29,15 @@ names = itertools.count()
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory):
     """One server for the module: an admin from the environment, a known SECRET_KEY (to
-    forge tokens with), debug logging (searched for secrets), no address login limit."""
+    forge tokens with), debug logging (searched for secrets), no address login limit and no
+    wait after a failed login (tests try a wrong password, then the right one)."""
     server = Server(
         tmp_path_factory.mktemp("auth"),
         ADMIN_USERNAME="admin",
         ADMIN_PASSWORD=ADMIN_PASSWORD,
         SECRET_KEY=SECRET_KEY,
         LOGIN_MAX_FAILURES_PER_ADDRESS="100000",
+        LOGIN_DELAY_S="0",
         LOG_LEVEL="DEBUG",
     ).start()
     yield server
@@ -188,7 +190,7 @@ def test_usernames_are_unique_ignoring_case_and_validated(hub: Server):
 def test_no_default_password(make_server):
     with pytest.raises(RuntimeError, match="ADMIN_PASSWORD"):
         make_server(ADMIN_USERNAME="admin")
-    server = make_server()
+    server = make_server(LOGIN_DELAY_S="0")  # each guess gets its answer, not a wait
     for password in ["admin", "password", "", "changeme"]:
         reply = httpx.post(
             f"{server.url}/api/v1/auth/login", json={"username": "admin", "password": password}
@@ -378,12 +380,14 @@ def test_disabled_user_cannot_log_in_or_use_old_tokens(hub: Server, admin: Sessi
 # ---------------------------------------------------------------------------------------
 
 
-async def test_failed_logins_are_limited_per_username(make_server):
+async def test_failed_logins_are_limited_per_username_at_an_address(make_server):
+    """The hard limit (the growing wait before it: tests/test_limits.py)."""
     server = make_server(
         ADMIN_USERNAME="admin",
         ADMIN_PASSWORD=ADMIN_PASSWORD,
         LOGIN_MAX_FAILURES="3",
         LOGIN_WINDOW_S="3",
+        LOGIN_DELAY_S="0",
     )
     url = f"{server.url}/api/v1/auth/login"
     async with httpx.AsyncClient() as client:

@@ -11,33 +11,13 @@ import socket
 import time
 
 import httpx
-from conftest import Server, collect, subscribe
+from conftest import Server, assert_envelope, collect, raw_request, subscribe
 
 ADMIN = {"ADMIN_USERNAME": "admin", "ADMIN_PASSWORD": "admin password 1"}
 
 
 def root(server: Server) -> dict[str, str]:
     return {"Authorization": f"Bearer {server.token}"}
-
-
-def assert_envelope(reply: httpx.Response, status: int, fragment: str) -> None:
-    assert reply.status_code == status, reply.text
-    assert reply.headers["content-type"] == "application/json"
-    body = reply.json()
-    assert body["success"] is False and body["code"] == status
-    assert fragment in body["msg"], body
-
-
-def raw_request(server: Server, head: bytes, body: bytes = b"") -> bytes:
-    """Send bytes as they are (a slow client); the whole reply (it has a Content-Length)."""
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(head + body)
-        reply = b""
-        while b"\r\n\r\n" not in reply or len(reply.partition(b"\r\n\r\n")[2]) < int(
-            re.search(rb"content-length: (\d+)", reply).group(1)
-        ):
-            reply += sock.recv(65536)
-        return reply
 
 
 # Limits

@@ -412,7 +412,8 @@ ADMIN_PASSWORD = "admin password 1"
 
 @pytest.fixture
 def hub(make_server) -> Server:
-    return make_server(ADMIN_USERNAME="admin", ADMIN_PASSWORD=ADMIN_PASSWORD)
+    # no wait after a failed login: a test tries a wrong password, then the right one
+    return make_server(ADMIN_USERNAME="admin", ADMIN_PASSWORD=ADMIN_PASSWORD, LOGIN_DELAY_S="0")
 
 
 async def log_in(page: Page, username: str = "admin", password: str = ADMIN_PASSWORD) -> None:
@@ -492,6 +493,23 @@ async def test_admin_shows_recent_messages_from_the_history_api(browser: Browser
     hub.publish(data={"message": "live line"})
     await page.wait_for_selector("#history li:first-child:has-text('live line')")
     assert await items.count() == 50 and "line 58" in await items.nth(2).text_content()
+
+
+async def test_admin_lists_every_room_past_one_page(browser: Browser, hub: Server):
+    made = [f"r{n:04d}" for n in range(1001)]  # the page asks for 1000 at a time
+    root = {"Authorization": f"Bearer {hub.token}"}
+    async with httpx.AsyncClient(base_url=hub.url, headers=root) as client:
+        for start in range(0, len(made), 50):
+            replies = await asyncio.gather(
+                *(
+                    client.post("/api/v1/rooms", json={"id": room})
+                    for room in made[start : start + 50]
+                )
+            )
+            assert all(reply.status_code == 201 for reply in replies)
+    page = await admin_page(browser, hub)
+    await page.wait_for_selector("#rooms button[data-room=r1000]")
+    assert await page.locator("#rooms button").count() == len(made) + 1  # and the lobby
 
 
 async def test_admin_api_token_is_shown_once_and_works_from_curl(browser: Browser, hub: Server):

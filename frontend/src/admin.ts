@@ -174,7 +174,15 @@ byId('logout').addEventListener('click', async () => {
 // --- Rooms -----------------------------------------------------------------------------
 
 async function loadRooms(): Promise<void> {
-  const all: Room[] = (await call('/api/v1/rooms')).rooms;
+  const all: Room[] = [];
+  let after: string | null = null;
+  do {
+    // the list comes a page at a time, by id: `next` is where the next page starts
+    const query: string = after === null ? '' : `&after=${encodeURIComponent(after)}`;
+    const page: { rooms: Room[]; next: string | null } = await call(`/api/v1/rooms?limit=1000${query}`);
+    all.push(...page.rooms);
+    after = page.next;
+  } while (after !== null);
   rooms = all.filter((room) => me?.role === 'admin' || room.owner === me?.id); // those one controls
   if (!rooms.some((room) => room.id === selected)) selected = rooms[0]?.id ?? null;
   renderRooms();

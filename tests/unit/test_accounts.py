@@ -15,7 +15,7 @@ def a_room(settings: Settings, owner: str | None, private: bool = False) -> Room
 async def test_login_session_refresh_and_reuse(accounts: Accounts):
     user = await accounts.create_user("alice", "correct horse", "user")
     assert await accounts.verify_login("alice", "wrong password", "1.2.3.4") is None
-    assert await accounts.verify_login("ALICE", "correct horse", "1.2.3.4") == user
+    assert await accounts.verify_login("ALICE", "correct horse", "5.6.7.8") == user
     access, refresh = await accounts.start_session(user)
     assert accounts.authenticate(access).user_id == user.id
     _, access2, refresh2 = await accounts.refresh_session(refresh)
@@ -25,6 +25,19 @@ async def test_login_session_refresh_and_reuse(accounts: Accounts):
     with pytest.raises(ApiError, match="Session ended"):
         accounts.authenticate(access2)
     assert accounts.announced, "the other processes are told of every change"
+
+
+async def test_failed_logins_wait_at_their_address_only(accounts: Accounts):
+    # a wait longer than any argon2 verification, however loaded the machine
+    accounts.settings = accounts.settings.model_copy(update={"login_delay_s": 20})
+    user = await accounts.create_user("alice", "correct horse", "user")
+    assert await accounts.verify_login("alice", "a guess", "203.0.113.66") is None
+    for password in ("a guess", "correct horse"):
+        with pytest.raises(ApiError) as refused:
+            await accounts.verify_login("alice", password, "203.0.113.66")
+        assert refused.value.status == 429 and 1 <= refused.value.extra["retry_after"] <= 20
+    assert await accounts.verify_login("alice", "correct horse", "198.51.100.7") == user
+    assert await accounts.verify_login("bob", "a guess", "203.0.113.66") is None  # another user
 
 
 async def test_rights_of_the_root_token_users_and_api_tokens(accounts: Accounts, settings):

@@ -168,7 +168,14 @@
     signOut();
   });
   async function loadRooms() {
-    const all = (await call("/api/v1/rooms")).rooms;
+    const all = [];
+    let after = null;
+    do {
+      const query = after === null ? "" : `&after=${encodeURIComponent(after)}`;
+      const page = await call(`/api/v1/rooms?limit=1000${query}`);
+      all.push(...page.rooms);
+      after = page.next;
+    } while (after !== null);
     rooms = all.filter((room) => me?.role === "admin" || room.owner === me?.id);
     if (!rooms.some((room) => room.id === selected)) selected = rooms[0]?.id ?? null;
     renderRooms();
