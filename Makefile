@@ -1,6 +1,9 @@
 # Two commands for a newcomer: `make run` and `make test`. Both install what they need into .venv.
 PYTHON ?= python3
 VENV := .venv
+# The end-to-end tier in three processes (pytest-xdist): each test starts its own servers on free
+# ports and holds its own Redis database. E2E_PARALLEL= runs it in one.
+E2E_PARALLEL ?= -n 3
 
 .PHONY: run test test-fast test-container user lint format
 
