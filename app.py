@@ -107,6 +107,7 @@ from redis.exceptions import RedisError, ResponseError
 from werkzeug.datastructures import Headers
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTimeout
 from werkzeug.http import dump_cookie
+from werkzeug.routing import BaseConverter
 from werkzeug.sansio.http import parse_cookie
 
 try:  # the fastest event loop where it exists (not on Windows, where OBS users often are)
@@ -4327,18 +4328,28 @@ SSE_CLIENT_FILES = (
 )
 
 
+class PageName(BaseConverter):
+    """A path segment naming a room's page: any room id, as the stream takes any (one that
+    is not a room shows the quote feed), but no name with a dot: that is a file this site
+    does not have (favicon.ico, robots.txt), and sse-client.js is one it has."""
+
+    regex = r"[^/.]+"
+
+
 @routes.get(f"/static/js/<{SSE_CLIENT_FILES}:name>")  # the Bun project's path
 @routes.get(f"/<{SSE_CLIENT_FILES}:name>")  # the pages' (relative) path
+@routes.get(f"/<page:room_id>/<{SSE_CLIENT_FILES}:name>")  # ...from /<room>/history
 @hide
-async def sse_client_js(name: str):
+async def sse_client_js(name: str, room_id: str = ""):
     """The client library, minified or not, with its source maps (developer tools ask)."""
     mimetype = "application/json" if name.endswith(".map") else "text/javascript"
     return await send_from_directory(DIST, name, mimetype=mimetype)
 
 
 @routes.get("/assets/<path:name>")
+@routes.get("/<page:room_id>/assets/<path:name>")  # the relative path from /<room>/history
 @hide
-async def assets(name: str):
+async def assets(name: str, room_id: str = ""):
     return await send_from_directory(DIST / "assets", name)
 
 
@@ -4351,24 +4362,20 @@ async def app_page():
 
 
 @routes.get("/")
-@routes.get("/<room_id>")
+@routes.get("/<page:room_id>")
 @hide
 async def player_page(room_id: str | None = None):
-    """Any room id, as the stream takes any: one that is not a room shows the quote feed.
-    A name with a dot is a file this site does not have (favicon.ico, robots.txt)."""
-    return await embeddable_page(room_id, "player.html")
+    return await embeddable_page("player.html")
 
 
-@routes.get("/<room_id>/history")
+@routes.get("/<page:room_id>/history")
 @hide
 async def history_page(room_id: str):
     """The room's last lines as a log: a second OBS source beside the player."""
-    return await embeddable_page(room_id, "history.html")
+    return await embeddable_page("history.html")
 
 
-async def embeddable_page(room_id: str | None, page: str):
-    if room_id is not None and "." in room_id:
-        raise ApiError(404, "Not found")
+async def embeddable_page(page: str):
     request.scope[EMBEDDABLE] = True  # OBS and stream sites frame it: FRAME_ANCESTORS
     return await send_from_directory(DIST, page)
 
@@ -5085,6 +5092,7 @@ def create_app(settings: Settings) -> StreamingMessage:
     relay = Relay(settings, metrics, hub)
 
     app = StreamingMessage(__name__, static_folder=None)
+    app.url_map.converters["page"] = PageName  # before the routes that use it
     app.settings, app.metrics, app.storage = settings, metrics, storage
     app.hub, app.accounts, app.relay = hub, accounts, relay
     app.config.update(

@@ -1,73 +1,110 @@
 // The player: a room's messages in a visual-novel dialog box, typed out one after another.
 // URL: /<room> on the hub, or player.html?hub=https://hub.example&room=<room> on any static
 // host. Options: ?theme=, ?bg=transparent (OBS), ?idle=<seconds> (hide when idle),
-// ?status=hide, ?token= (a private room's subscribe token).
+// ?status=hide, ?sound=0, ?token= (a private room's subscribe token).
 import { api, byId } from './common';
+import {
+  applyPageOptions,
+  applyStep,
+  hubBase,
+  layOut,
+  needsHub,
+  paintPlate,
+  parseCodes,
+  plainText,
+  profileOf,
+  roomOf,
+  STREAM_OPTIONS,
+  stepRect,
+  undoStep,
+  uploadUrl,
+  type Profile,
+  type RoomSettings,
+  type Segment,
+  type Step,
+} from './dialogue';
 
 const params = new URLSearchParams(location.search);
-const ROOM_ID = /^[a-zA-Z0-9]{1,64}$/;
 const DEFAULT_SPEED = 30; // characters per second
 const CJK = /[\p{Script=Han}\p{Script=Hiragana}\p{Script=Katakana}\p{Script=Hangul}\u3000-\u303f\uff00-\uffef]/u;
 const CJK_FACTOR = 2; // a CJK character says more: it takes twice as long
 const HOLD_MS = 1500; // a finished line stays this long before the next queued one
+const PAGE_MS = 3000; // a full page stays this long before the next one, unless clicked on
 const MAX_QUEUE = 100; // lines waiting; past it the oldest are skipped (a flood, a long outage)
 const MISSED_HEARTBEATS = 3; // then the controller is shown offline
 
 const box = byId('dialog');
 const nameplate = byId('speaker');
+const avatar = byId<HTMLImageElement>('avatar');
 const quoteTag = byId('quote');
+const pageBox = byId('page');
 const textBox = byId('text');
+const idleCard = byId('idle');
 const connection = byId('connection');
 const controller = byId('controller');
+const soundButton = byId<HTMLButtonElement>('enable-sound');
 
-// --- Formatting codes: a safe subset of Echo-Live's --------------------------------------
+// --- Sound: a blip per typed character, a chime per line and page ---------------------------
 
-interface Style {
-  b?: boolean; // bold
-  i?: boolean; // italic
-  u?: boolean; // underline
-  s?: boolean; // strike
-  color?: string; // #rrggbb, checked by CODES
-}
+const BLIP_GAP_MS = 55; // at most one blip in this time: fast typing does not buzz
+const SOUNDS = ['blip', 'soft', 'next'] as const;
 
-interface Segment {
-  text: string;
-  style: Style;
-}
+/** Bundled sounds (assets/sounds), played through Web Audio. A normal page may not play
+ * before the user's first click (autoplay policy): it shows a button for that. OBS plays. */
+class Sounds {
+  private readonly context = new AudioContext();
+  private readonly buffers = new Map<string, AudioBuffer>();
+  private lastBlip = 0;
 
-/** `\@` is a literal @; `@b @i @u @s` switch a style on, `@[#rrggbb]` sets the colour and
- * `@r` resets them all. Anything else is text. */
-const CODES = /\\@|@([bius])|@(r)|@\[(#[0-9a-fA-F]{6})\]/g;
-
-function parseCodes(source: string): Segment[] {
-  const segments: Segment[] = [];
-  let style: Style = {};
-  let text = '';
-  let end = 0;
-  for (const match of source.matchAll(CODES)) {
-    text += source.slice(end, match.index);
-    end = (match.index ?? 0) + match[0].length;
-    if (match[0] === '\\@') {
-      text += '@';
-      continue;
-    }
-    if (text) segments.push({ text, style });
-    text = '';
-    const [, flag, reset, color] = match;
-    style = reset ? {} : flag ? { ...style, [flag]: true } : { ...style, color: color.toLowerCase() };
+  constructor() {
+    for (const name of SOUNDS) this.load(name);
+    const blocked = () => this.context.state === 'suspended';
+    soundButton.hidden = !blocked();
+    this.context.addEventListener('statechange', () => (soundButton.hidden = !blocked()));
+    soundButton.addEventListener('click', (event) => {
+      event.stopPropagation(); // not a click that advances the dialogue
+      this.context.resume();
+    });
   }
-  text += source.slice(end);
-  if (text) segments.push({ text, style });
-  return segments;
+
+  private async load(name: string): Promise<void> {
+    const response = await fetch(`assets/sounds/${name}.wav`);
+    this.buffers.set(name, await this.context.decodeAudioData(await response.arrayBuffer()));
+  }
+
+  private play(name: string, rate = 1): void {
+    const buffer = this.buffers.get(name);
+    if (!buffer || this.context.state !== 'running') return;
+    const source = this.context.createBufferSource();
+    source.buffer = buffer;
+    source.playbackRate.value = rate;
+    source.connect(this.context.destination);
+    source.start();
+  }
+
+  blip(profile: Profile, character: string): void {
+    const now = performance.now();
+    if (profile.sound === 'none' || !character.trim() || now - this.lastBlip < BLIP_GAP_MS) return;
+    this.lastBlip = now;
+    const variation = 1 + (Math.random() - 0.5) * 0.06; // a voice, not a metronome
+    this.play(profile.sound || 'blip', (profile.pitch || 1) * variation);
+  }
+
+  next(): void {
+    this.play('next');
+  }
 }
 
-// --- The dialog box: one line at a time, typed character by character --------------------
+const sounds = params.get('sound') === '0' ? null : new Sounds();
+
+// --- The dialog box: one line at a time, typed step by step, a page at a time -------------
 
 interface Line {
   id: string;
   speaker: string;
   segments: Segment[];
-  speed: number; // characters per second
+  speed?: number; // the message's own (data.speed); else its profile's, else the room's
+  profile?: string; // data.profile: the profile to use instead of the speaker's
   quote?: string; // a fallback quote: where it is from
   stream?: string; // an AI answer: its stream key
   live?: boolean; // an AI answer still streaming in
@@ -75,14 +112,21 @@ interface Line {
 
 const queue: Line[] = [];
 let current: Line | null = null;
+let profile: Profile = {}; // the current line's
+let speed = DEFAULT_SPEED; // the current line's
 let laidOut = 0; // segments of the current line already in the text box
-let pending: [Text, string][] = []; // its characters not shown yet, in order...
+let steps: Step[] = []; // what typing the current line does, in order...
 let next = 0; // ...from this index
+let pageTop = 0; // the current page starts this far down the text (px)
+let nextPageTop = 0; // where the next page starts, when the current one is full
 let typing: number | undefined;
-let typedAt = 0; // when the current line was fully shown
+let typedAt = 0; // when the current line (or page) was fully shown
 let holding: number | undefined;
 let idling: number | undefined;
+const hidesWhenIdle = params.has('idle');
 const idleMs = Math.max(0, Number(params.get('idle')) || 0) * 1000;
+let settings: RoomSettings = {};
+let roomId = '';
 
 function enqueue(line: Line): void {
   if (queue.push(line) > MAX_QUEUE) queue.shift();
@@ -105,51 +149,118 @@ function showNext(): void {
     // Only when the line shown is withdrawn (a failed AI answer): nothing left to show.
     box.dataset.state = 'idle';
     box.classList.add('hidden');
+    idleCard.hidden = hidesWhenIdle;
     return;
   }
+  idleCard.hidden = true;
   box.classList.remove('hidden');
+  profile = profileOf(settings, current.speaker, current.profile);
+  speed = current.speed ?? speedOf(profile.speed) ?? speedOf(settings.typewriter_speed) ?? DEFAULT_SPEED;
   nameplate.textContent = current.speaker;
   nameplate.hidden = !current.speaker;
+  paintPlate(nameplate, profile);
+  showAvatar(profile.avatar);
   quoteTag.textContent = current.quote === undefined ? '' : current.quote ? `quote · ${current.quote}` : 'quote';
   quoteTag.hidden = current.quote === undefined;
   textBox.replaceChildren();
-  pending = [];
+  turnTo(0);
+  steps = [];
   next = laidOut = 0;
   box.dataset.id = current.id;
   box.dataset.state = 'typing';
-  layOut();
+  sounds?.next();
+  layOutNew();
   type();
 }
 
-/** Puts the current line's new segments in the text box, empty; type() fills them. */
-function layOut(): void {
+function showAvatar(name: string | undefined): void {
+  box.classList.toggle('with-avatar', Boolean(name));
+  avatar.hidden = !name;
+  if (name) avatar.src = uploadUrl(hub, roomId, name, token);
+  else avatar.removeAttribute('src');
+}
+
+function turnTo(top: number): void {
+  pageTop = top;
+  textBox.style.transform = top ? `translateY(${-top}px)` : '';
+}
+
+/** Puts the current line's new segments in the text box, empty; typing fills them. */
+function layOutNew(): void {
   if (!current) return;
-  for (const { text, style } of current.segments.slice(laidOut)) {
-    const span = document.createElement('span');
-    for (const flag of ['b', 'i', 'u', 's'] as const) if (style[flag]) span.classList.add(`fmt-${flag}`);
-    if (style.color) span.style.color = style.color;
-    const node = document.createTextNode('');
-    span.append(node);
-    textBox.append(span);
-    for (const character of text) pending.push([node, character]);
-  }
+  steps.push(...layOut(current.segments.slice(laidOut), textBox, (name) => uploadUrl(hub, roomId, name, token)));
   laidOut = current.segments.length;
+}
+
+/** Applies the next step; false when it did not fit on the page: the page is full, and the
+ * next one starts at `nextPageTop` with this step's line, taken back until then. */
+function step(): boolean {
+  const before = textBox.getBoundingClientRect();
+  const taken = steps[next];
+  applyStep(taken);
+  const after = textBox.getBoundingClientRect();
+  if (after.height - pageTop <= pageBox.clientHeight + 0.5) {
+    next++;
+    return true;
+  }
+  // Past the page's end. A step that wraps to a new line starts it where the text ended
+  // before it; one that grows the line it is on (a bigger size, an image), where it is.
+  const top = (applied: Step) => {
+    const rect = stepRect(applied);
+    return rect ? rect.top - after.top : Infinity; // a pause goes with what follows it
+  };
+  const start = Math.min(before.height, top(taken));
+  if (start <= pageTop) {
+    next++; // taller than a page on its own: it cannot fit any better on the next one
+    return true;
+  }
+  // What the step pulled onto the new line with it (a word, a character that may not end a
+  // line) goes to the next page too.
+  let first = next;
+  while (first > 0 && top(steps[first - 1]) >= start - 0.5) first--;
+  for (let index = next; index >= first; index--) undoStep(steps[index]);
+  next = first;
+  nextPageTop = start;
+  return false;
 }
 
 function type(): void {
   if (!current) return;
-  if (next === pending.length) return typed();
-  const [node, character] = pending[next++];
-  node.appendData(character);
-  const delay = (1000 / current.speed) * (CJK.test(character) ? CJK_FACTOR : 1);
+  if (next === steps.length) return typed();
+  const taken = steps[next];
+  if (!step()) return pageFull();
+  let delay = 1000 / speed;
+  if ('pause' in taken) delay = taken.pause;
+  else {
+    const character = 'text' in taken ? taken.text : taken.child.textContent || '•'; // an image: '•'
+    sounds?.blip(profile, character);
+    if (CJK.test(character)) delay *= CJK_FACTOR;
+  }
   typing = window.setTimeout(type, delay);
 }
 
-/** Shows the rest of the current line at once. */
+/** Shows the rest of the current page at once. */
 function finish(): void {
   window.clearTimeout(typing);
-  for (; next < pending.length; next++) pending[next][0].appendData(pending[next][1]);
+  typing = undefined;
+  while (next < steps.length) if (!step()) return pageFull();
   typed();
+}
+
+function pageFull(): void {
+  typing = undefined;
+  box.dataset.state = 'page';
+  typedAt = performance.now();
+  holding = window.setTimeout(turnPage, PAGE_MS);
+}
+
+function turnPage(): void {
+  window.clearTimeout(holding);
+  holding = undefined;
+  turnTo(nextPageTop);
+  box.dataset.state = 'typing';
+  sounds?.next();
+  type();
 }
 
 function typed(): void {
@@ -164,9 +275,11 @@ function typed(): void {
   else if (idleMs) idling = window.setTimeout(() => box.classList.add('hidden'), idleMs);
 }
 
-/** Click or Space: finish the line being typed, else go on to the next one. */
+/** Click or Space: finish the page being typed, else turn the page, else go on to the next
+ * line. */
 function advance(): void {
   if (typing !== undefined) finish();
+  else if (box.dataset.state === 'page') turnPage();
   else if (queue.length) showNext();
 }
 
@@ -192,13 +305,13 @@ function onDelta(delta: { stream: string; speaker: string; content?: string; err
     return;
   }
   if (!line) {
-    line = { id: delta.stream, speaker: delta.speaker, segments: [], speed: roomSpeed, stream: delta.stream, live: true };
+    line = { id: delta.stream, speaker: delta.speaker, segments: [], stream: delta.stream, live: true };
     enqueue(line);
   }
   line.segments.push({ text: delta.content ?? '', style: {} });
   if (line === current) {
-    layOut();
-    if (typing === undefined) {
+    layOutNew();
+    if (typing === undefined && box.dataset.state !== 'page') {
       box.dataset.state = 'typing';
       type();
     }
@@ -210,11 +323,9 @@ function onDelta(delta: { stream: string; speaker: string; content?: string; err
 interface Payload {
   id: number;
   speaker: string;
-  data: { message?: unknown; speed?: unknown; stream?: unknown; from?: unknown };
+  data: { message?: unknown; speed?: unknown; stream?: unknown; from?: unknown; profile?: unknown };
   meta?: unknown;
 }
-
-let roomSpeed = DEFAULT_SPEED;
 
 function speedOf(value: unknown): number | undefined {
   return typeof value === 'number' && value >= 1 && value <= 1000 ? value : undefined;
@@ -231,7 +342,7 @@ function onMessage(payload: Payload): void {
     // The stored answer replaces the live one: the same text, unless deltas were lost.
     live.id = String(payload.id);
     live.live = false;
-    const changed = segments.map((s) => s.text).join('') !== live.segments.map((s) => s.text).join('');
+    const changed = plainText(segments) !== plainText(live.segments);
     if (changed) live.segments = segments;
     if (live !== current) return;
     if (changed) {
@@ -239,7 +350,7 @@ function onMessage(payload: Payload): void {
       showNext();
     } else {
       box.dataset.id = live.id;
-      if (typing === undefined) typed();
+      if (typing === undefined && box.dataset.state !== 'page') typed();
     }
     return;
   }
@@ -247,7 +358,8 @@ function onMessage(payload: Payload): void {
     id: String(payload.id),
     speaker: payload.speaker,
     segments,
-    speed: speedOf(data.speed) ?? roomSpeed,
+    speed: speedOf(data.speed),
+    profile: typeof data.profile === 'string' ? data.profile : undefined,
     quote: payload.meta === 'fallback' ? (typeof data.from === 'string' ? data.from : '') : undefined,
   });
 }
@@ -286,8 +398,10 @@ function onHello(hello: Hello): void {
   if (hello.fallback) {
     show(connection, 'fallback', `${hello.reason || 'no such room'}: showing quotes`);
     show(controller, 'offline', 'controller offline');
+    byId('idle-title').textContent = 'Quotes';
     return;
   }
+  roomId = hello.room;
   show(connection, 'live', `live · ${hello.room}`);
   if (hello.heartbeat_s) heartbeatS = hello.heartbeat_s;
   if (hello.presence) controllers(hello.presence.controllers);
@@ -297,17 +411,23 @@ function onHello(hello: Hello): void {
   }
 }
 
-/** The room's defaults: typewriter speed and theme (?theme= wins). */
-async function loadSettings(roomId: string): Promise<void> {
+/** The room's settings: typewriter speed, theme (?theme= wins), speaker profiles. */
+async function loadSettings(room: string): Promise<void> {
   const query = token ? `?token=${encodeURIComponent(token)}` : '';
   try {
-    const { room } = await api(`${hub}/api/v1/rooms/${roomId}${query}`);
-    roomSpeed = speedOf(room.settings?.typewriter_speed) ?? DEFAULT_SPEED;
-    if (!params.get('theme') && typeof room.settings?.theme === 'string') {
-      document.documentElement.dataset.theme = room.settings.theme;
-    }
+    const reply = await api(`${hub}/api/v1/rooms/${room}${query}`);
+    byId('idle-title').textContent = reply.room.title || reply.room.id;
+    applySettings(reply.room.settings || {});
   } catch {
     settingsLoaded = false; // try again on the next hello
+  }
+}
+
+function applySettings(changed: RoomSettings): void {
+  settings = changed;
+  if (!params.get('theme')) {
+    if (typeof settings.theme === 'string') document.documentElement.dataset.theme = settings.theme;
+    else delete document.documentElement.dataset.theme;
   }
 }
 
@@ -319,47 +439,26 @@ function closedReason(status?: number): string {
 
 // --- Start ----------------------------------------------------------------------------
 
-/** The hub's base URL from ?hub= (http or https), else '' for this origin. */
-function hubBase(value: string | null): string {
-  if (!value) return '';
-  try {
-    const url = new URL(value);
-    if (url.protocol === 'http:' || url.protocol === 'https:') return url.origin + url.pathname.replace(/\/+$/, '');
-  } catch {
-    // shown below
-  }
-  throw new Error(`?hub= must be an http(s) URL, not ${value}`);
-}
-
-/** ?room=, else the page's path when the hub serves it as /<room>, else the default room. */
-function roomOf(): string {
-  const last = location.pathname.split('/').pop() || '';
-  return params.get('room') ?? (ROOM_ID.test(last) ? last : '');
-}
-
 const token = params.get('token') || '';
 let hub = '';
 
 function start(): void {
-  if (params.get('theme')) document.documentElement.dataset.theme = params.get('theme') as string;
-  if (params.get('bg') === 'transparent') document.documentElement.classList.add('transparent');
-  if (params.get('status') === 'hide') byId('status').hidden = true;
+  applyPageOptions(params, byId('status'));
+  idleCard.hidden = hidesWhenIdle;
+  if (needsHub(params)) {
+    show(connection, 'closed', 'set ?hub= to the hub’s address');
+    byId('idle-note').textContent = 'Add ?hub=https://your.hub&room=<room> to this page’s address';
+    return;
+  }
   try {
     hub = hubBase(params.get('hub'));
   } catch (error) {
     show(connection, 'closed', (error as Error).message);
     return;
   }
-  const room = roomOf();
+  const room = roomOf(params);
   const query = token ? `?token=${encodeURIComponent(token)}` : '';
-  const source = new SSEClient(`${hub}/api/v1/events${room ? `/${encodeURIComponent(room)}` : ''}${query}`, {
-    retryDelay: 1000,
-    backoff: 2,
-    maxRetryDelay: 30000,
-    jitter: 0.5,
-    retryOnServerError: true,
-    heartbeatTimeout: 45000, // three missed keepalives (KEEPALIVE_S=15): a dead connection
-  });
+  const source = new SSEClient(`${hub}/api/v1/events${room ? `/${encodeURIComponent(room)}` : ''}${query}`, STREAM_OPTIONS);
   source.onerror = (event) => {
     if (source.readyState === SSEClient.CLOSED) show(connection, 'closed', closedReason(event.status));
     else show(connection, 'reconnecting', 'reconnecting…');
@@ -367,6 +466,7 @@ function start(): void {
   source.addEventListener('meta', (event) => onHello(JSON.parse(event.data)));
   source.addEventListener('message', (event) => onMessage(JSON.parse(event.data)));
   source.addEventListener('delta', (event) => onDelta(JSON.parse(event.data)));
+  source.addEventListener('settings', (event) => applySettings(JSON.parse(event.data).settings || {}));
   source.addEventListener('heartbeat', (event) => {
     const beat = JSON.parse(event.data);
     if (beat.interval_s) heartbeatS = beat.interval_s;
