@@ -359,6 +359,24 @@ def upload(server: Server, name: str, data: bytes, room: str = "lobby") -> None:
     assert reply.status_code == 201, reply.text
 
 
+def face_png(size: int = 64) -> bytes:
+    """A round, shaded face for an avatar (a flat square would show less of the frame)."""
+    pixels = []
+    for y in range(size):
+        for x in range(size):
+            dx, dy = (x - size / 2) / (size / 2), (y - size / 2) / (size / 2)
+            inside = dx * dx + dy * dy < 0.8
+            eye = abs(abs(dx) - 0.3) < 0.09 and abs(dy + 0.15) < 0.12
+            smile = abs(dx * dx + (dy - 0.05) ** 2 - 0.2) < 0.03 and dy > 0.2
+            if not inside:
+                pixels.append((42, 100 + y, 143))
+            elif eye or smile:
+                pixels.append((40, 40, 60))
+            else:
+                pixels.append((255, 214 - y // 2, 170))
+    return png(size, size, pixels=pixels)
+
+
 PLATE_COLOR = "getComputedStyle(document.getElementById('speaker')).backgroundColor"
 
 
@@ -366,7 +384,7 @@ async def test_a_speaker_profile_gives_the_plate_its_colour_and_the_avatar(
     browser: Browser, make_server
 ):
     server: Server = make_server()
-    upload(server, "alice", png(64, 64, (42, 157, 143)))
+    upload(server, "alice", face_png())
     set_profiles(server, {"Alice": {"color": "#2a9d8f", "avatar": "alice"}})
     page = await browser.open(f"{server.url}/lobby", viewport={"width": 1280, "height": 720})
     await page.wait_for_selector("#connection[data-state=live]")
@@ -380,6 +398,7 @@ async def test_a_speaker_profile_gives_the_plate_its_colour_and_the_avatar(
     assert await page.is_visible("#avatar")
     src = await page.get_attribute("#avatar", "src")
     assert src == "/api/v1/rooms/lobby/uploads/alice"  # from the hub's origin
+    await page.wait_for_timeout(500)  # the box's fade-in, for the screenshot
     await screenshot(page, "player")
 
     # data.profile names a profile for another speaker name; no profile: the theme's plate
@@ -555,7 +574,7 @@ async def test_history_page_shows_the_last_lines_then_new_ones(browser: Browser,
     set_profiles(server, {"Alice": {"color": "#2a9d8f"}})
     for i in range(25):
         server.publish("Alice" if i % 2 else "Bob", {"message": f"@bline@r {i}"})
-    page = await browser.open(f"{server.url}/lobby/history?lines=20&bg=transparent")
+    page = await browser.open(f"{server.url}/lobby/history?lines=20")
     await page.wait_for_selector("#connection[data-state=live]")
     lines = page.locator(".log-line")
     assert await lines.count() == 20
@@ -570,6 +589,7 @@ async def test_history_page_shows_the_last_lines_then_new_ones(browser: Browser,
     assert await lines.nth(0).text_content() == "Bobline 6"
     texts = await lines.all_text_contents()
     assert len(set(texts)) == 20  # the stream went on after the history: no line twice
+    await page.wait_for_timeout(400)  # the new line's entrance, for the screenshot
     await screenshot(page, "history")
 
 
@@ -889,3 +909,33 @@ async def test_admin_works_on_a_phone(browser: Browser, hub: Server):
     overflow = await page.evaluate("document.documentElement.scrollWidth - innerWidth")
     assert overflow <= 0
     await screenshot(page, "admin-phone", full_page=True)
+
+
+async def test_admin_edits_speaker_profiles_and_uploads_images(browser: Browser, hub: Server):
+    page = await admin_page(browser, hub)
+    await page.click("#profiles-panel summary")
+    browser.allow("status of 415")  # an SVG, refused on purpose: the page says why
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'
+    await page.fill("#upload [name=name]", "evil")
+    await page.set_input_files(
+        "#upload [name=file]", {"name": "evil.svg", "mimeType": "image/svg+xml", "buffer": svg}
+    )
+    await page.click("#upload button")
+    await page.wait_for_selector(".toast .alert-error:has-text('PNG, JPEG, WebP or GIF')")
+
+    await page.fill("#upload [name=name]", "Alice")
+    await page.set_input_files(
+        "#upload [name=file]", {"name": "a.png", "mimeType": "image/png", "buffer": face_png()}
+    )
+    await page.click("#upload button")
+    await page.wait_for_selector("#uploads li:has-text('alice') img")
+    profiles = {"Alice": {"color": "#2a9d8f", "avatar": "alice"}}
+    await page.fill("#profiles [name=profiles]", json.dumps(profiles))
+    await page.click("#profiles button")
+    await page.wait_for_selector(".toast .alert-success:has-text('Profiles saved')")
+
+    viewer = await player(browser, hub)
+    sent = hub.publish("Alice", {"message": "Set up from the admin", "speed": FAST})
+    await line_shown(viewer, sent["id"])
+    assert await viewer.evaluate(PLATE_COLOR) == "rgb(42, 157, 143)"
+    await viewer.wait_for_function("() => document.getElementById('avatar').naturalWidth === 64")

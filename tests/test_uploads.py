@@ -11,14 +11,23 @@ import httpx
 from conftest import Server, assert_envelope, collect, subscribe
 
 
-def png(width: int = 2, height: int = 2, rgb: tuple[int, int, int] = (226, 88, 127)) -> bytes:
-    """A real PNG of one colour."""
+def png(
+    width: int = 2,
+    height: int = 2,
+    rgb: tuple[int, int, int] = (226, 88, 127),
+    pixels: list[tuple[int, int, int]] | None = None,
+) -> bytes:
+    """A real PNG of one colour, or of these pixels (row by row)."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         body = kind + data
         return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
 
-    rows = b"".join(b"\0" + bytes(rgb) * width for _ in range(height))
+    pixels = pixels or [rgb] * (width * height)
+    rows = b"".join(
+        b"\0" + b"".join(bytes(pixel) for pixel in pixels[y * width : (y + 1) * width])
+        for y in range(height)
+    )
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n"

@@ -27,7 +27,7 @@ interface Room {
   title: string;
   private: boolean;
   history_size: number | null;
-  settings: { typewriter_speed?: number; theme?: string };
+  settings: { typewriter_speed?: number; theme?: string; profiles?: Record<string, unknown> };
   last_id: number;
   subscribers?: Presence;
 }
@@ -231,6 +231,7 @@ function select(roomId: string | null): void {
   settings.typewriter_speed.value = room.settings.typewriter_speed ? String(room.settings.typewriter_speed) : '';
   settings.theme.value = room.settings.theme || '';
   if (room.subscribers) showPresence(room.subscribers);
+  profilesPanel(room);
   if (following !== room.id) {
     byId<HTMLIFrameElement>('preview').src = `/${room.id}`;
     follow();
@@ -274,6 +275,81 @@ byId('delete-room').addEventListener('click', () => {
     await loadRooms();
   }, `Room ${roomId} deleted`);
 });
+
+// --- Speaker profiles and uploads (issue 16): the room's `profiles` setting, its images ----
+
+interface Upload {
+  name: string;
+  size: number;
+  url: string;
+}
+
+/** Shows the room's profiles (as JSON to edit) and its uploaded images. */
+function profilesPanel(room: Room): void {
+  const { profiles } = room.settings;
+  inputsOf(byId<HTMLFormElement>('profiles')).profiles.value = profiles ? JSON.stringify(profiles, null, 2) : '';
+  attempt(async () => {
+    const { uploads }: { uploads: Upload[] } = await call(`/api/v1/rooms/${room.id}/uploads`);
+    if (selected !== room.id) return;
+    fill(
+      byId('uploads'),
+      ...uploads.map((upload) =>
+        el(
+          'li',
+          { class: 'badge badge-lg gap-2 py-4' },
+          el('img', { class: 'h-6 w-6 rounded object-cover', src: upload.url, alt: '' }),
+          el('span', { class: 'font-mono' }, upload.name),
+          el('button', { type: 'button', class: 'btn btn-ghost btn-xs', 'aria-label': `delete ${upload.name}`, onclick: () => deleteUpload(upload) }, '✕'),
+        ),
+      ),
+    );
+  });
+}
+
+function reloadProfiles(): void {
+  const room = rooms.find((candidate) => candidate.id === selected);
+  if (room) profilesPanel(room);
+}
+
+onSubmit('profiles', ({ profiles }) => {
+  let parsed: unknown = null;
+  try {
+    parsed = profiles.value.trim() ? JSON.parse(profiles.value) : null;
+  } catch (error) {
+    return notify(`Profiles are not JSON: ${messageOf(error)}`);
+  }
+  attempt(async () => {
+    await call(`/api/v1/rooms/${selected}`, { method: 'PATCH', body: { settings: { profiles: parsed } } });
+    await loadRooms();
+  }, 'Profiles saved');
+});
+
+onSubmit('upload', ({ name, file }, form) => {
+  const chosen = file.files?.[0];
+  if (!chosen) return;
+  attempt(async () => {
+    // The file as the body, not JSON: api() sends JSON, so this one is a fetch of its own.
+    const send = () =>
+      fetch(`/api/v1/rooms/${selected}/uploads/${encodeURIComponent(name.value)}`, {
+        method: 'PUT',
+        headers: { Authorization: `Bearer ${accessToken}` },
+        body: chosen,
+      });
+    let response = await send();
+    if (response.status === 401 && (await renew())) response = await send();
+    const reply = await response.json().catch(() => null);
+    if (!response.ok) throw new ApiError(response.status, reply?.msg || `${response.status} ${response.statusText}`);
+    form.reset();
+    reloadProfiles();
+  }, 'Image uploaded');
+});
+
+function deleteUpload(upload: Upload): void {
+  attempt(async () => {
+    await call(`/api/v1/rooms/${selected}/uploads/${upload.name}`, { method: 'DELETE' });
+    reloadProfiles();
+  }, `Image ${upload.name} deleted`);
+}
 
 // --- The room's controller stream: presence, recent messages ---------------------------------
 

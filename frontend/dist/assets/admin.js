@@ -222,6 +222,7 @@
     settings.typewriter_speed.value = room.settings.typewriter_speed ? String(room.settings.typewriter_speed) : "";
     settings.theme.value = room.settings.theme || "";
     if (room.subscribers) showPresence(room.subscribers);
+    profilesPanel(room);
     if (following !== room.id) {
       byId("preview").src = `/${room.id}`;
       follow();
@@ -262,6 +263,65 @@
       await loadRooms();
     }, `Room ${roomId} deleted`);
   });
+  function profilesPanel(room) {
+    const { profiles } = room.settings;
+    inputsOf(byId("profiles")).profiles.value = profiles ? JSON.stringify(profiles, null, 2) : "";
+    attempt(async () => {
+      const { uploads } = await call(`/api/v1/rooms/${room.id}/uploads`);
+      if (selected !== room.id) return;
+      fill(
+        byId("uploads"),
+        ...uploads.map(
+          (upload) => el(
+            "li",
+            { class: "badge badge-lg gap-2 py-4" },
+            el("img", { class: "h-6 w-6 rounded object-cover", src: upload.url, alt: "" }),
+            el("span", { class: "font-mono" }, upload.name),
+            el("button", { type: "button", class: "btn btn-ghost btn-xs", "aria-label": `delete ${upload.name}`, onclick: () => deleteUpload(upload) }, "✕")
+          )
+        )
+      );
+    });
+  }
+  function reloadProfiles() {
+    const room = rooms.find((candidate) => candidate.id === selected);
+    if (room) profilesPanel(room);
+  }
+  onSubmit("profiles", ({ profiles }) => {
+    let parsed = null;
+    try {
+      parsed = profiles.value.trim() ? JSON.parse(profiles.value) : null;
+    } catch (error) {
+      return notify(`Profiles are not JSON: ${messageOf(error)}`);
+    }
+    attempt(async () => {
+      await call(`/api/v1/rooms/${selected}`, { method: "PATCH", body: { settings: { profiles: parsed } } });
+      await loadRooms();
+    }, "Profiles saved");
+  });
+  onSubmit("upload", ({ name, file }, form) => {
+    const chosen = file.files?.[0];
+    if (!chosen) return;
+    attempt(async () => {
+      const send = () => fetch(`/api/v1/rooms/${selected}/uploads/${encodeURIComponent(name.value)}`, {
+        method: "PUT",
+        headers: { Authorization: `Bearer ${accessToken}` },
+        body: chosen
+      });
+      let response = await send();
+      if (response.status === 401 && await renew()) response = await send();
+      const reply = await response.json().catch(() => null);
+      if (!response.ok) throw new ApiError(response.status, reply?.msg || `${response.status} ${response.statusText}`);
+      form.reset();
+      reloadProfiles();
+    }, "Image uploaded");
+  });
+  function deleteUpload(upload) {
+    attempt(async () => {
+      await call(`/api/v1/rooms/${selected}/uploads/${upload.name}`, { method: "DELETE" });
+      reloadProfiles();
+    }, `Image ${upload.name} deleted`);
+  }
   function controllerState(state, text) {
     const badge = byId("controller-state");
     badge.dataset.state = state;
