@@ -112,7 +112,7 @@ async def test_player_types_out_a_message_exactly(browser: Browser, server: Serv
     assert text.startswith(partial) and len(partial) < len(text)
     assert await line_shown(page, sent["id"]) == text
     assert await page.text_content("#speaker") == "小明"
-    await screenshot(page, "player")
+    await screenshot(page, "player-typing")
 
 
 async def test_formatting_codes_render_and_the_rest_is_text(browser: Browser, server: Server):
