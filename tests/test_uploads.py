@@ -160,3 +160,20 @@ async def test_speaker_profiles_are_room_settings_and_reach_streams_at_once(make
         assert_envelope(reply, 400, fragment)
     room = httpx.get(f"{server.url}/api/v1/rooms/lobby").json()["room"]
     assert room["settings"]["profiles"] == profiles  # nothing changed
+
+
+async def test_settings_and_uploads_reach_every_process_of_a_hub(make_server, tmp_path, broker_url):
+    """With BROKER_URL, a profile changed on one process reaches a player of another at once,
+    and an image put on one is served by the other (one SQLite file)."""
+    a, b = (make_server(data_dir=tmp_path / "shared", BROKER_URL=broker_url) for _ in range(2))
+    async with subscribe(f"{b.url}/api/v1/events/lobby") as room:
+        reply = httpx.patch(
+            f"{a.url}/api/v1/rooms/lobby",
+            json={"settings": {"profiles": {"Alice": {"avatar": "alice"}}}},
+            headers={"Authorization": f"Bearer {a.token}"},
+        )
+        assert reply.status_code == 200, reply.text
+        (event,) = await collect(room, 1, "settings")
+    assert json.loads(event.data)["settings"]["profiles"] == {"Alice": {"avatar": "alice"}}
+    assert put(a, "lobby", "alice", GIF).status_code == 201
+    assert httpx.get(f"{b.url}/api/v1/rooms/lobby/uploads/alice").content == GIF
