@@ -3828,8 +3828,10 @@ class SpeakerProfile(Body):
         default=None, description="an image of the room's uploads"
     )
     speed: float | None = Field(default=None, ge=1, le=1000, description="characters per second")
-    sound: Literal["blip", "soft", "none"] | None = Field(
-        default=None, description="the typing sound (bundled); none: silent"
+    sound: matching(UPLOAD_NAME.pattern, "blip, soft, none or an upload's name") | None = Field(
+        default=None,
+        description="the typing sound: blip (the default) or soft (bundled), none (silent), or"
+        " the name of a sound of the room's uploads",
     )
     pitch: float | None = Field(
         default=None, ge=0.25, le=4, description="the typing sound's playback rate"
@@ -4051,23 +4053,27 @@ async def room_messages(room_id: str, query_args: HistoryQuery):
     return ok(room=room.id, messages=messages, next=next_page)
 
 
-# Uploads: a room's images (speaker avatars, the `@{name}` code), served from this origin.
+# Uploads: a room's images (speaker avatars, the `@{name}` code) and sounds (a speaker's
+# typing voice), served from this origin.
 
-# The types a player may show, known by their first bytes (the Content-Type sent is not
-# trusted). Never SVG: an SVG opened as a page runs its script.
-IMAGE_SIGNATURES = (
+# The types a player may show or play, known by their first bytes (the Content-Type sent
+# is not trusted). Never SVG: an SVG opened as a page runs its script.
+UPLOAD_SIGNATURES = (
     (re.compile(rb"\x89PNG\r\n\x1a\n"), "image/png"),
     (re.compile(rb"\xff\xd8\xff"), "image/jpeg"),
     (re.compile(rb"GIF8[79]a"), "image/gif"),
     (re.compile(rb"RIFF....WEBP", re.DOTALL), "image/webp"),
+    (re.compile(rb"RIFF....WAVE", re.DOTALL), "audio/wav"),
+    (re.compile(rb"OggS"), "audio/ogg"),
+    (re.compile(rb"ID3|\xff[\xfb\xf3\xf2]"), "audio/mpeg"),
 )
-# An upload is served as an image, never as a page: no script, no plug-in, even if opened.
+# An upload is served as what it is, never as a page: no script, no plug-in, even if opened.
 UPLOAD_HEADERS = {"Content-Security-Policy": "default-src 'none'; sandbox"}
 UPLOAD_MAX_AGE_S = 300  # a replaced image reaches players within this (they revalidate)
 
 
-def image_type(data: bytes) -> str | None:
-    return next((kind for magic, kind in IMAGE_SIGNATURES if magic.match(data)), None)
+def upload_type(data: bytes) -> str | None:
+    return next((kind for magic, kind in UPLOAD_SIGNATURES if magic.match(data)), None)
 
 
 def upload_name(name: str) -> str:
@@ -4107,8 +4113,10 @@ class UploadDeletedReply(Reply):
 @routes.put("/api/v1/rooms/<room_id>/uploads/<name>")
 @validate_response(UploadReply, 201)
 async def put_upload(room_id: str, name: str):
-    """Upload an image (the raw bytes as the body: PNG, JPEG, WebP or GIF, at most
-    MAX_UPLOAD_BYTES; publish rights), replacing the room's image of that name"""
+    """Upload an image or a sound, replacing the room's file of that name
+
+    The raw bytes as the body: PNG, JPEG, WebP, GIF, WAV, OGG or MP3 (known by their first
+    bytes), at most MAX_UPLOAD_BYTES; publish rights."""
     room = current_app.hub.find_room(room_id)
     current_app.accounts.authorize(request_token(), room, "publish")
     name = upload_name(name)
@@ -4124,9 +4132,11 @@ async def put_upload(room_id: str, name: str):
         raise body_too_slow(current_app.settings.body_timeout_s) from None
     if len(data) > limit:
         raise too_large
-    kind = image_type(data)
+    kind = upload_type(data)
     if kind is None:
-        raise ApiError(415, "Unsupported upload: send a PNG, JPEG, WebP or GIF image")
+        raise ApiError(
+            415, "Unsupported upload: send a PNG, JPEG, WebP or GIF image, or a WAV, OGG or MP3"
+        )
     upload = Upload(room.id, name, kind, len(data), hashlib.sha256(data).hexdigest(), now_ms())
     maximum = current_app.settings.max_uploads_per_room
     if not await current_app.storage.insert_upload(upload, data, maximum):
@@ -4139,7 +4149,7 @@ async def put_upload(room_id: str, name: str):
 @routes.get("/api/v1/rooms/<room_id>/uploads")
 @validate_response(UploadsReply)
 async def list_uploads(room_id: str):
-    """A room's uploads (who may subscribe may read)"""
+    """A room's uploads, without their bytes (who may subscribe may read)"""
     room = readable_room(room_id)
     uploads = await current_app.storage.uploads(room.id)
     return ok(room=room.id, uploads=[u.as_dict() | {"url": upload_url(u)} for u in uploads])
@@ -4148,7 +4158,7 @@ async def list_uploads(room_id: str):
 @routes.get("/api/v1/rooms/<room_id>/uploads/<name>")
 @hide  # the image itself, not JSON
 async def get_upload(room_id: str, name: str):
-    """An uploaded image, with its type, an ETag and a short cache life."""
+    """An uploaded file, with its type, an ETag and a short cache life."""
     room = readable_room(room_id)
     found = await current_app.storage.upload(room.id, upload_name(name))
     if found is None:

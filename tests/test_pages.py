@@ -7,11 +7,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import http.server
+import io
 import json
+import math
 import re
 import signal
+import struct
 import subprocess
 import threading
+import wave
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
@@ -418,6 +422,21 @@ async def test_a_speaker_profile_gives_the_plate_its_colour_and_the_avatar(
     assert await page.is_hidden("#avatar")
 
 
+def wav(seconds: float = 0.03, rate: int = 8000) -> bytes:
+    """A short WAV tone, as a room's own typing sound."""
+    samples = b"".join(
+        struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * n / rate)))
+        for n in range(int(seconds * rate))
+    )
+    out = io.BytesIO()
+    with wave.open(out, "wb") as sound:
+        sound.setnchannels(1)
+        sound.setsampwidth(2)
+        sound.setframerate(rate)
+        sound.writeframes(samples)
+    return out.getvalue()
+
+
 # Counts what the page plays: each buffer source started, with its playback rate.
 RECORD_SOUNDS = """
 window.played = [];
@@ -433,7 +452,13 @@ async def test_sounds_play_when_enabled_and_are_not_even_loaded_with_sound_0(
     browser: Browser, make_server
 ):
     server: Server = make_server()
-    set_profiles(server, {"Robot": {"sound": "soft", "pitch": 2}, "Mime": {"sound": "none"}})
+    upload(server, "beep", wav())
+    profiles = {
+        "Robot": {"sound": "soft", "pitch": 2},
+        "Mime": {"sound": "none"},
+        "Beeper": {"sound": "beep", "pitch": 0.5},  # a sound of the room's uploads
+    }
+    set_profiles(server, profiles)
     pages = {}
     for query in ("", "?sound=0"):
         context = await browser.new_context()
@@ -467,6 +492,12 @@ async def test_sounds_play_when_enabled_and_are_not_even_loaded_with_sound_0(
     silent = server.publish("Mime", {"message": "…", "speed": 10})
     await line_shown(page, silent["id"])
     assert len(await page.evaluate("window.played")) == len(played) + 1  # the chime only
+    before = len(await page.evaluate("window.played"))
+    own = server.publish("Beeper", {"message": "beep", "speed": 10})
+    await line_shown(page, own["id"])
+    assert f"{server.url}/api/v1/rooms/lobby/uploads/beep" in requested
+    beeps = (await page.evaluate("window.played"))[before + 1 :]
+    assert beeps and all(0.45 <= rate <= 0.55 for rate in beeps)
 
     muted, muted_requests = pages["?sound=0"]
     sent = server.publish("Robot", {"message": "quiet", "speed": FAST})

@@ -76,8 +76,15 @@ def test_an_image_is_stored_and_served_from_our_origin_with_safe_headers(make_se
     for name, data, kind in (("g", GIF, "image/gif"), ("w", WEBP_HEAD, "image/webp")):
         assert put(server, "lobby", name, data).json()["upload"]["type"] == kind
     assert put(server, "lobby", "j", JPEG_HEAD).json()["upload"]["type"] == "image/jpeg"
+    for name, data, kind in (
+        ("v1", b"RIFF\x24\x00\x00\x00WAVEfmt ", "audio/wav"),
+        ("v2", b"OggS\x00\x02", "audio/ogg"),
+        ("v3", b"ID3\x04\x00", "audio/mpeg"),
+    ):
+        assert put(server, "lobby", name, data).json()["upload"]["type"] == kind
+        assert httpx.get(f"{server.url}/api/v1/rooms/lobby/uploads/{name}").content == data
     listed = httpx.get(f"{server.url}/api/v1/rooms/lobby/uploads").json()["uploads"]
-    assert [u["name"] for u in listed] == ["alice", "g", "j", "w"]
+    assert [u["name"] for u in listed] == ["alice", "g", "j", "v1", "v2", "v3", "w"]
 
     replaced = put(server, "lobby", "alice", GIF).json()["upload"]
     assert replaced["type"] == "image/gif"
@@ -147,7 +154,7 @@ async def test_speaker_profiles_are_room_settings_and_reach_streams_at_once(make
     for bad, fragment in (
         ({"Alice": {"color": "red"}}, "#rrggbb"),
         ({"Alice": {"avatar": "../x"}}, "upload's name"),
-        ({"Alice": {"sound": "http://x/y.mp3"}}, "sound"),
+        ({"Alice": {"sound": "http://x/y.mp3"}}, "upload's name"),
         ({"Alice": {"pitch": 10}}, "pitch"),
         ({"Alice": {"html": "<b>"}}, "html"),
         ({"": {}}, "profiles"),

@@ -276,15 +276,15 @@ byId('delete-room').addEventListener('click', () => {
   }, `Room ${roomId} deleted`);
 });
 
-// --- Speaker profiles and uploads (issue 16): the room's `profiles` setting, its images ----
+// --- Speaker profiles and uploads (issue 16): the room's `profiles` setting, its files -----
 
 interface Upload {
   name: string;
-  size: number;
+  type: string;
   url: string;
 }
 
-/** Shows the room's profiles (as JSON to edit) and its uploaded images. */
+/** Shows the room's profiles (as JSON to edit) and its uploads. */
 function profilesPanel(room: Room): void {
   const { profiles } = room.settings;
   inputsOf(byId<HTMLFormElement>('profiles')).profiles.value = profiles ? JSON.stringify(profiles, null, 2) : '';
@@ -297,7 +297,7 @@ function profilesPanel(room: Room): void {
         el(
           'li',
           { class: 'badge badge-lg gap-2 py-4' },
-          el('img', { class: 'h-6 w-6 rounded object-cover', src: upload.url, alt: '' }),
+          upload.type.startsWith('image/') ? el('img', { class: 'h-6 w-6 rounded object-cover', src: upload.url, alt: '' }) : '♪',
           el('span', { class: 'font-mono' }, upload.name),
           el('button', { type: 'button', class: 'btn btn-ghost btn-xs', 'aria-label': `delete ${upload.name}`, onclick: () => deleteUpload(upload) }, '✕'),
         ),
@@ -341,14 +341,14 @@ onSubmit('upload', ({ name, file }, form) => {
     if (!response.ok) throw new ApiError(response.status, reply?.msg || `${response.status} ${response.statusText}`);
     form.reset();
     reloadProfiles();
-  }, 'Image uploaded');
+  }, 'Uploaded');
 });
 
 function deleteUpload(upload: Upload): void {
   attempt(async () => {
     await call(`/api/v1/rooms/${selected}/uploads/${upload.name}`, { method: 'DELETE' });
     reloadProfiles();
-  }, `Image ${upload.name} deleted`);
+  }, `${upload.name} deleted`);
 }
 
 // --- The room's controller stream: presence, recent messages ---------------------------------

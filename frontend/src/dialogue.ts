@@ -56,7 +56,7 @@ export interface Profile {
   color?: string; // the name plate's, #rrggbb
   avatar?: string; // an upload's name
   speed?: number; // characters per second
-  sound?: 'blip' | 'soft' | 'none';
+  sound?: string; // blip (the default), soft, none, or the name of an uploaded sound
   pitch?: number; // the typing sound's playback rate
 }
 

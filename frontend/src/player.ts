@@ -47,17 +47,18 @@ const soundButton = byId<HTMLButtonElement>('enable-sound');
 // --- Sound: a blip per typed character, a chime per line and page ---------------------------
 
 const BLIP_GAP_MS = 55; // at most one blip in this time: fast typing does not buzz
-const SOUNDS = ['blip', 'soft', 'next'] as const;
+const BUNDLED = ['blip', 'soft', 'next'];
 
-/** Bundled sounds (assets/sounds), played through Web Audio. A normal page may not play
- * before the user's first click (autoplay policy): it shows a button for that. OBS plays. */
+/** Bundled sounds (assets/sounds) and the room's uploaded ones, played through Web Audio. A
+ * normal page may not play before the user's first click (autoplay policy): it shows a
+ * button for that. OBS plays. */
 class Sounds {
   private readonly context = new AudioContext();
-  private readonly buffers = new Map<string, AudioBuffer>();
+  private readonly buffers = new Map<string, Promise<AudioBuffer | null>>(); // by URL
   private lastBlip = 0;
 
   constructor() {
-    for (const name of SOUNDS) this.load(name);
+    for (const name of BUNDLED) this.load(`assets/sounds/${name}.wav`);
     const blocked = () => this.context.state === 'suspended';
     soundButton.hidden = !blocked();
     this.context.addEventListener('statechange', () => (soundButton.hidden = !blocked()));
@@ -67,13 +68,21 @@ class Sounds {
     });
   }
 
-  private async load(name: string): Promise<void> {
-    const response = await fetch(`assets/sounds/${name}.wav`);
-    this.buffers.set(name, await this.context.decodeAudioData(await response.arrayBuffer()));
+  /** A sound, fetched and decoded once (null: it could not be). */
+  private load(url: string): Promise<AudioBuffer | null> {
+    let buffer = this.buffers.get(url);
+    if (!buffer) {
+      buffer = fetch(url)
+        .then((response) => (response.ok ? response.arrayBuffer() : Promise.reject(response.status)))
+        .then((bytes) => this.context.decodeAudioData(bytes))
+        .catch(() => null);
+      this.buffers.set(url, buffer);
+    }
+    return buffer;
   }
 
-  private play(name: string, rate = 1): void {
-    const buffer = this.buffers.get(name);
+  private async play(url: string, rate = 1): Promise<void> {
+    const buffer = await this.load(url);
     if (!buffer || this.context.state !== 'running') return;
     const source = this.context.createBufferSource();
     source.buffer = buffer;
@@ -82,16 +91,29 @@ class Sounds {
     source.start();
   }
 
+  /** A profile's voice: bundled, or an upload of the room (loaded when the line starts). */
+  voice(profile: Profile): string | null {
+    const sound = profile.sound || 'blip';
+    if (sound === 'none') return null;
+    return BUNDLED.includes(sound) ? `assets/sounds/${sound}.wav` : uploadUrl(hub, roomId, sound, token);
+  }
+
+  prepare(profile: Profile): void {
+    const voice = this.voice(profile);
+    if (voice) this.load(voice);
+  }
+
   blip(profile: Profile, character: string): void {
     const now = performance.now();
-    if (profile.sound === 'none' || !character.trim() || now - this.lastBlip < BLIP_GAP_MS) return;
+    const voice = this.voice(profile);
+    if (!voice || !character.trim() || now - this.lastBlip < BLIP_GAP_MS) return;
     this.lastBlip = now;
     const variation = 1 + (Math.random() - 0.5) * 0.06; // a voice, not a metronome
-    this.play(profile.sound || 'blip', (profile.pitch || 1) * variation);
+    this.play(voice, (profile.pitch || 1) * variation);
   }
 
   next(): void {
-    this.play('next');
+    this.play('assets/sounds/next.wav');
   }
 }
 
@@ -168,6 +190,7 @@ function showNext(): void {
   next = laidOut = 0;
   box.dataset.id = current.id;
   box.dataset.state = 'typing';
+  sounds?.prepare(profile);
   sounds?.next();
   layOutNew();
   type();

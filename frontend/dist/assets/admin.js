@@ -275,7 +275,7 @@
           (upload) => el(
             "li",
             { class: "badge badge-lg gap-2 py-4" },
-            el("img", { class: "h-6 w-6 rounded object-cover", src: upload.url, alt: "" }),
+            upload.type.startsWith("image/") ? el("img", { class: "h-6 w-6 rounded object-cover", src: upload.url, alt: "" }) : "♪",
             el("span", { class: "font-mono" }, upload.name),
             el("button", { type: "button", class: "btn btn-ghost btn-xs", "aria-label": `delete ${upload.name}`, onclick: () => deleteUpload(upload) }, "✕")
           )
@@ -314,13 +314,13 @@
       if (!response.ok) throw new ApiError(response.status, reply?.msg || `${response.status} ${response.statusText}`);
       form.reset();
       reloadProfiles();
-    }, "Image uploaded");
+    }, "Uploaded");
   });
   function deleteUpload(upload) {
     attempt(async () => {
       await call(`/api/v1/rooms/${selected}/uploads/${upload.name}`, { method: "DELETE" });
       reloadProfiles();
-    }, `Image ${upload.name} deleted`);
+    }, `${upload.name} deleted`);
   }
   function controllerState(state, text) {
     const badge = byId("controller-state");

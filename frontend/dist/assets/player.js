@@ -225,13 +225,14 @@
   var controller = byId("controller");
   var soundButton = byId("enable-sound");
   var BLIP_GAP_MS = 55;
-  var SOUNDS = ["blip", "soft", "next"];
+  var BUNDLED = ["blip", "soft", "next"];
   var Sounds = class {
     constructor() {
       __publicField(this, "context", new AudioContext());
       __publicField(this, "buffers", /* @__PURE__ */ new Map());
+      // by URL
       __publicField(this, "lastBlip", 0);
-      for (const name of SOUNDS) this.load(name);
+      for (const name of BUNDLED) this.load(`assets/sounds/${name}.wav`);
       const blocked = () => this.context.state === "suspended";
       soundButton.hidden = !blocked();
       this.context.addEventListener("statechange", () => soundButton.hidden = !blocked());
@@ -240,12 +241,17 @@
         this.context.resume();
       });
     }
-    async load(name) {
-      const response = await fetch(`assets/sounds/${name}.wav`);
-      this.buffers.set(name, await this.context.decodeAudioData(await response.arrayBuffer()));
+    /** A sound, fetched and decoded once (null: it could not be). */
+    load(url) {
+      let buffer = this.buffers.get(url);
+      if (!buffer) {
+        buffer = fetch(url).then((response) => response.ok ? response.arrayBuffer() : Promise.reject(response.status)).then((bytes) => this.context.decodeAudioData(bytes)).catch(() => null);
+        this.buffers.set(url, buffer);
+      }
+      return buffer;
     }
-    play(name, rate = 1) {
-      const buffer = this.buffers.get(name);
+    async play(url, rate = 1) {
+      const buffer = await this.load(url);
       if (!buffer || this.context.state !== "running") return;
       const source = this.context.createBufferSource();
       source.buffer = buffer;
@@ -253,15 +259,26 @@
       source.connect(this.context.destination);
       source.start();
     }
+    /** A profile's voice: bundled, or an upload of the room (loaded when the line starts). */
+    voice(profile2) {
+      const sound = profile2.sound || "blip";
+      if (sound === "none") return null;
+      return BUNDLED.includes(sound) ? `assets/sounds/${sound}.wav` : uploadUrl(hub, roomId, sound, token);
+    }
+    prepare(profile2) {
+      const voice = this.voice(profile2);
+      if (voice) this.load(voice);
+    }
     blip(profile2, character) {
       const now = performance.now();
-      if (profile2.sound === "none" || !character.trim() || now - this.lastBlip < BLIP_GAP_MS) return;
+      const voice = this.voice(profile2);
+      if (!voice || !character.trim() || now - this.lastBlip < BLIP_GAP_MS) return;
       this.lastBlip = now;
       const variation = 1 + (Math.random() - 0.5) * 0.06;
-      this.play(profile2.sound || "blip", (profile2.pitch || 1) * variation);
+      this.play(voice, (profile2.pitch || 1) * variation);
     }
     next() {
-      this.play("next");
+      this.play("assets/sounds/next.wav");
     }
   };
   var sounds = params.get("sound") === "0" ? null : new Sounds();
@@ -318,6 +335,7 @@
     next = laidOut = 0;
     box.dataset.id = current.id;
     box.dataset.state = "typing";
+    sounds?.prepare(profile);
     sounds?.next();
     layOutNew();
     type();
