@@ -222,7 +222,7 @@ async def test_player_resumes_by_id_after_a_drop(browser: Browser, make_server):
 
 
 async def test_page_headers_forbid_inline_code(server: Server):
-    for path in ("/", "/lobby", "/admin", "/chat"):
+    for path in ("/", "/lobby", "/lobby/history", "/admin", "/chat"):
         reply = httpx.get(server.url + path)
         assert reply.status_code == 200, path
         policy = reply.headers["content-security-policy"]
@@ -231,8 +231,9 @@ async def test_page_headers_forbid_inline_code(server: Server):
         html = reply.text
         assert "<script>" not in html and "style=" not in html and "<style" not in html
         assert "http://" not in html and "https://" not in html  # nothing from elsewhere
-    player_policy = httpx.get(server.url + "/lobby").headers["content-security-policy"]
-    assert player_policy.endswith("frame-ancestors *")
+    for path in ("/lobby", "/lobby/history"):  # OBS and stream sites frame both
+        player_policy = httpx.get(server.url + path).headers["content-security-policy"]
+        assert player_policy.endswith("frame-ancestors *")
     admin_policy = httpx.get(server.url + "/admin").headers["content-security-policy"]
     assert admin_policy.endswith("frame-ancestors 'self'")
 

@@ -117,7 +117,7 @@ class Sounds {
   }
 }
 
-const sounds = params.get('sound') === '0' ? null : new Sounds();
+const sounds = params.get('sound') === '0' || typeof AudioContext === 'undefined' ? null : new Sounds();
 
 // --- The dialog box: one line at a time, typed step by step, a page at a time -------------
 

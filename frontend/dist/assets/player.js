@@ -281,7 +281,7 @@
       this.play("assets/sounds/next.wav");
     }
   };
-  var sounds = params.get("sound") === "0" ? null : new Sounds();
+  var sounds = params.get("sound") === "0" || typeof AudioContext === "undefined" ? null : new Sounds();
   var queue = [];
   var current = null;
   var profile = {};
