@@ -1662,7 +1662,7 @@ class RedisBroker:
         self.wake_key = f"sm:wake:{self.process_id}"
         self.followed: dict[str, int] = {}  # room -> id of the last message read for it
         # room -> changes (message id, event frame) of messages not read yet (see _apply)
-        self.deferred: dict[str, list[tuple[int, bytes]]] = {}
+        self.deferred: dict[str, list[tuple[int, str]]] = {}
         self.notices: dict[str, str] = {}  # room -> position in its presence-changed stream
         self.changes_seen = "0-0"  # position in CHANGES_STREAM
         self.woken = "0-0"  # position in our wake stream
@@ -1862,17 +1862,10 @@ class RedisBroker:
         for entry_id, fields in changes:
             self.changes_seen = entry_id
             if "edited" in fields:
-                room_id, message_id = fields["edited"], int(fields["message"])
-                last, room = self.followed.get(room_id), self.rooms.get(room_id)
-                if last is None or room is None:  # nobody here: a replay reads the change
-                    continue
-                if message_id > last:
-                    self.deferred.setdefault(room_id, []).append((message_id, fields["frame"]))
-                else:
-                    room.append(fields["frame"].encode())
+                self._message_changed(fields["edited"], int(fields["message"]), fields["frame"])
             elif fields["by"] == self.process_id:
                 continue
-            if "room" in fields:
+            elif "room" in fields:
                 self.changes.room_changed(RoomRecord(**json.loads(fields["room"])))
             elif "deleted" in fields:
                 self.changes.room_deleted(fields["deleted"])
@@ -1880,6 +1873,15 @@ class RedisBroker:
                 reload_accounts = True
         if reload_accounts:
             await self.changes.accounts_changed()
+
+    def _message_changed(self, room_id: str, message_id: int, frame: str) -> None:
+        last, room = self.followed.get(room_id), self.rooms.get(room_id)
+        if last is None or room is None:  # nobody here: a replay reads the change
+            return
+        if message_id > last:
+            self.deferred.setdefault(room_id, []).append((message_id, frame))
+        else:
+            room.append(frame.encode())
 
     async def readiness(self) -> dict[str, str]:
         """Redis answers a PING within READY_TIMEOUT_S (redis-py would retry a refused
