@@ -1,7 +1,9 @@
 // The player: a room's messages in a visual-novel dialog box, typed out one after another.
 // URL: /<room> on the hub, or player.html?hub=https://hub.example&room=<room> on any static
 // host. Options: ?theme=, ?bg=transparent (OBS), ?idle=<seconds> (hide when idle),
-// ?status=hide, ?token= (a private room's subscribe token).
+// ?status=hide, ?token= (a private room's subscribe token), ?lastEventId= (start after this
+// message id), ?role=preview (the admin's preview: not counted as a player).
+import { type Segment, messageSegments, styledSpan } from './codes';
 import { api, byId } from './common';
 
 const params = new URLSearchParams(location.search);
@@ -19,47 +21,6 @@ const quoteTag = byId('quote');
 const textBox = byId('text');
 const connection = byId('connection');
 const controller = byId('controller');
-
-// --- Formatting codes: a safe subset of Echo-Live's --------------------------------------
-
-interface Style {
-  b?: boolean; // bold
-  i?: boolean; // italic
-  u?: boolean; // underline
-  s?: boolean; // strike
-  color?: string; // #rrggbb, checked by CODES
-}
-
-interface Segment {
-  text: string;
-  style: Style;
-}
-
-/** `\@` is a literal @; `@b @i @u @s` switch a style on, `@[#rrggbb]` sets the colour and
- * `@r` resets them all. Anything else is text. */
-const CODES = /\\@|@([bius])|@(r)|@\[(#[0-9a-fA-F]{6})\]/g;
-
-function parseCodes(source: string): Segment[] {
-  const segments: Segment[] = [];
-  let style: Style = {};
-  let text = '';
-  let end = 0;
-  for (const match of source.matchAll(CODES)) {
-    text += source.slice(end, match.index);
-    end = (match.index ?? 0) + match[0].length;
-    if (match[0] === '\\@') {
-      text += '@';
-      continue;
-    }
-    if (text) segments.push({ text, style });
-    text = '';
-    const [, flag, reset, color] = match;
-    style = reset ? {} : flag ? { ...style, [flag]: true } : { ...style, color: color.toLowerCase() };
-  }
-  text += source.slice(end);
-  if (text) segments.push({ text, style });
-  return segments;
-}
 
 // --- The dialog box: one line at a time, typed character by character --------------------
 
@@ -125,9 +86,7 @@ function showNext(): void {
 function layOut(): void {
   if (!current) return;
   for (const { text, style } of current.segments.slice(laidOut)) {
-    const span = document.createElement('span');
-    for (const flag of ['b', 'i', 'u', 's'] as const) if (style[flag]) span.classList.add(`fmt-${flag}`);
-    if (style.color) span.style.color = style.color;
+    const span = styledSpan(style);
     const node = document.createTextNode('');
     span.append(node);
     textBox.append(span);
@@ -220,11 +179,16 @@ function speedOf(value: unknown): number | undefined {
   return typeof value === 'number' && value >= 1 && value <= 1000 ? value : undefined;
 }
 
+/** A message's line of dialogue, formatted; null when it has none. */
+function segmentsOf(payload: Payload): Segment[] | null {
+  const { data } = payload;
+  return typeof data?.message === 'string' ? messageSegments(data.message, payload.meta) : null;
+}
+
 function onMessage(payload: Payload): void {
   const { data } = payload;
-  if (typeof data?.message !== 'string') return; // not a line of dialogue
-  const plain = payload.meta === 'ai' || payload.meta === 'fallback'; // machine text: no codes
-  const segments = plain ? [{ text: data.message, style: {} }] : parseCodes(data.message);
+  const segments = segmentsOf(payload);
+  if (!segments) return; // not a line of dialogue
   const stream = typeof data.stream === 'string' ? data.stream : undefined;
   const live = stream === undefined ? undefined : streamLine(stream);
   if (live) {
@@ -250,6 +214,30 @@ function onMessage(payload: Payload): void {
     speed: speedOf(data.speed) ?? roomSpeed,
     quote: payload.meta === 'fallback' ? (typeof data.from === 'string' ? data.from : '') : undefined,
   });
+}
+
+// --- Edited and retracted messages (event: edit, event: retract) ------------------------
+
+/** A message was edited (`payload`: the message as it is now) or retracted (only its id):
+ * a line shown or waiting is fixed, or taken away. Lines already gone stay gone. */
+function onChange(payload: Payload, retracted: boolean): void {
+  const id = String(payload.id);
+  const line = current?.id === id ? current : queue.find((waiting) => waiting.id === id);
+  if (!line) return;
+  const segments = retracted ? null : segmentsOf(payload);
+  if (!segments) {
+    if (line === current) showNext();
+    else queue.splice(queue.indexOf(line), 1);
+    return;
+  }
+  line.speaker = payload.speaker;
+  line.segments = segments;
+  line.speed = speedOf(payload.data.speed) ?? line.speed;
+  if (line !== current) return;
+  const shown = typing === undefined; // typed out already: the fixed text at once
+  queue.unshift(line);
+  showNext();
+  if (shown) finish();
 }
 
 // --- Connection and controller indicators ------------------------------------------------
@@ -351,8 +339,11 @@ function start(): void {
     return;
   }
   const room = roomOf();
-  const query = token ? `?token=${encodeURIComponent(token)}` : '';
-  const source = new SSEClient(`${hub}/api/v1/events${room ? `/${encodeURIComponent(room)}` : ''}${query}`, {
+  const query = new URLSearchParams(token ? { token } : {});
+  if (params.get('role') === 'preview') query.set('role', 'preview');
+  const path = `${hub}/api/v1/events${room ? `/${encodeURIComponent(room)}` : ''}`;
+  const source = new SSEClient(query.toString() ? `${path}?${query}` : path, {
+    lastEventId: params.get('lastEventId') || undefined,
     retryDelay: 1000,
     backoff: 2,
     maxRetryDelay: 30000,
@@ -367,6 +358,8 @@ function start(): void {
   source.addEventListener('meta', (event) => onHello(JSON.parse(event.data)));
   source.addEventListener('message', (event) => onMessage(JSON.parse(event.data)));
   source.addEventListener('delta', (event) => onDelta(JSON.parse(event.data)));
+  source.addEventListener('edit', (event) => onChange(JSON.parse(event.data), false));
+  source.addEventListener('retract', (event) => onChange(JSON.parse(event.data), true));
   source.addEventListener('heartbeat', (event) => {
     const beat = JSON.parse(event.data);
     if (beat.interval_s) heartbeatS = beat.interval_s;

@@ -3,6 +3,46 @@
   var __defNormalProp = (obj, key, value) => key in obj ? __defProp(obj, key, { enumerable: true, configurable: true, writable: true, value }) : obj[key] = value;
   var __publicField = (obj, key, value) => __defNormalProp(obj, typeof key !== "symbol" ? key + "" : key, value);
 
+  // src/codes.ts
+  var CODES = /\\@|@([bius])|@(r)|@\[(#[0-9a-fA-F]{6})\]/g;
+  function parseCodes(source) {
+    const segments = [];
+    let style = {};
+    let text = "";
+    let end = 0;
+    for (const match of source.matchAll(CODES)) {
+      text += source.slice(end, match.index);
+      end = (match.index ?? 0) + match[0].length;
+      if (match[0] === "\\@") {
+        text += "@";
+        continue;
+      }
+      if (text) segments.push({ text, style });
+      text = "";
+      const [, flag, reset, color] = match;
+      style = reset ? {} : flag ? { ...style, [flag]: true } : { ...style, color: color.toLowerCase() };
+    }
+    text += source.slice(end);
+    if (text) segments.push({ text, style });
+    return segments;
+  }
+  function messageSegments(text, meta) {
+    return meta === "ai" || meta === "fallback" ? [{ text, style: {} }] : parseCodes(text);
+  }
+  function styledSpan(style) {
+    const span = document.createElement("span");
+    for (const flag of ["b", "i", "u", "s"]) if (style[flag]) span.classList.add(`fmt-${flag}`);
+    if (style.color) span.style.color = style.color;
+    return span;
+  }
+  function renderMessage(source, meta) {
+    return messageSegments(source, meta).map(({ text, style }) => {
+      const span = styledSpan(style);
+      span.textContent = text;
+      return span;
+    });
+  }
+
   // src/common.ts
   function el(tag, props = {}, ...children) {
     const node = document.createElement(tag);
@@ -222,10 +262,7 @@
     settings.typewriter_speed.value = room.settings.typewriter_speed ? String(room.settings.typewriter_speed) : "";
     settings.theme.value = room.settings.theme || "";
     if (room.subscribers) showPresence(room.subscribers);
-    if (following !== room.id) {
-      byId("preview").src = `/${room.id}`;
-      follow();
-    }
+    if (following !== room.id) follow();
   }
   onSubmit("create-room", ({ id, title, private: hidden }, form) => {
     attempt(async () => {
@@ -272,15 +309,65 @@
     byId("presence").textContent = `${players} player${players === 1 ? "" : "s"} · ${controllers} controller${controllers === 1 ? "" : "s"}`;
   }
   function historyEntry(message) {
-    const text = typeof message.data?.message === "string" ? message.data.message : JSON.stringify(message.data);
-    return el(
+    const text = message.data?.message;
+    const shown = el("span", { class: "message min-w-0 wrap-anywhere" });
+    if (typeof text === "string") shown.append(...renderMessage(text, message.meta));
+    else shown.textContent = JSON.stringify(message.data);
+    const entry = el(
       "li",
-      { class: "border-b border-base-300 py-1" },
-      el("span", { class: "mr-2 font-mono text-xs opacity-60" }, `#${message.id} ${new Date(message.time).toLocaleTimeString()}`),
-      el("b", {}, message.speaker),
-      ": ",
-      text
+      { class: "flex flex-wrap items-baseline gap-x-2 border-b border-base-300 py-1", "data-id": message.id },
+      el("span", { class: "font-mono text-xs opacity-60" }, `#${message.id} ${new Date(message.time).toLocaleTimeString()}`),
+      el("b", {}, `${message.speaker}:`),
+      shown,
+      message.edited && el("span", { class: "text-xs opacity-60" }, "(edited)"),
+      el(
+        "span",
+        { class: "ml-auto flex gap-1" },
+        typeof text === "string" && el("button", { class: "btn btn-ghost btn-xs", type: "button", onclick: () => editEntry(entry, message, text) }, "Edit"),
+        el("button", { class: "btn btn-ghost btn-xs text-error", type: "button", onclick: () => retract(message) }, "Retract")
+      )
     );
+    return entry;
+  }
+  function editEntry(entry, message, text) {
+    const input = el("input", { class: "input input-xs min-w-0 flex-1", name: "message", value: text, required: true });
+    const form = el(
+      "form",
+      {
+        class: "flex w-full gap-1",
+        onsubmit: (event) => {
+          event.preventDefault();
+          attempt(async () => {
+            const { event: edited } = await call(`/api/v1/rooms/${message.room}/messages/${message.id}`, {
+              method: "PATCH",
+              body: { data: { ...message.data, message: input.value } }
+            });
+            showEdit(edited);
+          });
+        }
+      },
+      input,
+      el("button", { class: "btn btn-primary btn-xs", type: "submit" }, "Save"),
+      el("button", { class: "btn btn-ghost btn-xs", type: "button", onclick: () => entry.replaceWith(historyEntry(message)) }, "Cancel")
+    );
+    input.addEventListener("keydown", (event) => {
+      if (event.key === "Escape") entry.replaceWith(historyEntry(message));
+    });
+    entry.replaceChildren(entry.children[0], entry.children[1], form);
+    input.focus();
+  }
+  function retract(message) {
+    if (!window.confirm(`Retract message #${message.id}? Players take it off the screen and history leaves it out.`)) return;
+    attempt(async () => {
+      await call(`/api/v1/rooms/${message.room}/messages/${message.id}`, { method: "DELETE" });
+      showRetract(message.id);
+    });
+  }
+  function showEdit(message) {
+    byId("history").querySelector(`li[data-id="${message.id}"]`)?.replaceWith(historyEntry(message));
+  }
+  function showRetract(id) {
+    byId("history").querySelector(`li[data-id="${id}"]`)?.remove();
   }
   function follow() {
     controller?.close();
@@ -295,14 +382,21 @@
       ({ messages }) => {
         if (following !== room.id || controller) return;
         history.replaceChildren(...messages.map(historyEntry));
+        preview(room, messages[0]?.id);
         control(room, String(messages[0]?.id ?? 0));
       },
       (error) => {
         if (following !== room.id || controller) return;
         notify(`Could not read the recent messages: ${messageOf(error)}`);
+        preview(room);
         control(room, String(room.last_id));
       }
     );
+  }
+  function preview(room, newest) {
+    const query = new URLSearchParams({ role: "preview" });
+    if (newest) query.set("lastEventId", String(newest - 1));
+    byId("preview").src = `/${room.id}?${query}`;
   }
   function control(room, lastEventId) {
     const history = byId("history");
@@ -330,6 +424,8 @@
       history.prepend(historyEntry(JSON.parse(event.data)));
       history.children[HISTORY]?.remove();
     });
+    source.addEventListener("edit", (event) => showEdit(JSON.parse(event.data)));
+    source.addEventListener("retract", (event) => showRetract(JSON.parse(event.data).id));
     source.addEventListener("deleted", () => attempt(loadRooms));
   }
   onSubmit("send", ({ speaker, message, speed, meta }) => {

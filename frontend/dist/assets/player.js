@@ -3,6 +3,39 @@
   var __defNormalProp = (obj, key, value) => key in obj ? __defProp(obj, key, { enumerable: true, configurable: true, writable: true, value }) : obj[key] = value;
   var __publicField = (obj, key, value) => __defNormalProp(obj, typeof key !== "symbol" ? key + "" : key, value);
 
+  // src/codes.ts
+  var CODES = /\\@|@([bius])|@(r)|@\[(#[0-9a-fA-F]{6})\]/g;
+  function parseCodes(source) {
+    const segments = [];
+    let style = {};
+    let text = "";
+    let end = 0;
+    for (const match of source.matchAll(CODES)) {
+      text += source.slice(end, match.index);
+      end = (match.index ?? 0) + match[0].length;
+      if (match[0] === "\\@") {
+        text += "@";
+        continue;
+      }
+      if (text) segments.push({ text, style });
+      text = "";
+      const [, flag, reset, color] = match;
+      style = reset ? {} : flag ? { ...style, [flag]: true } : { ...style, color: color.toLowerCase() };
+    }
+    text += source.slice(end);
+    if (text) segments.push({ text, style });
+    return segments;
+  }
+  function messageSegments(text, meta) {
+    return meta === "ai" || meta === "fallback" ? [{ text, style: {} }] : parseCodes(text);
+  }
+  function styledSpan(style) {
+    const span = document.createElement("span");
+    for (const flag of ["b", "i", "u", "s"]) if (style[flag]) span.classList.add(`fmt-${flag}`);
+    if (style.color) span.style.color = style.color;
+    return span;
+  }
+
   // src/common.ts
   function byId(id) {
     const node = document.getElementById(id);
@@ -53,28 +86,6 @@
   var textBox = byId("text");
   var connection = byId("connection");
   var controller = byId("controller");
-  var CODES = /\\@|@([bius])|@(r)|@\[(#[0-9a-fA-F]{6})\]/g;
-  function parseCodes(source) {
-    const segments = [];
-    let style = {};
-    let text = "";
-    let end = 0;
-    for (const match of source.matchAll(CODES)) {
-      text += source.slice(end, match.index);
-      end = (match.index ?? 0) + match[0].length;
-      if (match[0] === "\\@") {
-        text += "@";
-        continue;
-      }
-      if (text) segments.push({ text, style });
-      text = "";
-      const [, flag, reset, color] = match;
-      style = reset ? {} : flag ? { ...style, [flag]: true } : { ...style, color: color.toLowerCase() };
-    }
-    text += source.slice(end);
-    if (text) segments.push({ text, style });
-    return segments;
-  }
   var queue = [];
   var current = null;
   var laidOut = 0;
@@ -120,9 +131,7 @@
   function layOut() {
     if (!current) return;
     for (const { text, style } of current.segments.slice(laidOut)) {
-      const span = document.createElement("span");
-      for (const flag of ["b", "i", "u", "s"]) if (style[flag]) span.classList.add(`fmt-${flag}`);
-      if (style.color) span.style.color = style.color;
+      const span = styledSpan(style);
       const node = document.createTextNode("");
       span.append(node);
       textBox.append(span);
@@ -191,11 +200,14 @@
   function speedOf(value) {
     return typeof value === "number" && value >= 1 && value <= 1e3 ? value : void 0;
   }
+  function segmentsOf(payload) {
+    const { data } = payload;
+    return typeof data?.message === "string" ? messageSegments(data.message, payload.meta) : null;
+  }
   function onMessage(payload) {
     const { data } = payload;
-    if (typeof data?.message !== "string") return;
-    const plain = payload.meta === "ai" || payload.meta === "fallback";
-    const segments = plain ? [{ text: data.message, style: {} }] : parseCodes(data.message);
+    const segments = segmentsOf(payload);
+    if (!segments) return;
     const stream = typeof data.stream === "string" ? data.stream : void 0;
     const live = stream === void 0 ? void 0 : streamLine(stream);
     if (live) {
@@ -220,6 +232,25 @@
       speed: speedOf(data.speed) ?? roomSpeed,
       quote: payload.meta === "fallback" ? typeof data.from === "string" ? data.from : "" : void 0
     });
+  }
+  function onChange(payload, retracted) {
+    const id = String(payload.id);
+    const line = current?.id === id ? current : queue.find((waiting) => waiting.id === id);
+    if (!line) return;
+    const segments = retracted ? null : segmentsOf(payload);
+    if (!segments) {
+      if (line === current) showNext();
+      else queue.splice(queue.indexOf(line), 1);
+      return;
+    }
+    line.speaker = payload.speaker;
+    line.segments = segments;
+    line.speed = speedOf(payload.data.speed) ?? line.speed;
+    if (line !== current) return;
+    const shown = typing === void 0;
+    queue.unshift(line);
+    showNext();
+    if (shown) finish();
   }
   function show(indicator, state, text) {
     indicator.dataset.state = state;
@@ -292,8 +323,11 @@
       return;
     }
     const room = roomOf();
-    const query = token ? `?token=${encodeURIComponent(token)}` : "";
-    const source = new SSEClient(`${hub}/api/v1/events${room ? `/${encodeURIComponent(room)}` : ""}${query}`, {
+    const query = new URLSearchParams(token ? { token } : {});
+    if (params.get("role") === "preview") query.set("role", "preview");
+    const path = `${hub}/api/v1/events${room ? `/${encodeURIComponent(room)}` : ""}`;
+    const source = new SSEClient(query.toString() ? `${path}?${query}` : path, {
+      lastEventId: params.get("lastEventId") || void 0,
       retryDelay: 1e3,
       backoff: 2,
       maxRetryDelay: 3e4,
@@ -309,6 +343,8 @@
     source.addEventListener("meta", (event) => onHello(JSON.parse(event.data)));
     source.addEventListener("message", (event) => onMessage(JSON.parse(event.data)));
     source.addEventListener("delta", (event) => onDelta(JSON.parse(event.data)));
+    source.addEventListener("edit", (event) => onChange(JSON.parse(event.data), false));
+    source.addEventListener("retract", (event) => onChange(JSON.parse(event.data), true));
     source.addEventListener("heartbeat", (event) => {
       const beat = JSON.parse(event.data);
       if (beat.interval_s) heartbeatS = beat.interval_s;
