@@ -647,6 +647,11 @@ END
 """
 
 
+# The payload of a retracted message. Its row stays, as a tombstone: a replay checks that
+# the ids it reads follow each other (a missing one means the history was trimmed).
+RETRACTED = ""
+
+
 class Storage:
     """The SQLite file: a write connection (used by the writer and admin changes) and a
     read connection, so a replay never sees a transaction that is not committed yet."""
@@ -782,7 +787,7 @@ class Storage:
         newest_first: bool = False,
     ) -> list[tuple[int, str]]:
         """Stored messages of a room with after < id < before, oldest first (or newest
-        first), at most `limit` (None: all): (id, payload)."""
+        first), at most `limit` (None: all): (id, payload), RETRACTED for a retracted one."""
         parameters = (room, after, before, -1 if limit is None else limit)
         if newest_first:
             rows = await self._rows(
@@ -797,6 +802,24 @@ class Storage:
                 parameters,
             )
         return [(row["id"], row["payload"]) for row in rows]
+
+    async def kept_message(self, room: str, message_id: int) -> str | None:
+        """A kept message's payload; None when the room does not keep it or it was
+        retracted. Within the caller's transaction."""
+        async with self.write.execute(
+            "SELECT payload FROM messages WHERE room = ? AND id = ? AND payload != ?",
+            (room, message_id, RETRACTED),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else row["payload"]
+
+    async def replace_message(self, room: str, message_id: int, payload: str) -> None:
+        """Store a kept message's new payload (RETRACTED: its tombstone). Within the
+        caller's transaction."""
+        await self.write.execute(
+            "UPDATE messages SET payload = ? WHERE room = ? AND id = ?",
+            (payload, room, message_id),
+        )
 
     async def last_ids(self, rooms: set[str]) -> dict[str, int]:
         rows = await self._rows(
@@ -1073,6 +1096,10 @@ def event_frame(event: str, data: Any) -> bytes:
     return f"event: {event}\ndata: {compact_json(data)}\n\n".encode()
 
 
+# Every message payload's `status`: the Bun project's pages show it in a column.
+MESSAGE_STATUS = "✔ success"
+
+
 def payload_with_id(message_id: int, body: str) -> str:
     """A message's wire payload: its body (compact JSON without the id) with the id spliced
     in first, so a message is encoded once, before any process knows its id."""
@@ -1150,6 +1177,7 @@ class Room:
         self.settings, self.metrics = settings, metrics
         self.subscribers: set[Subscriber] = set()
         self.controllers = 0  # subscribers with role "controller"
+        self.previews = 0  # with role "preview": players presence leaves out (the admin's)
         self.remote = {"players": 0, "controllers": 0}  # in other processes (the broker's)
         self._heartbeat: asyncio.TimerHandle | None = None  # armed while controllers > 0
         self._presence_armed = False
@@ -1177,7 +1205,7 @@ class Room:
     def local_presence(self) -> dict[str, int]:
         """This process's subscribers of the room, by role."""
         return {
-            "players": len(self.subscribers) - self.controllers,
+            "players": len(self.subscribers) - self.controllers - self.previews,
             "controllers": self.controllers,
         }
 
@@ -1208,12 +1236,14 @@ class Room:
         before = self.presence()
         self.subscribers.add(subscriber)
         self.controllers += subscriber.role == "controller"
+        self.previews += subscriber.role == "preview"
         self._presence_changed(before)
 
     def leave(self, subscriber: Subscriber) -> None:
         before = self.presence()
         self.subscribers.remove(subscriber)
         self.controllers -= subscriber.role == "controller"
+        self.previews -= subscriber.role == "preview"
         self._presence_changed(before)
 
     def set_remote(self, counts: dict[str, int]) -> None:
@@ -1468,7 +1498,7 @@ class FallbackFeed(Feed):
                 self.metrics.fallback_polls.inc()
                 message = await self._fetch(client)
                 payload = {"id": next(self._ids), "room": self.id, **message}
-                payload.update(meta="fallback", time=now_ms())
+                payload.update(meta="fallback", time=now_ms(), status=MESSAGE_STATUS)
                 self.append(message_frame(None, compact_json(payload)))
 
     async def _fetch(self, client: httpx.AsyncClient) -> dict[str, Any]:
@@ -1555,6 +1585,11 @@ class LocalBroker:
     async def not_stored(self, messages: list[tuple[Room, str]], ids: list[int]) -> None:
         """Their commit failed. Nothing was delivered: the next commit takes their ids."""
 
+    async def message_changed(self, room: Room, message_id: int, payload: str, frame: bytes):
+        """A kept message was edited or retracted (its new payload is stored): send the
+        event `frame` to the room."""
+        room.append(frame)
+
     async def history(
         self,
         room: Room,
@@ -1603,8 +1638,11 @@ class BrokerChanges:
 # Redis keys, per room (sm:room:<room>:...): `seq` the message counter, `stream` the
 # recent messages (entry id "<message id>-0", field p = the body), `presence` a hash of
 # each process's subscriber counts, `presence-changed` a stream that says they changed.
-# CHANGES_STREAM tells of changed rooms and accounts; per process a stream wakes its reader.
+# `edits` a hash of the edited messages still in the stream (message id -> the payload
+# now, RETRACTED when retracted). CHANGES_STREAM tells of changed rooms, accounts and
+# messages; per process a stream wakes its reader.
 CHANGES_STREAM = "sm:changes"
+CHANGES_KEPT = 1000  # entries of CHANGES_STREAM kept (approximately)
 READ_BLOCK_MS = 10_000  # a reader's XREAD returns at least this often, to pick up changes
 READY_TIMEOUT_S = 2  # a readiness check of Redis: well within a health checker's timeout
 
@@ -1631,6 +1669,26 @@ for i = 1, #KEYS, 2 do
   ids[#ids + 1] = id
 end
 return ids
+"""
+
+
+# Edit or retract a message: if its room's stream holds it, its payload from now on goes in
+# the room's `edits` hash (which forgets messages the stream no longer has); and every
+# process is told, with the event frame for the room's subscribers. KEYS: the room's stream,
+# its edits, CHANGES_STREAM. ARGV: the message id, its payload, the announcing process, the
+# room, the frame, CHANGES_KEPT.
+CHANGE_MESSAGE_SCRIPT = """
+local entry = ARGV[1] .. '-0'
+if redis.call('XRANGE', KEYS[1], entry, entry)[1] then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+  local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1][1]
+  oldest = tonumber(string.match(oldest, '^%d+'))
+  for _, edited in ipairs(redis.call('HKEYS', KEYS[2])) do
+    if tonumber(edited) < oldest then redis.call('HDEL', KEYS[2], edited) end
+  end
+end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*',
+  'by', ARGV[3], 'edited', ARGV[4], 'message', ARGV[1], 'frame', ARGV[5])
 """
 
 
@@ -1668,6 +1726,8 @@ class RedisBroker:
         self.process_id = uuid.uuid4().hex
         self.wake_key = f"sm:wake:{self.process_id}"
         self.followed: dict[str, int] = {}  # room -> id of the last message read for it
+        # room -> changes (message id, event frame) of messages not read yet (see _apply)
+        self.deferred: dict[str, list[tuple[int, str]]] = {}
         self.notices: dict[str, str] = {}  # room -> position in its presence-changed stream
         self.changes_seen = "0-0"  # position in CHANGES_STREAM
         self.woken = "0-0"  # position in our wake stream
@@ -1687,6 +1747,7 @@ class RedisBroker:
             socket_timeout=READ_BLOCK_MS / 1000 + 10,
         )
         self.publish_script = self.redis.register_script(PUBLISH_SCRIPT)
+        self.change_message_script = self.redis.register_script(CHANGE_MESSAGE_SCRIPT)
         newest = await self.redis.xrevrange(CHANGES_STREAM, count=1)
         self.changes_seen = newest[0][0] if newest else "0-0"
         self._counts_changed = asyncio.Event()
@@ -1750,6 +1811,19 @@ class RedisBroker:
         except Exception:
             log.exception("could not record the ids of messages delivered but not stored")
 
+    async def message_changed(self, room: Room, message_id: int, payload: str, frame: bytes):
+        """A kept message was edited or retracted (its new payload is in SQLite): the
+        room's stream history shows the new payload, and every process's reader sends the
+        event `frame` to its subscribers of the room (this one's too: in order after the
+        message, see _apply)."""
+        keys = [room_key(room.id, part) for part in ("stream", "edits")] + [CHANGES_STREAM]
+        args = [message_id, payload, self.process_id, room.id, frame, CHANGES_KEPT]
+        try:
+            await self.change_message_script(keys=keys, args=args)
+        except RedisError as error:
+            log.warning("broker could not change message %d of %s: %s", message_id, room.id, error)
+            raise broker_unavailable() from error
+
     async def _append(self, messages: list[tuple[Room, str]], floors: dict[str, int]) -> list:
         keys, args = [], []
         for room, body in messages:
@@ -1766,17 +1840,27 @@ class RedisBroker:
         newest_first: bool = False,
     ) -> list[tuple[int, str]]:
         """The room's kept messages with after < id < before, oldest first (or newest
-        first), at most `limit` (None: all): the stream's, and SQLite's older than the
-        stream's oldest (when Redis has lost or trimmed them)."""
+        first), at most `limit` (None: all): the stream's (as edited since, RETRACTED for a
+        retracted one), and SQLite's older than the stream's oldest (when Redis has lost or
+        trimmed them)."""
         key, low, high = room_key(room.id, "stream"), f"({after}-0", f"({before}-0"
         try:
-            if newest_first:
-                entries = await self.redis.xrevrange(key, high, low, count=limit)
-            else:
-                entries = await self.redis.xrange(key, low, high, count=limit)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                if newest_first:
+                    pipe.xrevrange(key, high, low, count=limit)
+                else:
+                    pipe.xrange(key, low, high, count=limit)
+                pipe.hgetall(room_key(room.id, "edits"))
+                entries, edits = await pipe.execute()
         except RedisError as error:
             raise broker_unavailable() from error
-        rows = [(entry_number(i), payload_with_id(entry_number(i), f["p"])) for i, f in entries]
+        rows = []
+        for entry_id, fields in entries:
+            message_id = entry_number(entry_id)
+            payload = edits.get(str(message_id))
+            if payload is None:
+                payload = payload_with_id(message_id, fields["p"])
+            rows.append((message_id, payload))
         if newest_first:
             if limit is None or len(rows) < limit:  # the stream ran out: older ones after it
                 below = rows[-1][0] if rows else before
@@ -1817,7 +1901,7 @@ class RedisBroker:
         await self._announce(room=compact_json(record.as_dict()))
 
     async def room_deleted(self, room_id: str) -> None:
-        parts = ("seq", "stream", "presence", "presence-changed")
+        parts = ("seq", "stream", "edits", "presence", "presence-changed")
         # A room made again with this id goes on from the last id SQLite kept of this one.
         with contextlib.suppress(RedisError):
             await self.redis.delete(*(room_key(room_id, part) for part in parts))
@@ -1830,18 +1914,23 @@ class RedisBroker:
         if not self._running:  # the create-user command: nobody to tell
             return
         try:
-            await self.redis.xadd(CHANGES_STREAM, {"by": self.process_id, **change}, maxlen=1000)
+            change = {"by": self.process_id, **change}
+            await self.redis.xadd(CHANGES_STREAM, change, maxlen=CHANGES_KEPT)
         except RedisError as error:  # it is stored: the others see it when they restart
             log.warning("broker could not announce a change (%s): %s", ", ".join(change), error)
 
     async def _apply(self, changes: list) -> None:
-        """Another process changed rooms or accounts: take the change here too."""
+        """Another process changed rooms or accounts: take the change here too. A changed
+        message (from any process) goes to the room's subscribers here, after the message
+        itself: a change of one this reader has not read yet waits for it (_deliver)."""
         reload_accounts = False
         for entry_id, fields in changes:
             self.changes_seen = entry_id
-            if fields["by"] == self.process_id:
+            if "edited" in fields:
+                self._message_changed(fields["edited"], int(fields["message"]), fields["frame"])
+            elif fields["by"] == self.process_id:
                 continue
-            if "room" in fields:
+            elif "room" in fields:
                 self.changes.room_changed(RoomRecord(**json.loads(fields["room"])))
             elif "deleted" in fields:
                 self.changes.room_deleted(fields["deleted"])
@@ -1849,6 +1938,15 @@ class RedisBroker:
                 reload_accounts = True
         if reload_accounts:
             await self.changes.accounts_changed()
+
+    def _message_changed(self, room_id: str, message_id: int, frame: str) -> None:
+        last, room = self.followed.get(room_id), self.rooms.get(room_id)
+        if last is None or room is None:  # nobody here: a replay reads the change
+            return
+        if message_id > last:
+            self.deferred.setdefault(room_id, []).append((message_id, frame))
+        else:
+            room.append(frame.encode())
 
     async def readiness(self) -> dict[str, str]:
         """Redis answers a PING within READY_TIMEOUT_S (redis-py would retry a refused
@@ -1901,6 +1999,7 @@ class RedisBroker:
                 room = self.rooms.get(room_id)
                 if room is None or not room.subscribers:
                     del self.followed[room_id], self.notices[room_id]
+                    self.deferred.pop(room_id, None)
                 if room is not None and not room.subscribers:
                     room.set_remote({"players": 0, "controllers": 0})
             streams = {CHANGES_STREAM: self.changes_seen, self.wake_key: self.woken}
@@ -1912,7 +2011,8 @@ class RedisBroker:
                     streams, count=self.settings.subscriber_queue, block=READ_BLOCK_MS
                 )
                 recount = set()
-                for stream, entries in reply:
+                # the changes last: a message's change comes after the message (see _apply)
+                for stream, entries in sorted(reply, key=lambda item: item[0] == CHANGES_STREAM):
                     if stream == self.wake_key:
                         self.woken = entries[-1][0]
                     elif stream == CHANGES_STREAM:
@@ -1947,6 +2047,12 @@ class RedisBroker:
             last = message_id
         self.followed[room_id] = last
         room.record.last_id = max(room.record.last_id, last)
+        if deferred := self.deferred.pop(room_id, None):
+            for message_id, change in deferred:
+                if message_id <= last:
+                    room.append(change.encode())
+                else:
+                    self.deferred.setdefault(room_id, []).append((message_id, change))
 
     def _count_changed(self, room: Room) -> None:
         self.changed.add(room.id)
@@ -2054,11 +2160,13 @@ class Hub:
         self._writing: asyncio.Task
         self._keeping_alive: asyncio.Task
         self.closing = False
-        for role in ("player", "controller"):
+        for role in ("player", "controller", "preview"):
             self.metrics.subscribers.labels(role).set_function(lambda role=role: self.count(role))
 
     def count(self, role: str) -> int:
         """This process's subscribers with this role, in all rooms."""
+        if role == "preview":
+            return sum(room.previews for room in self.rooms.values())
         return sum(room.local_presence()[f"{role}s"] for room in self.rooms.values())
 
     async def start(self) -> None:
@@ -2225,8 +2333,9 @@ class Hub:
                         if keyed:
                             batch = await self._answer_retries(batch, time_ms)
                         messages = [message for item in batch for message in item.messages]
+                        fields = {"time": time_ms, "status": MESSAGE_STATUS}
                         bodies = [  # the payloads but their ids, which the broker gives
-                            (room, compact_json({"room": room.id, **message, "time": time_ms}))
+                            (room, compact_json({"room": room.id, **message, **fields}))
                             for room, message in messages
                         ]
                         ids = await self.broker.assign(bodies) if bodies else []
@@ -2235,7 +2344,7 @@ class Hub:
                             for (room, body), message_id in zip(bodies, ids, strict=True)
                         ]
                         results = iter(
-                            {"id": message_id, "room": room.id, **message, "time": time_ms}
+                            {"id": message_id, "room": room.id, **message, **fields}
                             for (room, message), message_id in zip(messages, ids, strict=True)
                         )
                         per_item = [[next(results) for _ in item.messages] for item in batch]
@@ -2305,6 +2414,41 @@ class Hub:
         ]
         expired = time_ms - int(self.settings.idempotency_window_s * 1000)
         await self.storage.write_idempotency_keys(rows, expired)
+
+    async def edit_message(
+        self,
+        room: Room,
+        message_id: int,
+        changes: dict[str, Any],
+        check: Callable[[dict[str, Any]], dict[str, Any]],
+    ) -> dict[str, Any]:
+        """Replace fields (speaker, data, meta) of a kept message and send the room
+        `event: edit` with its new payload (which also has `edited`, epoch ms); returns it.
+        `check` validates the message as edited, as a publish is (raises ApiError). 404 when
+        the room does not keep the message (or it was retracted)."""
+        async with self.storage.lock, self.storage.locked_transaction():
+            payload = json.loads(await self._kept_message(room, message_id))
+            edited = {name: payload[name] for name in ("speaker", "data", "meta")} | changes
+            payload |= check(edited) | {"edited": now_ms()}
+            encoded = compact_json(payload)
+            await self.storage.replace_message(room.id, message_id, encoded)
+        await self.broker.message_changed(room, message_id, encoded, event_frame("edit", payload))
+        return payload
+
+    async def retract_message(self, room: Room, message_id: int) -> None:
+        """Retract a kept message: history and replays leave it out from now on, and the
+        room gets `event: retract` with its id. 404 as for edit_message."""
+        async with self.storage.lock, self.storage.locked_transaction():
+            await self._kept_message(room, message_id)
+            await self.storage.replace_message(room.id, message_id, RETRACTED)
+        frame = event_frame("retract", {"id": message_id, "room": room.id})
+        await self.broker.message_changed(room, message_id, RETRACTED, frame)
+
+    async def _kept_message(self, room: Room, message_id: int) -> str:
+        payload = await self.storage.kept_message(room.id, message_id)
+        if payload is None:
+            raise ApiError(404, f"Unknown message: {message_id}", room=room.id, id=message_id)
+        return payload
 
     async def serve_stream(
         self,
@@ -2391,13 +2535,15 @@ class Hub:
         size = len(chunk[0])
         while True:
             for message_id, payload in rows:
+                subscriber.replayed_through = message_id
+                if payload == RETRACTED:
+                    continue
                 frame = message_frame(message_id, payload)
                 if size and size + len(frame) > self.settings.replay_page_bytes:
                     await self._replay_write(subscriber, room, b"".join(chunk))
                     chunk, size = [], 0
                 chunk.append(frame)
                 size += len(frame)
-                subscriber.replayed_through = message_id
             if len(rows) < REPLAY_PAGE_ROWS:
                 break
             rows = await self.broker.history(
@@ -3103,6 +3249,14 @@ class MessagePayload(BaseModel):
     data: dict[str, Any]
     time: int = Field(description="epoch ms at publish")
     meta: Any = None
+    status: Literal["✔ success"] = Field(
+        default=MESSAGE_STATUS, description="always this: the Bun project's pages show it"
+    )
+    edited: int | None = Field(
+        default=None,
+        description="epoch ms of its last edit (absent if never edited)",
+        exclude_if=lambda value: value is None,
+    )
 
 
 class SentReply(Reply):
@@ -3142,9 +3296,10 @@ class ResumeQuery(BaseModel):
 
 
 class EventsQuery(ResumeQuery):
-    role: Literal["player", "controller"] = Field(
+    role: Literal["player", "controller", "preview"] = Field(
         default="player",
-        description="a controller needs the publish and subscribe rights (token or cookie)",
+        description="a controller needs the publish and subscribe rights (token or cookie);"
+        " a preview is a player that presence does not count (the admin page's)",
     )
     token: str | None = Field(default=None, description="for a controller or a private room")
 
@@ -3291,7 +3446,7 @@ def stream_events(app: StreamingMessage, scope, receive, send, headers, match) -
             reason=reason,
             requested=room_id,
         )
-    role = "controller" if params.get("role") == "controller" else "player"
+    role = params.get("role") if params.get("role") in ("controller", "preview") else "player"
     if role == "controller" or room.record.private:
         token = bearer_token(headers) or params.get("token") or session_cookie(headers)
         if role == "controller":  # it may publish here; and it reads the room as players do
@@ -4041,16 +4196,88 @@ async def room_messages(room_id: str, query_args: HistoryQuery):
     Who may read them: who may subscribe to the room"""
     room = readable_room(room_id)
     newest_first = query_args.order == "desc"
-    rows = await current_app.hub.broker.history(
-        room, query_args.after, query_args.before or sys.maxsize, query_args.limit + 1, newest_first
-    )
-    page, next_page = rows[: query_args.limit], None
-    if len(rows) > query_args.limit:  # one more than asked: there is a next page
+    after, before, limit = query_args.after, query_args.before or sys.maxsize, query_args.limit
+    rows: list[tuple[int, str]] = []
+    while len(rows) <= limit:  # one more than asked: is there a next page?
+        wanted = limit + 1 - len(rows)  # (more when some were retracted)
+        read = await current_app.hub.broker.history(room, after, before, wanted, newest_first)
+        rows += [row for row in read if row[1] != RETRACTED]
+        if len(read) < wanted:
+            break
+        if newest_first:
+            before = read[-1][0]
+        else:
+            after = read[-1][0]
+    page, next_page = rows[:limit], None
+    if len(rows) > limit:
         cursor = {"before" if newest_first else "after": page[-1][0]}
         params = query_args.model_dump(exclude_defaults=True, exclude={"token"}) | cursor
         next_page = f"/api/v1/rooms/{room.id}/messages?{urlencode(params)}"
     messages = [json.loads(payload) for _, payload in page]
     return ok(room=room.id, messages=messages, next=next_page)
+
+
+class MessageEdit(Body):
+    """What changes in the message: any of speaker, data and meta (as in a publish)."""
+
+    token: str | None = None
+    speaker: Speaker | None = None
+    data: dict[str, Any] | None = Field(default=None, description="replaces the message's data")
+    meta: Any = Field(default=None, description="replaces its meta (sent as null: null)")
+
+
+class EditedReply(Reply):
+    target: dict[Literal["room"], str]
+    event: MessagePayload
+    id: int
+
+
+class RetractedReply(Reply):
+    target: dict[Literal["room"], str]
+    id: int
+
+
+def message_id_of(room: Room, value: str) -> int:
+    """A message id in a path: a decimal id of ours, else 404."""
+    if not LAST_EVENT_ID.fullmatch(value):
+        raise ApiError(404, f"Unknown message: {value}", room=room.id, id=value)
+    return int(value)
+
+
+@routes.patch("/api/v1/rooms/<room_id>/messages/<message_id>")
+@validate_request(MessageEdit)
+@validate_response(EditedReply)
+async def edit_message(room_id: str, message_id: str, data: MessageEdit):
+    """Edit a kept message (publish rights): its stream sends `event: edit` with the new
+    payload; history and replays show it from now on"""
+    room = current_app.hub.find_room(room_id)
+    current_app.accounts.authorize(request_token(data.token), room, "publish")
+    changes = data.model_dump(include={"speaker", "data", "meta"} & data.model_fields_set)
+    if not changes:
+        raise ApiError(400, "Nothing to change: send speaker, data or meta")
+    if "speaker" in changes and changes["speaker"] is None:
+        raise ApiError(400, "speaker must be a string")
+    if "data" in changes and changes["data"] is None:
+        raise ApiError(400, "data must be a JSON object")
+
+    def check(message: dict[str, Any]) -> dict[str, Any]:
+        return validate_message(message, current_app.settings)[0]
+
+    message_id = message_id_of(room, message_id)
+    payload = await current_app.hub.edit_message(room, message_id, changes, check)
+    return ok("Message Edited", target={"room": room.id}, event=payload, id=message_id)
+
+
+@routes.delete("/api/v1/rooms/<room_id>/messages/<message_id>")
+@validate_response(RetractedReply)
+async def retract_message(room_id: str, message_id: str):
+    """Retract a kept message (publish rights): its stream sends `event: retract`
+    (`{"id", "room"}`); history and replays leave it out from now on"""
+    room = current_app.hub.find_room(room_id)
+    current_app.accounts.authorize(request_token(), room, "publish")
+    message_id = message_id_of(room, message_id)
+    await current_app.hub.retract_message(room, message_id)
+    return ok("Message Retracted", target={"room": room.id}, id=message_id)
 
 
 # Uploads: a room's images (speaker avatars, the `@{name}` code) and sounds (a speaker's

@@ -137,7 +137,7 @@ async def test_invalid_and_unknown_rooms_stream_quotes(quote_server: Server, roo
         (event,) = await collect(events, 1)
     assert event.id == ""  # no `id:` line: a client's Last-Event-ID is left alone
     quote = json.loads(event.data)
-    assert set(quote) == {"id", "room", "speaker", "data", "time", "meta"}
+    assert set(quote) == {"id", "room", "speaker", "data", "time", "meta", "status"}
     assert quote["meta"] == "fallback" and quote["room"] == "fallback"
     assert quote["speaker"] == "tester"
     assert quote["data"]["message"].startswith("stand-in quote ")

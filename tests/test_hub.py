@@ -68,7 +68,7 @@ def test_bun_readme_curl_commands_arrive_on_a_curl_stream(make_server):
     assert payloads[2]["data"]["message"] == "还追！还追！移速七百多还追！！！"
     assert [int(frame["id"]) for frame in frames] == [p["id"] for p in payloads] == [1, 2, 3]
     for payload in payloads:
-        assert set(payload) == {"id", "room", "speaker", "data", "time", "meta"}
+        assert set(payload) == {"id", "room", "speaker", "data", "time", "meta", "status"}
         assert payload["room"] == "lobby"
 
 

@@ -23,6 +23,7 @@ import pytest
 import pytest_asyncio
 from browser_support import NewContext, chromium, new_context  # noqa: F401
 from conftest import ROOT, Server, collect, free_port, subscribe
+from fake_llm import FakeLLM, relay_env
 from playwright.async_api import ConsoleMessage, Page
 from test_uploads import png
 
@@ -303,6 +304,50 @@ async def test_a_failed_ai_answer_is_withdrawn(browser: Browser, make_server):
     await page.wait_for_selector(f"#dialog[data-id='{uid}']:not(.hidden)")
     assert httpx.delete(f"{server.url}/api/v1/chat/{uid}", headers=auth).status_code == 200
     await page.wait_for_selector("#dialog.hidden[data-state=idle]")  # nothing is stored
+
+
+def change(server: Server, method: str, message_id: int, body: dict | None = None) -> None:
+    """Edit (PATCH, with `body`) or retract (DELETE) a message of the lobby."""
+    reply = httpx.request(
+        method,
+        f"{server.url}/api/v1/rooms/lobby/messages/{message_id}",
+        json=body,
+        headers={"Authorization": f"Bearer {server.token}"},
+    )
+    assert reply.status_code == 200, reply.text
+
+
+async def test_edit_and_retract_change_a_player_on_screen_and_in_replay(
+    browser: Browser, make_server
+):
+    server: Server = make_server()
+    page = await player(browser, server)
+    shown = server.publish("typo", {"message": "Helo, wrold", "speed": FAST})["id"]
+    await line_shown(page, shown)
+    change(server, "PATCH", shown, {"speaker": "Fixed", "data": {"message": "@bHello@r, world"}})
+    await page.wait_for_function(
+        "() => document.getElementById('text').textContent === 'Hello, world'"
+    )
+    assert await page.text_content("#speaker") == "Fixed"
+    assert await page.text_content("#text .fmt-b") == "Hello"
+    assert await page.get_attribute("#dialog", "data-state") == "done"  # at once, not retyped
+
+    waiting = [server.publish("q", {"message": f"line {i}", "speed": 2})["id"] for i in (1, 2)]
+    await page.wait_for_function(
+        "id => document.getElementById('dialog').dataset.id === id", arg=str(waiting[0])
+    )
+    change(server, "DELETE", waiting[1])  # queued: it is never shown
+    change(server, "DELETE", waiting[0])  # being typed: it goes at once
+    await page.wait_for_selector("#dialog.hidden[data-state=idle]")
+
+    later = server.publish("q", {"message": "later", "speed": FAST})["id"]
+    resumed = await player(browser, server, "/lobby?lastEventId=0")  # the replay of it all
+    assert await line_shown(resumed, shown) == "Hello, world"
+    assert await resumed.text_content("#speaker") == "Fixed"
+    await resumed.evaluate(RECORD_LINES)
+    await line_shown(resumed, later)
+    assert await resumed.evaluate("window.lines") == [[str(later), "later"]]  # none between
+    await screenshot(page, "player-edited")
 
 
 class StaticSite:
@@ -621,6 +666,15 @@ async def test_history_page_shows_the_last_lines_then_new_ones(browser: Browser,
     assert await lines.nth(0).text_content() == "Bobline 6"
     texts = await lines.all_text_contents()
     assert len(set(texts)) == 20  # the stream went on after the history: no line twice
+    # an edited line is fixed in place, a retracted one taken out
+    messages = f"{server.url}/api/v1/rooms/lobby/messages"
+    auth = {"Authorization": f"Bearer {server.token}"}
+    edited = httpx.patch(f"{messages}/20", json={"data": {"message": "@ifixed"}}, headers=auth)
+    assert edited.status_code == 200, edited.text
+    await page.wait_for_selector(".log-line[data-id='20'] .fmt-i:text-is('fixed')")
+    assert httpx.delete(f"{messages}/21", headers=auth).status_code == 200
+    await page.wait_for_selector(".log-line[data-id='21']", state="detached")
+    assert await lines.count() == 19
     await page.wait_for_timeout(400)  # the new line's entrance, for the screenshot
     await screenshot(page, "history")
 
@@ -662,6 +716,14 @@ async def ask(page: Page, prompt: str) -> None:
 LAST_BUBBLE = "#log .chat:last-child .chat-bubble"
 
 
+async def answer_begins(page: Page, start: str) -> None:
+    """Waits until the answer coming in begins with `start`."""
+    await page.wait_for_function(
+        "([selector, start]) => document.querySelector(selector).textContent.startsWith(start)",
+        arg=[LAST_BUBBLE, start],
+    )
+
+
 async def test_chat_streams_a_demo_answer_and_keeps_the_conversation(browser: Browser, make_server):
     server: Server = make_server(DEMO_DELAY_S="0.01")
     page = await browser.open(f"{server.url}/chat")
@@ -693,10 +755,7 @@ async def test_chat_stop_ends_the_answer_on_the_server_too(browser: Browser, mak
     async with page.expect_response("**/api/v1/chat") as started:
         await ask(page, "Tell me a long story")
     uid = (await (await started.value).json())["uid"]
-    await page.wait_for_function(
-        "selector => document.querySelector(selector).textContent.startsWith('[Demo')",
-        arg=LAST_BUBBLE,
-    )
+    await answer_begins(page, "[Demo")
     await page.click("#stop")
     await page.wait_for_selector("text=stopped")
     partial = await page.text_content(LAST_BUBBLE)
@@ -708,6 +767,62 @@ async def test_chat_stop_ends_the_answer_on_the_server_too(browser: Browser, mak
     ]
     assert await page.text_content(LAST_BUBBLE) == partial  # nothing came after the stop
     assert await page.is_visible("#send")
+
+
+CUT_NOTE = "\n\n[This answer was cut off before its end.]"
+
+
+async def test_chat_reload_during_an_answer_resumes_it(browser: Browser, make_server, llm: FakeLLM):
+    llm.delay = 0.3  # a word every 0.3 s: the reload comes in the middle
+    server: Server = make_server(**relay_env(llm))
+    page = await browser.open(f"{server.url}/chat")
+    await ask(page, "Tell me about the fox")
+    await answer_begins(page, "The quick")
+    requests = []
+    page.on("request", lambda request: requests.append(request))
+    await page.reload()
+    await page.wait_for_selector("#stop")  # still coming in
+    await page.wait_for_selector("text=Regenerate")
+    assert await page.text_content(LAST_BUBBLE) == llm.answer()  # all of it, once
+    assert len(llm.calls) == 1  # followed again, not asked again
+    (resumed,) = [r for r in requests if r.url.endswith("/events")]
+    assert int((await resumed.all_headers())["last-event-id"]) >= 2
+    assert await page.locator(".chat-footer .note").count() == 0
+    assert await page.is_visible("a#admin-link[href=admin]")
+
+
+async def test_chat_marks_a_cut_off_answer_so_in_the_next_question(
+    browser: Browser, make_server, llm: FakeLLM
+):
+    llm.delay = 0.3
+    server: Server = make_server(**relay_env(llm))
+    page = await browser.open(f"{server.url}/chat")
+    await ask(page, "First")
+    await answer_begins(page, "The quick")
+    await page.click("#stop")
+    await page.wait_for_selector("text=stopped")
+    partial = await page.text_content(LAST_BUBBLE)
+    llm.delay = 0.01
+    async with page.expect_request("**/api/v1/chat") as started:
+        await ask(page, "Second")
+    sent = json.loads((await started.value).post_data)["messages"]
+    assert sent[1] == {"role": "assistant", "content": partial + CUT_NOTE}
+    await page.wait_for_selector("text=Regenerate")
+
+    # An answer left coming in by a tab that was closed: marked interrupted in a new one.
+    pending = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hel", "pending": True},
+    ]
+    await page.evaluate(
+        "messages => localStorage.setItem('streaming-message.chat', JSON.stringify(messages))",
+        pending,
+    )
+    other = await page.context.new_page()  # its own sessionStorage
+    await other.goto(f"{server.url}/chat")
+    await other.wait_for_selector(".chat-footer .note:text('interrupted')")
+    assert await other.text_content(LAST_BUBBLE) == "Hel"
+    assert await other.is_visible("text=Regenerate")
 
 
 async def test_chat_shows_errors(browser: Browser, make_server):
@@ -761,7 +876,8 @@ async def test_admin_login_create_room_send_and_a_player_shows_it(browser: Brows
 
     viewer = await player(browser, hub, "/stage")  # another user
     await viewer.wait_for_selector("#controller[data-state=online]")  # the admin page
-    await page.wait_for_selector("#presence:text('2 players · 1 controller')")  # + the preview
+    # the preview is no player
+    await page.wait_for_selector("#presence:text('1 player · 1 controller')")
 
     await page.fill("#send [name=speaker]", "Narrator")
     await page.fill("#send [name=speed]", "500")
@@ -770,7 +886,8 @@ async def test_admin_login_create_room_send_and_a_player_shows_it(browser: Brows
     await viewer.wait_for_selector("#dialog[data-state=done]")
     assert await viewer.text_content("#text") == "Hello from the <i>admin</i>"
     assert await viewer.text_content("#speaker") == "Narrator"
-    await page.wait_for_selector("#history li:has-text('@bHello@r from the <i>admin</i>')")
+    entry = page.locator("#history li:has-text('Hello from the <i>admin</i>')")
+    assert await entry.locator(".fmt-b").text_content() == "Hello"  # as the player shows it
     assert await page.input_value("#send [name=message]") == ""  # ready for the next line
     preview = page.frame_locator("#preview")
     await preview.locator("#dialog[data-state=done]").wait_for()
@@ -807,6 +924,46 @@ async def test_admin_shows_recent_messages_from_the_history_api(browser: Browser
     hub.publish(data={"message": "live line"})
     await page.wait_for_selector("#history li:first-child:has-text('live line')")
     assert await items.count() == 50 and "line 58" in await items.nth(2).text_content()
+
+
+async def test_admin_preview_shows_the_last_message_at_once_and_is_no_player(
+    browser: Browser, hub: Server
+):
+    for i in range(3):
+        hub.publish(data={"message": f"line {i}", "speed": FAST})
+    page = await admin_page(browser, hub)
+    preview = page.frame_locator("#preview")
+    await preview.locator("#dialog[data-id='3'][data-state=done]").wait_for()
+    assert await preview.locator("#text").text_content() == "line 2"
+    await page.wait_for_selector("#controller-state[data-state=live]")
+    await preview.locator("#connection[data-state=live]").wait_for()
+    presence = httpx.get(f"{hub.url}/api/v1/rooms/lobby/presence").json()
+    assert (presence["players"], presence["controllers"]) == (0, 1)
+    assert await page.text_content("#presence") == "0 players · 1 controller"
+
+
+async def test_admin_edits_and_retracts_recent_messages(browser: Browser, hub: Server):
+    sent = [hub.publish("Narrator", {"message": f"line {i}", "speed": FAST})["id"] for i in (1, 2)]
+    page = await admin_page(browser, hub)
+    viewer = await player(browser, hub)
+    await page.wait_for_selector("#controller-state[data-state=live]")
+    last = page.locator(f"#history li[data-id='{sent[1]}']")
+    await last.locator("button:text('Edit')").click()
+    await page.fill(f"#history li[data-id='{sent[1]}'] input[name=message]", "@iline two@r")
+    await page.press(f"#history li[data-id='{sent[1]}'] input[name=message]", "Enter")
+    await last.locator(".fmt-i:text('line two')").wait_for()
+    assert "(edited)" in await last.text_content()
+    reply = httpx.get(f"{hub.url}/api/v1/rooms/lobby/messages").json()
+    assert reply["messages"][0]["data"] == {"message": "@iline two@r", "speed": FAST}
+
+    hub.publish("Narrator", {"message": "line 3", "speed": FAST})
+    await line_shown(viewer, sent[1] + 1)
+    page.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await page.locator(f"#history li[data-id='{sent[1] + 1}'] button:text('Retract')").click()
+    await page.wait_for_selector(f"#history li[data-id='{sent[1] + 1}']", state="detached")
+    await viewer.wait_for_selector("#dialog.hidden[data-state=idle]")  # off the screen
+    ids = [m["id"] for m in httpx.get(f"{hub.url}/api/v1/rooms/lobby/messages").json()["messages"]]
+    assert ids == sent[::-1]
 
 
 async def test_admin_lists_every_room_past_one_page(browser: Browser, hub: Server):
@@ -937,9 +1094,19 @@ async def test_admin_renews_its_session_before_the_access_token_expires(
 
 
 async def test_admin_works_on_a_phone(browser: Browser, hub: Server):
-    page = await admin_page(browser, hub, viewport={"width": 390, "height": 844}, is_mobile=True)
-    overflow = await page.evaluate("document.documentElement.scrollWidth - innerWidth")
-    assert overflow <= 0
+    hub.publish("Narrator", {"message": "@bA long line with a long word: " + "x" * 80})
+    page = await admin_page(browser, hub, viewport={"width": 360, "height": 740}, is_mobile=True)
+    await page.wait_for_selector("#history li")
+    # A mobile browser widens the layout viewport to fit wider content (innerWidth grows
+    # with it), and a card's overflow may be clipped rather than scroll: neither may happen.
+    assert await page.evaluate("[innerWidth, document.documentElement.scrollWidth]") == [360, 360]
+    clipped = await page.evaluate(
+        """() => [...document.querySelectorAll('#app-view *')]
+            .filter(node => node.getBoundingClientRect().right > innerWidth + 0.5)
+            .filter(node => !node.closest('.overflow-x-auto'))
+            .map(node => node.outerHTML.slice(0, 80))"""
+    )
+    assert clipped == []
     await screenshot(page, "admin-phone", full_page=True)
 
 

@@ -1,6 +1,8 @@
 // The admin page: log in, manage rooms, speak in them as their controller, API tokens, users.
 // The access token lives in memory only and is renewed before it expires with the HttpOnly
 // refresh cookie; the controller stream authenticates with the session cookie.
+import { renderMessage } from './codes';
+import { uploadUrl } from './dialogue';
 import { type ApiOptions, ApiError, api, byId, el, fill, messageOf } from './common';
 
 interface User {
@@ -42,9 +44,12 @@ interface ApiToken {
 
 interface Payload {
   id: number;
+  room: string;
   speaker: string;
   data: { message?: unknown };
+  meta: unknown;
   time: number;
+  edited?: number; // epoch ms of its last edit
 }
 
 const SIGNED_IN = 'streaming-message.signed-in'; // a refresh cookie may exist: try it on load
@@ -232,10 +237,7 @@ function select(roomId: string | null): void {
   settings.theme.value = room.settings.theme || '';
   if (room.subscribers) showPresence(room.subscribers);
   profilesPanel(room);
-  if (following !== room.id) {
-    byId<HTMLIFrameElement>('preview').src = `/${room.id}`;
-    follow();
-  }
+  if (following !== room.id) follow();
 }
 
 onSubmit('create-room', ({ id, title, private: hidden }, form) => {
@@ -364,16 +366,74 @@ function showPresence({ players, controllers }: Presence): void {
   byId('presence').textContent = `${players} player${players === 1 ? '' : 's'} · ${controllers} controller${controllers === 1 ? '' : 's'}`;
 }
 
+/** A recent message, formatted as players show it, with buttons to edit or retract it. */
 function historyEntry(message: Payload): HTMLLIElement {
-  const text = typeof message.data?.message === 'string' ? message.data.message : JSON.stringify(message.data);
-  return el(
+  const text = message.data?.message;
+  const shown = el('span', { class: 'message min-w-0 wrap-anywhere' });
+  if (typeof text === 'string') shown.append(renderMessage(text, message.meta, (name) => uploadUrl('', message.room, name, '')));
+  else shown.textContent = JSON.stringify(message.data);
+  const entry: HTMLLIElement = el(
     'li',
-    { class: 'border-b border-base-300 py-1' },
-    el('span', { class: 'mr-2 font-mono text-xs opacity-60' }, `#${message.id} ${new Date(message.time).toLocaleTimeString()}`),
-    el('b', {}, message.speaker),
-    ': ',
-    text,
+    { class: 'flex flex-wrap items-baseline gap-x-2 border-b border-base-300 py-1', 'data-id': message.id },
+    el('span', { class: 'font-mono text-xs opacity-60' }, `#${message.id} ${new Date(message.time).toLocaleTimeString()}`),
+    el('b', {}, `${message.speaker}:`),
+    shown,
+    message.edited && el('span', { class: 'text-xs opacity-60' }, '(edited)'),
+    el(
+      'span',
+      { class: 'ml-auto flex gap-1' },
+      typeof text === 'string' &&
+        el('button', { class: 'btn btn-ghost btn-xs', type: 'button', onclick: () => editEntry(entry, message, text) }, 'Edit'),
+      el('button', { class: 'btn btn-ghost btn-xs text-error', type: 'button', onclick: () => retract(message) }, 'Retract'),
+    ),
   );
+  return entry;
+}
+
+/** Edit a message's text in place: Enter (or Save) sends it, Escape (or Cancel) gives up. */
+function editEntry(entry: HTMLLIElement, message: Payload, text: string): void {
+  const input = el('input', { class: 'input input-xs min-w-0 flex-1', name: 'message', value: text, required: true });
+  const form: HTMLFormElement = el(
+    'form',
+    {
+      class: 'flex w-full gap-1',
+      onsubmit: (event: Event) => {
+        event.preventDefault();
+        attempt(async () => {
+          const { event: edited } = await call<{ event: Payload }>(`/api/v1/rooms/${message.room}/messages/${message.id}`, {
+            method: 'PATCH',
+            body: { data: { ...message.data, message: input.value } },
+          });
+          showEdit(edited);
+        });
+      },
+    },
+    input,
+    el('button', { class: 'btn btn-primary btn-xs', type: 'submit' }, 'Save'),
+    el('button', { class: 'btn btn-ghost btn-xs', type: 'button', onclick: () => entry.replaceWith(historyEntry(message)) }, 'Cancel'),
+  );
+  input.addEventListener('keydown', (event: KeyboardEvent) => {
+    if (event.key === 'Escape') entry.replaceWith(historyEntry(message));
+  });
+  entry.replaceChildren(entry.children[0], entry.children[1], form);
+  input.focus();
+}
+
+function retract(message: Payload): void {
+  if (!window.confirm(`Retract message #${message.id}? Players take it off the screen and history leaves it out.`)) return;
+  attempt(async () => {
+    await call(`/api/v1/rooms/${message.room}/messages/${message.id}`, { method: 'DELETE' });
+    showRetract(message.id);
+  });
+}
+
+/** An edit (by this page or another controller): its entry shows the message as it is now. */
+function showEdit(message: Payload): void {
+  byId('history').querySelector(`li[data-id="${message.id}"]`)?.replaceWith(historyEntry(message));
+}
+
+function showRetract(id: number): void {
+  byId('history').querySelector(`li[data-id="${id}"]`)?.remove();
 }
 
 /** This page is the selected room's controller: players see it online while it is open. Its
@@ -392,14 +452,24 @@ function follow(): void {
     ({ messages }) => {
       if (following !== room.id || controller) return; // another room (or this one again) since
       history.replaceChildren(...messages.map(historyEntry));
+      preview(room, messages[0]?.id);
       control(room, String(messages[0]?.id ?? 0));
     },
     (error) => {
       if (following !== room.id || controller) return;
       notify(`Could not read the recent messages: ${messageOf(error)}`);
+      preview(room);
       control(room, String(room.last_id)); // live messages only
     },
   );
+}
+
+/** The player in the preview: it starts with the newest message, and as a "preview" its
+ * stream is not counted as a player. */
+function preview(room: Room, newest?: number): void {
+  const query = new URLSearchParams({ role: 'preview' });
+  if (newest) query.set('lastEventId', String(newest - 1));
+  byId<HTMLIFrameElement>('preview').src = `/${room.id}?${query}`;
 }
 
 function control(room: Room, lastEventId: string): void {
@@ -428,6 +498,8 @@ function control(room: Room, lastEventId: string): void {
     history.prepend(historyEntry(JSON.parse(event.data)));
     history.children[HISTORY]?.remove();
   });
+  source.addEventListener('edit', (event) => showEdit(JSON.parse(event.data)));
+  source.addEventListener('retract', (event) => showRetract(JSON.parse(event.data).id));
   source.addEventListener('deleted', () => attempt(loadRooms));
 }
 

@@ -1,6 +1,7 @@
 // The chat page: a conversation with the server's AI relay, kept in localStorage. Each
 // answer is started with POST /api/v1/chat and followed on /api/v1/chat/<uid>/events
-// (SSEClient: a dropped connection resumes by Last-Event-ID).
+// (SSEClient: a dropped connection resumes by Last-Event-ID). The answer being followed is
+// also in sessionStorage (its uid and last event id): a reload of the tab resumes it.
 import { api, byId, el, fill, messageOf } from './common';
 
 interface ChatMessage {
@@ -9,6 +10,13 @@ interface ChatMessage {
   model?: string; // of an answer: which model gave it ("demo": the built-in one)
   note?: string; // of an answer: stopped, or why it failed
   failed?: boolean; // a failed answer is shown but not sent back as context
+  cut?: boolean; // stopped or interrupted before its end: sent back as context marked so
+  pending?: boolean; // still coming in (this tab follows it, see FOLLOWED)
+}
+
+interface Followed {
+  uid: string;
+  lastEventId: string;
 }
 
 interface Running {
@@ -18,6 +26,8 @@ interface Running {
 }
 
 const STORE = 'streaming-message.chat';
+const FOLLOWED = 'streaming-message.chat.followed'; // sessionStorage: the answer coming in
+const CUT_NOTE = '\n\n[This answer was cut off before its end.]';
 const log = byId('log');
 const prompt = byId<HTMLTextAreaElement>('prompt');
 const sendButton = byId<HTMLButtonElement>('send');
@@ -77,19 +87,30 @@ function render(): void {
 }
 
 async function ask(): Promise<void> {
-  const conversation = messages.filter((m) => !m.failed).map(({ role, content }) => ({ role, content }));
-  const answer: ChatMessage = { role: 'assistant', content: '' };
+  const conversation = messages
+    .filter((m) => !m.failed)
+    .map(({ role, content, cut }) => ({ role, content: cut ? content + CUT_NOTE : content }));
+  const answer: ChatMessage = { role: 'assistant', content: '', pending: true };
   messages.push(answer);
   running = { answer };
+  save();
   render();
   let uid: string;
   try {
     ({ uid } = await api('/api/v1/chat', { method: 'POST', body: { messages: conversation } }));
   } catch (error) {
-    return end(answer, messageOf(error), true);
+    return end(answer, messageOf(error), 'failed');
   }
   if (running?.answer !== answer) return cancel(uid); // stopped while it was starting
+  follow(answer, { uid, lastEventId: '' });
+}
+
+/** Follow an answer's events from after `lastEventId`. */
+function follow(answer: ChatMessage, followed: Followed): void {
+  const { uid } = followed;
+  sessionStorage.setItem(FOLLOWED, JSON.stringify(followed));
   const source = new SSEClient(`/api/v1/chat/${encodeURIComponent(uid)}/events`, {
+    lastEventId: followed.lastEventId,
     retryDelay: 1000,
     backoff: 2,
     maxRetryDelay: 10000,
@@ -101,27 +122,47 @@ async function ask(): Promise<void> {
     const bubble = log.querySelector('.chat:last-child .chat-bubble');
     if (bubble) bubble.textContent = answer.content;
     log.scrollTop = log.scrollHeight;
-    save();
+    save(); // the text and the id it goes on after, together
+    sessionStorage.setItem(FOLLOWED, JSON.stringify({ uid, lastEventId: event.lastEventId }));
   });
   source.addEventListener('done', (event) => {
     answer.model = JSON.parse(event.data).model;
     end(answer);
   });
   source.addEventListener('error', (event) => {
-    const data = (event as { data?: string }).data;
-    if (data !== undefined) end(answer, JSON.parse(data).msg, true); // the answer failed
-    else if (source.readyState === SSEClient.CLOSED) end(answer, 'Lost the connection to the server', true);
+    const { data, status } = event as { data?: string; status?: number };
+    if (data !== undefined) end(answer, JSON.parse(data).msg, 'failed'); // the answer failed
+    else if (status === 404) end(answer, 'interrupted', 'cut'); // the server no longer has it
+    else if (source.readyState === SSEClient.CLOSED) end(answer, 'Lost the connection to the server', 'failed');
   });
 }
 
-/** The answer is over: done, stopped or failed. */
-function end(answer: ChatMessage, note?: string, failed = false): void {
+/** The answer is over: done, stopped or interrupted (cut), or failed. */
+function end(answer: ChatMessage, note?: string, outcome?: 'cut' | 'failed'): void {
   running?.source?.close();
   running = null;
+  sessionStorage.removeItem(FOLLOWED);
   answer.note = note;
-  answer.failed = failed || undefined;
+  answer.failed = outcome === 'failed' || undefined;
+  answer.cut = outcome === 'cut' || undefined;
+  answer.pending = undefined;
   save();
   render();
+}
+
+/** On load: an answer that was coming in when this tab was reloaded goes on where it was;
+ * one that this tab was not following (its tab was closed) is marked interrupted. */
+function resume(): void {
+  const last = messages[messages.length - 1];
+  if (!last?.pending) return;
+  let followed: Followed | null = null;
+  try {
+    followed = JSON.parse(sessionStorage.getItem(FOLLOWED) || 'null');
+  } catch {
+    // as if there were none
+  }
+  if (followed?.uid) follow(last, followed);
+  else end(last, 'interrupted', 'cut');
 }
 
 function cancel(uid: string): void {
@@ -131,7 +172,7 @@ function cancel(uid: string): void {
 function stop(): void {
   if (!running) return;
   const { uid, answer } = running;
-  end(answer, 'stopped');
+  end(answer, 'stopped', 'cut');
   if (uid) cancel(uid);
 }
 
@@ -161,4 +202,5 @@ byId('new').addEventListener('click', () => {
   save();
   render();
 });
+resume();
 render();

@@ -2,15 +2,13 @@
 // URL: /<room>/history on the hub, or history.html?hub=https://hub.example&room=<room>.
 // Options: ?lines=<n> (default 20, at most 200), ?theme=, ?bg=transparent, ?status=hide,
 // ?token= (a private room's subscribe token).
+import { renderMessage } from './codes';
 import { api, byId, el } from './common';
 import {
   applyPageOptions,
-  applyStep,
   hubBase,
-  layOut,
   needsHub,
   paintPlate,
-  parseCodes,
   profileOf,
   roomOf,
   STREAM_OPTIONS,
@@ -39,19 +37,32 @@ interface Payload {
 
 /** A line of the log: the speaker's avatar and plate (their profile's), the text with its
  * codes (all at once: pauses and effects do not apply to a log). */
-function addLine(payload: Payload): void {
+function lineOf(payload: Payload): HTMLLIElement | null {
   const { data } = payload;
-  if (typeof data?.message !== 'string') return; // not a line of dialogue
-  const plain = payload.meta === 'ai' || payload.meta === 'fallback';
-  const segments = plain ? [{ text: data.message, style: {} }] : parseCodes(data.message);
+  if (typeof data?.message !== 'string') return null; // not a line of dialogue
+  const text = renderMessage(data.message, payload.meta, (name) => uploadUrl(hub, roomId, name, token));
+  text.className = 'log-text';
   const profile = profileOf(settings, payload.speaker, data.profile);
-  const text = el('span', { class: 'log-text' });
-  for (const step of layOut(segments, text, (name) => uploadUrl(hub, roomId, name, token))) applyStep(step);
   const plate = el('span', { class: 'log-speaker' }, payload.speaker);
   paintPlate(plate, profile);
   const face = profile.avatar ? el('img', { class: 'log-avatar', alt: '', src: uploadUrl(hub, roomId, profile.avatar, token) }) : null;
-  log.append(el('li', { class: 'log-line', 'data-id': payload.id }, face, payload.speaker ? plate : null, text));
+  return el('li', { class: 'log-line', 'data-id': payload.id }, face, payload.speaker ? plate : null, text);
+}
+
+function addLine(payload: Payload): void {
+  const line = lineOf(payload);
+  if (!line) return;
+  log.append(line);
   while (log.children.length > lines) log.firstElementChild?.remove();
+}
+
+/** An edited message is fixed in place, a retracted one taken out. */
+function changeLine(payload: Payload, retracted: boolean): void {
+  const shown = [...log.children].find((line) => (line as HTMLElement).dataset.id === String(payload.id));
+  if (!shown) return;
+  const fixed = retracted ? null : lineOf(payload);
+  if (fixed) shown.replaceWith(fixed);
+  else shown.remove();
 }
 
 function show(state: string, text: string): void {
@@ -95,6 +106,8 @@ async function start(): Promise<void> {
     else show('live', `live · ${hello.room}`);
   });
   source.addEventListener('message', (event) => addLine(JSON.parse(event.data)));
+  source.addEventListener('edit', (event) => changeLine(JSON.parse(event.data), false));
+  source.addEventListener('retract', (event) => changeLine(JSON.parse(event.data), true));
   source.addEventListener('settings', (event) => (settings = JSON.parse(event.data).settings || {}));
 }
 

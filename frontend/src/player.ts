@@ -1,27 +1,21 @@
 // The player: a room's messages in a visual-novel dialog box, typed out one after another.
 // URL: /<room> on the hub, or player.html?hub=https://hub.example&room=<room> on any static
 // host. Options: ?theme=, ?bg=transparent (OBS), ?idle=<seconds> (hide when idle),
-// ?status=hide, ?sound=0, ?token= (a private room's subscribe token).
+// ?status=hide, ?sound=0, ?token= (a private room's subscribe token), ?lastEventId= (start
+// after this message id), ?role=preview (the admin's preview: not counted as a player).
+import { applyStep, layOut, messageSegments, plainText, type Segment, type Step, stepRect, undoStep } from './codes';
 import { api, byId } from './common';
 import {
   applyPageOptions,
-  applyStep,
   hubBase,
-  layOut,
   needsHub,
   paintPlate,
-  parseCodes,
-  plainText,
   profileOf,
   roomOf,
   STREAM_OPTIONS,
-  stepRect,
-  undoStep,
   uploadUrl,
   type Profile,
   type RoomSettings,
-  type Segment,
-  type Step,
 } from './dialogue';
 
 const params = new URLSearchParams(location.search);
@@ -354,11 +348,16 @@ function speedOf(value: unknown): number | undefined {
   return typeof value === 'number' && value >= 1 && value <= 1000 ? value : undefined;
 }
 
+/** A message's line of dialogue, formatted; null when it has none. */
+function segmentsOf(payload: Payload): Segment[] | null {
+  const { data } = payload;
+  return typeof data?.message === 'string' ? messageSegments(data.message, payload.meta) : null;
+}
+
 function onMessage(payload: Payload): void {
   const { data } = payload;
-  if (typeof data?.message !== 'string') return; // not a line of dialogue
-  const plain = payload.meta === 'ai' || payload.meta === 'fallback'; // machine text: no codes
-  const segments = plain ? [{ text: data.message, style: {} }] : parseCodes(data.message);
+  const segments = segmentsOf(payload);
+  if (!segments) return; // not a line of dialogue
   const stream = typeof data.stream === 'string' ? data.stream : undefined;
   const live = stream === undefined ? undefined : streamLine(stream);
   if (live) {
@@ -385,6 +384,31 @@ function onMessage(payload: Payload): void {
     profile: typeof data.profile === 'string' ? data.profile : undefined,
     quote: payload.meta === 'fallback' ? (typeof data.from === 'string' ? data.from : '') : undefined,
   });
+}
+
+// --- Edited and retracted messages (event: edit, event: retract) ------------------------
+
+/** A message was edited (`payload`: the message as it is now) or retracted (only its id):
+ * a line shown or waiting is fixed, or taken away. Lines already gone stay gone. */
+function onChange(payload: Payload, retracted: boolean): void {
+  const id = String(payload.id);
+  const line = current?.id === id ? current : queue.find((waiting) => waiting.id === id);
+  if (!line) return;
+  const segments = retracted ? null : segmentsOf(payload);
+  if (!segments) {
+    if (line === current) showNext();
+    else queue.splice(queue.indexOf(line), 1);
+    return;
+  }
+  line.speaker = payload.speaker;
+  line.segments = segments;
+  line.speed = speedOf(payload.data.speed) ?? line.speed;
+  line.profile = typeof payload.data.profile === 'string' ? payload.data.profile : undefined;
+  if (line !== current) return;
+  const shown = typing === undefined; // typed out already: the fixed text at once
+  queue.unshift(line);
+  showNext();
+  if (shown) finish();
 }
 
 // --- Connection and controller indicators ------------------------------------------------
@@ -480,8 +504,13 @@ function start(): void {
     return;
   }
   const room = roomOf(params);
-  const query = token ? `?token=${encodeURIComponent(token)}` : '';
-  const source = new SSEClient(`${hub}/api/v1/events${room ? `/${encodeURIComponent(room)}` : ''}${query}`, STREAM_OPTIONS);
+  const query = new URLSearchParams(token ? { token } : {});
+  if (params.get('role') === 'preview') query.set('role', 'preview');
+  const path = `${hub}/api/v1/events${room ? `/${encodeURIComponent(room)}` : ''}`;
+  const source = new SSEClient(query.toString() ? `${path}?${query}` : path, {
+    ...STREAM_OPTIONS,
+    lastEventId: params.get('lastEventId') || undefined,
+  });
   source.onerror = (event) => {
     if (source.readyState === SSEClient.CLOSED) show(connection, 'closed', closedReason(event.status));
     else show(connection, 'reconnecting', 'reconnecting…');
@@ -490,6 +519,8 @@ function start(): void {
   source.addEventListener('message', (event) => onMessage(JSON.parse(event.data)));
   source.addEventListener('delta', (event) => onDelta(JSON.parse(event.data)));
   source.addEventListener('settings', (event) => applySettings(JSON.parse(event.data).settings || {}));
+  source.addEventListener('edit', (event) => onChange(JSON.parse(event.data), false));
+  source.addEventListener('retract', (event) => onChange(JSON.parse(event.data), true));
   source.addEventListener('heartbeat', (event) => {
     const beat = JSON.parse(event.data);
     if (beat.interval_s) heartbeatS = beat.interval_s;

@@ -3,6 +3,120 @@
   var __defNormalProp = (obj, key, value) => key in obj ? __defProp(obj, key, { enumerable: true, configurable: true, writable: true, value }) : obj[key] = value;
   var __publicField = (obj, key, value) => __defNormalProp(obj, typeof key !== "symbol" ? key + "" : key, value);
 
+  // src/codes.ts
+  var SIZE_STEP = 1.25;
+  var MIN_SIZE = -2;
+  var MAX_SIZE = 3;
+  var PAUSE_S = 0.5;
+  var MAX_PAUSE_S = 10;
+  var FLAGS = { b: "b", i: "i", u: "u", s: "s", "~": "shake", "!": "pop" };
+  var CODES = /\\@|@([bius~!+\-r])|@\[(#[0-9a-fA-F]{6})\]|@\{([a-zA-Z0-9_-]{1,64})\}|@\(([^|()\n]{1,64})\|([^|()\n]{1,64})\)|@p(?:\[(\d{1,2}(?:\.\d{1,3})?)\])?/g;
+  function parseCodes(source) {
+    const segments = [];
+    let style = {};
+    let text = "";
+    let end = 0;
+    const flush = () => {
+      if (text) segments.push({ text, style });
+      text = "";
+    };
+    for (const match of source.matchAll(CODES)) {
+      text += source.slice(end, match.index);
+      end = (match.index ?? 0) + match[0].length;
+      if (match[0] === "\\@") {
+        text += "@";
+        continue;
+      }
+      flush();
+      const [, flag, color, image, base, reading, seconds] = match;
+      if (flag === "r") style = {};
+      else if (flag === "+" || flag === "-") {
+        const size = (style.size ?? 0) + (flag === "+" ? 1 : -1);
+        style = { ...style, size: Math.min(MAX_SIZE, Math.max(MIN_SIZE, size)) };
+      } else if (flag) style = { ...style, [FLAGS[flag]]: true };
+      else if (color) style = { ...style, color: color.toLowerCase() };
+      else if (image) segments.push({ image, style });
+      else if (base) segments.push({ text: base, style, ruby: reading });
+      else segments.push({ pause: Math.min(MAX_PAUSE_S, seconds ? Number(seconds) : PAUSE_S) * 1e3 });
+    }
+    text += source.slice(end);
+    flush();
+    return segments;
+  }
+  function messageSegments(text, meta) {
+    return meta === "ai" || meta === "fallback" ? [{ text, style: {} }] : parseCodes(text);
+  }
+  function renderMessage(source, meta, imageUrl) {
+    const shown = document.createElement("span");
+    for (const step of layOut(messageSegments(source, meta), shown, imageUrl)) applyStep(step);
+    return shown;
+  }
+  function layOut(segments, target, imageUrl) {
+    const steps = [];
+    for (const segment of segments) {
+      if ("pause" in segment) {
+        steps.push({ pause: segment.pause });
+        continue;
+      }
+      const span = styledSpan(segment.style);
+      target.append(span);
+      if ("image" in segment) {
+        const image = document.createElement("img");
+        image.className = "emote";
+        image.alt = segment.image;
+        image.src = imageUrl(segment.image);
+        steps.push({ parent: span, child: image });
+        continue;
+      }
+      let into = span;
+      if (segment.ruby !== void 0) {
+        into = document.createElement("ruby");
+        span.append(into);
+      }
+      if (segment.style.shake || segment.style.pop) {
+        let index = 0;
+        for (const character of segment.text) {
+          const letter = document.createElement("span");
+          letter.className = "letter";
+          if (segment.style.shake) letter.style.animationDelay = `${-(index++ % 7) * 0.06}s`;
+          letter.textContent = character;
+          steps.push({ parent: into, child: letter });
+        }
+      } else {
+        const node = document.createTextNode("");
+        into.append(node);
+        let offset = 0;
+        for (const character of segment.text) {
+          steps.push({ node, offset, text: character });
+          offset += character.length;
+        }
+      }
+      if (segment.ruby !== void 0) {
+        const reading = document.createElement("rt");
+        reading.textContent = segment.ruby;
+        steps.push({ parent: into, child: reading });
+      }
+    }
+    return steps;
+  }
+  function styledSpan(style) {
+    const span = document.createElement("span");
+    for (const flag of ["b", "i", "u", "s", "shake", "pop"]) if (style[flag]) span.classList.add(`fmt-${flag}`);
+    if (style.color) span.style.color = style.color;
+    if (style.size) span.style.fontSize = `${SIZE_STEP ** style.size}em`;
+    return span;
+  }
+  function applyStep(step) {
+    if ("node" in step) step.node.appendData(step.text);
+    else if ("parent" in step) step.parent.appendChild(step.child);
+  }
+
+  // src/dialogue.ts
+  function uploadUrl(hub, room, name, token) {
+    const query = token ? `?token=${encodeURIComponent(token)}` : "";
+    return `${hub}/api/v1/rooms/${encodeURIComponent(room)}/uploads/${encodeURIComponent(name.toLowerCase())}${query}`;
+  }
+
   // src/common.ts
   function el(tag, props = {}, ...children) {
     const node = document.createElement(tag);
@@ -223,10 +337,7 @@
     settings.theme.value = room.settings.theme || "";
     if (room.subscribers) showPresence(room.subscribers);
     profilesPanel(room);
-    if (following !== room.id) {
-      byId("preview").src = `/${room.id}`;
-      follow();
-    }
+    if (following !== room.id) follow();
   }
   onSubmit("create-room", ({ id, title, private: hidden }, form) => {
     attempt(async () => {
@@ -332,15 +443,65 @@
     byId("presence").textContent = `${players} player${players === 1 ? "" : "s"} · ${controllers} controller${controllers === 1 ? "" : "s"}`;
   }
   function historyEntry(message) {
-    const text = typeof message.data?.message === "string" ? message.data.message : JSON.stringify(message.data);
-    return el(
+    const text = message.data?.message;
+    const shown = el("span", { class: "message min-w-0 wrap-anywhere" });
+    if (typeof text === "string") shown.append(renderMessage(text, message.meta, (name) => uploadUrl("", message.room, name, "")));
+    else shown.textContent = JSON.stringify(message.data);
+    const entry = el(
       "li",
-      { class: "border-b border-base-300 py-1" },
-      el("span", { class: "mr-2 font-mono text-xs opacity-60" }, `#${message.id} ${new Date(message.time).toLocaleTimeString()}`),
-      el("b", {}, message.speaker),
-      ": ",
-      text
+      { class: "flex flex-wrap items-baseline gap-x-2 border-b border-base-300 py-1", "data-id": message.id },
+      el("span", { class: "font-mono text-xs opacity-60" }, `#${message.id} ${new Date(message.time).toLocaleTimeString()}`),
+      el("b", {}, `${message.speaker}:`),
+      shown,
+      message.edited && el("span", { class: "text-xs opacity-60" }, "(edited)"),
+      el(
+        "span",
+        { class: "ml-auto flex gap-1" },
+        typeof text === "string" && el("button", { class: "btn btn-ghost btn-xs", type: "button", onclick: () => editEntry(entry, message, text) }, "Edit"),
+        el("button", { class: "btn btn-ghost btn-xs text-error", type: "button", onclick: () => retract(message) }, "Retract")
+      )
     );
+    return entry;
+  }
+  function editEntry(entry, message, text) {
+    const input = el("input", { class: "input input-xs min-w-0 flex-1", name: "message", value: text, required: true });
+    const form = el(
+      "form",
+      {
+        class: "flex w-full gap-1",
+        onsubmit: (event) => {
+          event.preventDefault();
+          attempt(async () => {
+            const { event: edited } = await call(`/api/v1/rooms/${message.room}/messages/${message.id}`, {
+              method: "PATCH",
+              body: { data: { ...message.data, message: input.value } }
+            });
+            showEdit(edited);
+          });
+        }
+      },
+      input,
+      el("button", { class: "btn btn-primary btn-xs", type: "submit" }, "Save"),
+      el("button", { class: "btn btn-ghost btn-xs", type: "button", onclick: () => entry.replaceWith(historyEntry(message)) }, "Cancel")
+    );
+    input.addEventListener("keydown", (event) => {
+      if (event.key === "Escape") entry.replaceWith(historyEntry(message));
+    });
+    entry.replaceChildren(entry.children[0], entry.children[1], form);
+    input.focus();
+  }
+  function retract(message) {
+    if (!window.confirm(`Retract message #${message.id}? Players take it off the screen and history leaves it out.`)) return;
+    attempt(async () => {
+      await call(`/api/v1/rooms/${message.room}/messages/${message.id}`, { method: "DELETE" });
+      showRetract(message.id);
+    });
+  }
+  function showEdit(message) {
+    byId("history").querySelector(`li[data-id="${message.id}"]`)?.replaceWith(historyEntry(message));
+  }
+  function showRetract(id) {
+    byId("history").querySelector(`li[data-id="${id}"]`)?.remove();
   }
   function follow() {
     controller?.close();
@@ -355,14 +516,21 @@
       ({ messages }) => {
         if (following !== room.id || controller) return;
         history.replaceChildren(...messages.map(historyEntry));
+        preview(room, messages[0]?.id);
         control(room, String(messages[0]?.id ?? 0));
       },
       (error) => {
         if (following !== room.id || controller) return;
         notify(`Could not read the recent messages: ${messageOf(error)}`);
+        preview(room);
         control(room, String(room.last_id));
       }
     );
+  }
+  function preview(room, newest) {
+    const query = new URLSearchParams({ role: "preview" });
+    if (newest) query.set("lastEventId", String(newest - 1));
+    byId("preview").src = `/${room.id}?${query}`;
   }
   function control(room, lastEventId) {
     const history = byId("history");
@@ -390,6 +558,8 @@
       history.prepend(historyEntry(JSON.parse(event.data)));
       history.children[HISTORY]?.remove();
     });
+    source.addEventListener("edit", (event) => showEdit(JSON.parse(event.data)));
+    source.addEventListener("retract", (event) => showRetract(JSON.parse(event.data).id));
     source.addEventListener("deleted", () => attempt(loadRooms));
   }
   onSubmit("send", ({ speaker, message, speed, meta }) => {

@@ -68,6 +68,8 @@
 
   // src/chat.ts
   var STORE = "streaming-message.chat";
+  var FOLLOWED = "streaming-message.chat.followed";
+  var CUT_NOTE = "\n\n[This answer was cut off before its end.]";
   var log = byId("log");
   var prompt = byId("prompt");
   var sendButton = byId("send");
@@ -116,19 +118,26 @@
     stopButton.hidden = running === null;
   }
   async function ask() {
-    const conversation = messages.filter((m) => !m.failed).map(({ role, content }) => ({ role, content }));
-    const answer = { role: "assistant", content: "" };
+    const conversation = messages.filter((m) => !m.failed).map(({ role, content, cut }) => ({ role, content: cut ? content + CUT_NOTE : content }));
+    const answer = { role: "assistant", content: "", pending: true };
     messages.push(answer);
     running = { answer };
+    save();
     render();
     let uid;
     try {
       ({ uid } = await api("/api/v1/chat", { method: "POST", body: { messages: conversation } }));
     } catch (error) {
-      return end(answer, messageOf(error), true);
+      return end(answer, messageOf(error), "failed");
     }
     if (running?.answer !== answer) return cancel(uid);
+    follow(answer, { uid, lastEventId: "" });
+  }
+  function follow(answer, followed) {
+    const { uid } = followed;
+    sessionStorage.setItem(FOLLOWED, JSON.stringify(followed));
     const source = new SSEClient(`/api/v1/chat/${encodeURIComponent(uid)}/events`, {
+      lastEventId: followed.lastEventId,
       retryDelay: 1e3,
       backoff: 2,
       maxRetryDelay: 1e4,
@@ -141,24 +150,40 @@
       if (bubble) bubble.textContent = answer.content;
       log.scrollTop = log.scrollHeight;
       save();
+      sessionStorage.setItem(FOLLOWED, JSON.stringify({ uid, lastEventId: event.lastEventId }));
     });
     source.addEventListener("done", (event) => {
       answer.model = JSON.parse(event.data).model;
       end(answer);
     });
     source.addEventListener("error", (event) => {
-      const data = event.data;
-      if (data !== void 0) end(answer, JSON.parse(data).msg, true);
-      else if (source.readyState === SSEClient.CLOSED) end(answer, "Lost the connection to the server", true);
+      const { data, status } = event;
+      if (data !== void 0) end(answer, JSON.parse(data).msg, "failed");
+      else if (status === 404) end(answer, "interrupted", "cut");
+      else if (source.readyState === SSEClient.CLOSED) end(answer, "Lost the connection to the server", "failed");
     });
   }
-  function end(answer, note, failed = false) {
+  function end(answer, note, outcome) {
     running?.source?.close();
     running = null;
+    sessionStorage.removeItem(FOLLOWED);
     answer.note = note;
-    answer.failed = failed || void 0;
+    answer.failed = outcome === "failed" || void 0;
+    answer.cut = outcome === "cut" || void 0;
+    answer.pending = void 0;
     save();
     render();
+  }
+  function resume() {
+    const last = messages[messages.length - 1];
+    if (!last?.pending) return;
+    let followed = null;
+    try {
+      followed = JSON.parse(sessionStorage.getItem(FOLLOWED) || "null");
+    } catch {
+    }
+    if (followed?.uid) follow(last, followed);
+    else end(last, "interrupted", "cut");
   }
   function cancel(uid) {
     api(`/api/v1/chat/${encodeURIComponent(uid)}`, { method: "DELETE" }).catch(() => void 0);
@@ -166,7 +191,7 @@
   function stop() {
     if (!running) return;
     const { uid, answer } = running;
-    end(answer, "stopped");
+    end(answer, "stopped", "cut");
     if (uid) cancel(uid);
   }
   function regenerate() {
@@ -194,5 +219,6 @@
     save();
     render();
   });
+  resume();
   render();
 })();

@@ -3,6 +3,114 @@
   var __defNormalProp = (obj, key, value) => key in obj ? __defProp(obj, key, { enumerable: true, configurable: true, writable: true, value }) : obj[key] = value;
   var __publicField = (obj, key, value) => __defNormalProp(obj, typeof key !== "symbol" ? key + "" : key, value);
 
+  // src/codes.ts
+  var SIZE_STEP = 1.25;
+  var MIN_SIZE = -2;
+  var MAX_SIZE = 3;
+  var PAUSE_S = 0.5;
+  var MAX_PAUSE_S = 10;
+  var FLAGS = { b: "b", i: "i", u: "u", s: "s", "~": "shake", "!": "pop" };
+  var CODES = /\\@|@([bius~!+\-r])|@\[(#[0-9a-fA-F]{6})\]|@\{([a-zA-Z0-9_-]{1,64})\}|@\(([^|()\n]{1,64})\|([^|()\n]{1,64})\)|@p(?:\[(\d{1,2}(?:\.\d{1,3})?)\])?/g;
+  function parseCodes(source) {
+    const segments = [];
+    let style = {};
+    let text = "";
+    let end = 0;
+    const flush = () => {
+      if (text) segments.push({ text, style });
+      text = "";
+    };
+    for (const match of source.matchAll(CODES)) {
+      text += source.slice(end, match.index);
+      end = (match.index ?? 0) + match[0].length;
+      if (match[0] === "\\@") {
+        text += "@";
+        continue;
+      }
+      flush();
+      const [, flag, color, image, base, reading, seconds] = match;
+      if (flag === "r") style = {};
+      else if (flag === "+" || flag === "-") {
+        const size = (style.size ?? 0) + (flag === "+" ? 1 : -1);
+        style = { ...style, size: Math.min(MAX_SIZE, Math.max(MIN_SIZE, size)) };
+      } else if (flag) style = { ...style, [FLAGS[flag]]: true };
+      else if (color) style = { ...style, color: color.toLowerCase() };
+      else if (image) segments.push({ image, style });
+      else if (base) segments.push({ text: base, style, ruby: reading });
+      else segments.push({ pause: Math.min(MAX_PAUSE_S, seconds ? Number(seconds) : PAUSE_S) * 1e3 });
+    }
+    text += source.slice(end);
+    flush();
+    return segments;
+  }
+  function messageSegments(text, meta) {
+    return meta === "ai" || meta === "fallback" ? [{ text, style: {} }] : parseCodes(text);
+  }
+  function renderMessage(source, meta, imageUrl) {
+    const shown = document.createElement("span");
+    for (const step of layOut(messageSegments(source, meta), shown, imageUrl)) applyStep(step);
+    return shown;
+  }
+  function layOut(segments, target, imageUrl) {
+    const steps = [];
+    for (const segment of segments) {
+      if ("pause" in segment) {
+        steps.push({ pause: segment.pause });
+        continue;
+      }
+      const span = styledSpan(segment.style);
+      target.append(span);
+      if ("image" in segment) {
+        const image = document.createElement("img");
+        image.className = "emote";
+        image.alt = segment.image;
+        image.src = imageUrl(segment.image);
+        steps.push({ parent: span, child: image });
+        continue;
+      }
+      let into = span;
+      if (segment.ruby !== void 0) {
+        into = document.createElement("ruby");
+        span.append(into);
+      }
+      if (segment.style.shake || segment.style.pop) {
+        let index = 0;
+        for (const character of segment.text) {
+          const letter = document.createElement("span");
+          letter.className = "letter";
+          if (segment.style.shake) letter.style.animationDelay = `${-(index++ % 7) * 0.06}s`;
+          letter.textContent = character;
+          steps.push({ parent: into, child: letter });
+        }
+      } else {
+        const node = document.createTextNode("");
+        into.append(node);
+        let offset = 0;
+        for (const character of segment.text) {
+          steps.push({ node, offset, text: character });
+          offset += character.length;
+        }
+      }
+      if (segment.ruby !== void 0) {
+        const reading = document.createElement("rt");
+        reading.textContent = segment.ruby;
+        steps.push({ parent: into, child: reading });
+      }
+    }
+    return steps;
+  }
+  function styledSpan(style) {
+    const span = document.createElement("span");
+    for (const flag of ["b", "i", "u", "s", "shake", "pop"]) if (style[flag]) span.classList.add(`fmt-${flag}`);
+    if (style.color) span.style.color = style.color;
+    if (style.size) span.style.fontSize = `${SIZE_STEP ** style.size}em`;
+    return span;
+  }
+  function applyStep(step) {
+    if ("node" in step) step.node.appendData(step.text);
+    else if ("parent" in step) step.parent.appendChild(step.child);
+  }
+
   // src/common.ts
   function el(tag, props = {}, ...children) {
     const node = document.createElement(tag);
@@ -110,104 +218,6 @@
   function paintPlate(plate, profile) {
     plate.style.background = profile.color && COLOR.test(profile.color) ? profile.color : "";
   }
-  var SIZE_STEP = 1.25;
-  var MIN_SIZE = -2;
-  var MAX_SIZE = 3;
-  var PAUSE_S = 0.5;
-  var MAX_PAUSE_S = 10;
-  var FLAGS = { b: "b", i: "i", u: "u", s: "s", "~": "shake", "!": "pop" };
-  var CODES = /\\@|@([bius~!+\-r])|@\[(#[0-9a-fA-F]{6})\]|@\{([a-zA-Z0-9_-]{1,64})\}|@\(([^|()\n]{1,64})\|([^|()\n]{1,64})\)|@p(?:\[(\d{1,2}(?:\.\d{1,3})?)\])?/g;
-  function parseCodes(source) {
-    const segments = [];
-    let style = {};
-    let text = "";
-    let end = 0;
-    const flush = () => {
-      if (text) segments.push({ text, style });
-      text = "";
-    };
-    for (const match of source.matchAll(CODES)) {
-      text += source.slice(end, match.index);
-      end = (match.index ?? 0) + match[0].length;
-      if (match[0] === "\\@") {
-        text += "@";
-        continue;
-      }
-      flush();
-      const [, flag, color, image, base, reading, seconds] = match;
-      if (flag === "r") style = {};
-      else if (flag === "+" || flag === "-") {
-        const size = (style.size ?? 0) + (flag === "+" ? 1 : -1);
-        style = { ...style, size: Math.min(MAX_SIZE, Math.max(MIN_SIZE, size)) };
-      } else if (flag) style = { ...style, [FLAGS[flag]]: true };
-      else if (color) style = { ...style, color: color.toLowerCase() };
-      else if (image) segments.push({ image, style });
-      else if (base) segments.push({ text: base, style, ruby: reading });
-      else segments.push({ pause: Math.min(MAX_PAUSE_S, seconds ? Number(seconds) : PAUSE_S) * 1e3 });
-    }
-    text += source.slice(end);
-    flush();
-    return segments;
-  }
-  function layOut(segments, target, imageUrl) {
-    const steps = [];
-    for (const segment of segments) {
-      if ("pause" in segment) {
-        steps.push({ pause: segment.pause });
-        continue;
-      }
-      const span = styledSpan(segment.style);
-      target.append(span);
-      if ("image" in segment) {
-        const image = document.createElement("img");
-        image.className = "emote";
-        image.alt = segment.image;
-        image.src = imageUrl(segment.image);
-        steps.push({ parent: span, child: image });
-        continue;
-      }
-      let into = span;
-      if (segment.ruby !== void 0) {
-        into = document.createElement("ruby");
-        span.append(into);
-      }
-      if (segment.style.shake || segment.style.pop) {
-        let index = 0;
-        for (const character of segment.text) {
-          const letter = document.createElement("span");
-          letter.className = "letter";
-          if (segment.style.shake) letter.style.animationDelay = `${-(index++ % 7) * 0.06}s`;
-          letter.textContent = character;
-          steps.push({ parent: into, child: letter });
-        }
-      } else {
-        const node = document.createTextNode("");
-        into.append(node);
-        let offset = 0;
-        for (const character of segment.text) {
-          steps.push({ node, offset, text: character });
-          offset += character.length;
-        }
-      }
-      if (segment.ruby !== void 0) {
-        const reading = document.createElement("rt");
-        reading.textContent = segment.ruby;
-        steps.push({ parent: into, child: reading });
-      }
-    }
-    return steps;
-  }
-  function styledSpan(style) {
-    const span = document.createElement("span");
-    for (const flag of ["b", "i", "u", "s", "shake", "pop"]) if (style[flag]) span.classList.add(`fmt-${flag}`);
-    if (style.color) span.style.color = style.color;
-    if (style.size) span.style.fontSize = `${SIZE_STEP ** style.size}em`;
-    return span;
-  }
-  function applyStep(step) {
-    if ("node" in step) step.node.appendData(step.text);
-    else if ("parent" in step) step.parent.appendChild(step.child);
-  }
 
   // src/history.ts
   var params = new URLSearchParams(location.search);
@@ -221,19 +231,29 @@
   var settings = {};
   var hub = "";
   var roomId = "";
-  function addLine(payload) {
+  function lineOf(payload) {
     const { data } = payload;
-    if (typeof data?.message !== "string") return;
-    const plain = payload.meta === "ai" || payload.meta === "fallback";
-    const segments = plain ? [{ text: data.message, style: {} }] : parseCodes(data.message);
+    if (typeof data?.message !== "string") return null;
+    const text = renderMessage(data.message, payload.meta, (name) => uploadUrl(hub, roomId, name, token));
+    text.className = "log-text";
     const profile = profileOf(settings, payload.speaker, data.profile);
-    const text = el("span", { class: "log-text" });
-    for (const step of layOut(segments, text, (name) => uploadUrl(hub, roomId, name, token))) applyStep(step);
     const plate = el("span", { class: "log-speaker" }, payload.speaker);
     paintPlate(plate, profile);
     const face = profile.avatar ? el("img", { class: "log-avatar", alt: "", src: uploadUrl(hub, roomId, profile.avatar, token) }) : null;
-    log.append(el("li", { class: "log-line", "data-id": payload.id }, face, payload.speaker ? plate : null, text));
+    return el("li", { class: "log-line", "data-id": payload.id }, face, payload.speaker ? plate : null, text);
+  }
+  function addLine(payload) {
+    const line = lineOf(payload);
+    if (!line) return;
+    log.append(line);
     while (log.children.length > lines) log.firstElementChild?.remove();
+  }
+  function changeLine(payload, retracted) {
+    const shown = [...log.children].find((line) => line.dataset.id === String(payload.id));
+    if (!shown) return;
+    const fixed = retracted ? null : lineOf(payload);
+    if (fixed) shown.replaceWith(fixed);
+    else shown.remove();
   }
   function show(state, text) {
     connection.dataset.state = state;
@@ -272,6 +292,8 @@
       else show("live", `live · ${hello.room}`);
     });
     source.addEventListener("message", (event) => addLine(JSON.parse(event.data)));
+    source.addEventListener("edit", (event) => changeLine(JSON.parse(event.data), false));
+    source.addEventListener("retract", (event) => changeLine(JSON.parse(event.data), true));
     source.addEventListener("settings", (event) => settings = JSON.parse(event.data).settings || {});
   }
   start();

@@ -3,6 +3,126 @@
   var __defNormalProp = (obj, key, value) => key in obj ? __defProp(obj, key, { enumerable: true, configurable: true, writable: true, value }) : obj[key] = value;
   var __publicField = (obj, key, value) => __defNormalProp(obj, typeof key !== "symbol" ? key + "" : key, value);
 
+  // src/codes.ts
+  var SIZE_STEP = 1.25;
+  var MIN_SIZE = -2;
+  var MAX_SIZE = 3;
+  var PAUSE_S = 0.5;
+  var MAX_PAUSE_S = 10;
+  var FLAGS = { b: "b", i: "i", u: "u", s: "s", "~": "shake", "!": "pop" };
+  var CODES = /\\@|@([bius~!+\-r])|@\[(#[0-9a-fA-F]{6})\]|@\{([a-zA-Z0-9_-]{1,64})\}|@\(([^|()\n]{1,64})\|([^|()\n]{1,64})\)|@p(?:\[(\d{1,2}(?:\.\d{1,3})?)\])?/g;
+  function parseCodes(source) {
+    const segments = [];
+    let style = {};
+    let text = "";
+    let end = 0;
+    const flush = () => {
+      if (text) segments.push({ text, style });
+      text = "";
+    };
+    for (const match of source.matchAll(CODES)) {
+      text += source.slice(end, match.index);
+      end = (match.index ?? 0) + match[0].length;
+      if (match[0] === "\\@") {
+        text += "@";
+        continue;
+      }
+      flush();
+      const [, flag, color, image, base, reading, seconds] = match;
+      if (flag === "r") style = {};
+      else if (flag === "+" || flag === "-") {
+        const size = (style.size ?? 0) + (flag === "+" ? 1 : -1);
+        style = { ...style, size: Math.min(MAX_SIZE, Math.max(MIN_SIZE, size)) };
+      } else if (flag) style = { ...style, [FLAGS[flag]]: true };
+      else if (color) style = { ...style, color: color.toLowerCase() };
+      else if (image) segments.push({ image, style });
+      else if (base) segments.push({ text: base, style, ruby: reading });
+      else segments.push({ pause: Math.min(MAX_PAUSE_S, seconds ? Number(seconds) : PAUSE_S) * 1e3 });
+    }
+    text += source.slice(end);
+    flush();
+    return segments;
+  }
+  function messageSegments(text, meta) {
+    return meta === "ai" || meta === "fallback" ? [{ text, style: {} }] : parseCodes(text);
+  }
+  function plainText(segments) {
+    return segments.map((segment) => "text" in segment ? segment.text : "").join("");
+  }
+  function layOut(segments, target, imageUrl) {
+    const steps2 = [];
+    for (const segment of segments) {
+      if ("pause" in segment) {
+        steps2.push({ pause: segment.pause });
+        continue;
+      }
+      const span = styledSpan(segment.style);
+      target.append(span);
+      if ("image" in segment) {
+        const image = document.createElement("img");
+        image.className = "emote";
+        image.alt = segment.image;
+        image.src = imageUrl(segment.image);
+        steps2.push({ parent: span, child: image });
+        continue;
+      }
+      let into = span;
+      if (segment.ruby !== void 0) {
+        into = document.createElement("ruby");
+        span.append(into);
+      }
+      if (segment.style.shake || segment.style.pop) {
+        let index = 0;
+        for (const character of segment.text) {
+          const letter = document.createElement("span");
+          letter.className = "letter";
+          if (segment.style.shake) letter.style.animationDelay = `${-(index++ % 7) * 0.06}s`;
+          letter.textContent = character;
+          steps2.push({ parent: into, child: letter });
+        }
+      } else {
+        const node = document.createTextNode("");
+        into.append(node);
+        let offset = 0;
+        for (const character of segment.text) {
+          steps2.push({ node, offset, text: character });
+          offset += character.length;
+        }
+      }
+      if (segment.ruby !== void 0) {
+        const reading = document.createElement("rt");
+        reading.textContent = segment.ruby;
+        steps2.push({ parent: into, child: reading });
+      }
+    }
+    return steps2;
+  }
+  function styledSpan(style) {
+    const span = document.createElement("span");
+    for (const flag of ["b", "i", "u", "s", "shake", "pop"]) if (style[flag]) span.classList.add(`fmt-${flag}`);
+    if (style.color) span.style.color = style.color;
+    if (style.size) span.style.fontSize = `${SIZE_STEP ** style.size}em`;
+    return span;
+  }
+  function applyStep(step2) {
+    if ("node" in step2) step2.node.appendData(step2.text);
+    else if ("parent" in step2) step2.parent.appendChild(step2.child);
+  }
+  function undoStep(step2) {
+    if ("node" in step2) step2.node.deleteData(step2.offset, step2.text.length);
+    else if ("parent" in step2) step2.child.remove();
+  }
+  function stepRect(step2) {
+    if ("node" in step2) {
+      const range = document.createRange();
+      range.setStart(step2.node, step2.offset);
+      range.setEnd(step2.node, step2.offset + step2.text.length);
+      return range.getBoundingClientRect();
+    }
+    if ("parent" in step2) return step2.child.getBoundingClientRect();
+    return null;
+  }
+
   // src/common.ts
   function byId(id) {
     const node = document.getElementById(id);
@@ -88,121 +208,6 @@
   }
   function paintPlate(plate, profile2) {
     plate.style.background = profile2.color && COLOR.test(profile2.color) ? profile2.color : "";
-  }
-  var SIZE_STEP = 1.25;
-  var MIN_SIZE = -2;
-  var MAX_SIZE = 3;
-  var PAUSE_S = 0.5;
-  var MAX_PAUSE_S = 10;
-  var FLAGS = { b: "b", i: "i", u: "u", s: "s", "~": "shake", "!": "pop" };
-  var CODES = /\\@|@([bius~!+\-r])|@\[(#[0-9a-fA-F]{6})\]|@\{([a-zA-Z0-9_-]{1,64})\}|@\(([^|()\n]{1,64})\|([^|()\n]{1,64})\)|@p(?:\[(\d{1,2}(?:\.\d{1,3})?)\])?/g;
-  function parseCodes(source) {
-    const segments = [];
-    let style = {};
-    let text = "";
-    let end = 0;
-    const flush = () => {
-      if (text) segments.push({ text, style });
-      text = "";
-    };
-    for (const match of source.matchAll(CODES)) {
-      text += source.slice(end, match.index);
-      end = (match.index ?? 0) + match[0].length;
-      if (match[0] === "\\@") {
-        text += "@";
-        continue;
-      }
-      flush();
-      const [, flag, color, image, base, reading, seconds] = match;
-      if (flag === "r") style = {};
-      else if (flag === "+" || flag === "-") {
-        const size = (style.size ?? 0) + (flag === "+" ? 1 : -1);
-        style = { ...style, size: Math.min(MAX_SIZE, Math.max(MIN_SIZE, size)) };
-      } else if (flag) style = { ...style, [FLAGS[flag]]: true };
-      else if (color) style = { ...style, color: color.toLowerCase() };
-      else if (image) segments.push({ image, style });
-      else if (base) segments.push({ text: base, style, ruby: reading });
-      else segments.push({ pause: Math.min(MAX_PAUSE_S, seconds ? Number(seconds) : PAUSE_S) * 1e3 });
-    }
-    text += source.slice(end);
-    flush();
-    return segments;
-  }
-  function plainText(segments) {
-    return segments.map((segment) => "text" in segment ? segment.text : "").join("");
-  }
-  function layOut(segments, target, imageUrl) {
-    const steps2 = [];
-    for (const segment of segments) {
-      if ("pause" in segment) {
-        steps2.push({ pause: segment.pause });
-        continue;
-      }
-      const span = styledSpan(segment.style);
-      target.append(span);
-      if ("image" in segment) {
-        const image = document.createElement("img");
-        image.className = "emote";
-        image.alt = segment.image;
-        image.src = imageUrl(segment.image);
-        steps2.push({ parent: span, child: image });
-        continue;
-      }
-      let into = span;
-      if (segment.ruby !== void 0) {
-        into = document.createElement("ruby");
-        span.append(into);
-      }
-      if (segment.style.shake || segment.style.pop) {
-        let index = 0;
-        for (const character of segment.text) {
-          const letter = document.createElement("span");
-          letter.className = "letter";
-          if (segment.style.shake) letter.style.animationDelay = `${-(index++ % 7) * 0.06}s`;
-          letter.textContent = character;
-          steps2.push({ parent: into, child: letter });
-        }
-      } else {
-        const node = document.createTextNode("");
-        into.append(node);
-        let offset = 0;
-        for (const character of segment.text) {
-          steps2.push({ node, offset, text: character });
-          offset += character.length;
-        }
-      }
-      if (segment.ruby !== void 0) {
-        const reading = document.createElement("rt");
-        reading.textContent = segment.ruby;
-        steps2.push({ parent: into, child: reading });
-      }
-    }
-    return steps2;
-  }
-  function styledSpan(style) {
-    const span = document.createElement("span");
-    for (const flag of ["b", "i", "u", "s", "shake", "pop"]) if (style[flag]) span.classList.add(`fmt-${flag}`);
-    if (style.color) span.style.color = style.color;
-    if (style.size) span.style.fontSize = `${SIZE_STEP ** style.size}em`;
-    return span;
-  }
-  function applyStep(step2) {
-    if ("node" in step2) step2.node.appendData(step2.text);
-    else if ("parent" in step2) step2.parent.appendChild(step2.child);
-  }
-  function undoStep(step2) {
-    if ("node" in step2) step2.node.deleteData(step2.offset, step2.text.length);
-    else if ("parent" in step2) step2.child.remove();
-  }
-  function stepRect(step2) {
-    if ("node" in step2) {
-      const range = document.createRange();
-      range.setStart(step2.node, step2.offset);
-      range.setEnd(step2.node, step2.offset + step2.text.length);
-      return range.getBoundingClientRect();
-    }
-    if ("parent" in step2) return step2.child.getBoundingClientRect();
-    return null;
   }
 
   // src/player.ts
@@ -462,11 +467,14 @@
   function speedOf(value) {
     return typeof value === "number" && value >= 1 && value <= 1e3 ? value : void 0;
   }
+  function segmentsOf(payload) {
+    const { data } = payload;
+    return typeof data?.message === "string" ? messageSegments(data.message, payload.meta) : null;
+  }
   function onMessage(payload) {
     const { data } = payload;
-    if (typeof data?.message !== "string") return;
-    const plain = payload.meta === "ai" || payload.meta === "fallback";
-    const segments = plain ? [{ text: data.message, style: {} }] : parseCodes(data.message);
+    const segments = segmentsOf(payload);
+    if (!segments) return;
     const stream = typeof data.stream === "string" ? data.stream : void 0;
     const live = stream === void 0 ? void 0 : streamLine(stream);
     if (live) {
@@ -492,6 +500,26 @@
       profile: typeof data.profile === "string" ? data.profile : void 0,
       quote: payload.meta === "fallback" ? typeof data.from === "string" ? data.from : "" : void 0
     });
+  }
+  function onChange(payload, retracted) {
+    const id = String(payload.id);
+    const line = current?.id === id ? current : queue.find((waiting) => waiting.id === id);
+    if (!line) return;
+    const segments = retracted ? null : segmentsOf(payload);
+    if (!segments) {
+      if (line === current) showNext();
+      else queue.splice(queue.indexOf(line), 1);
+      return;
+    }
+    line.speaker = payload.speaker;
+    line.segments = segments;
+    line.speed = speedOf(payload.data.speed) ?? line.speed;
+    line.profile = typeof payload.data.profile === "string" ? payload.data.profile : void 0;
+    if (line !== current) return;
+    const shown = typing === void 0;
+    queue.unshift(line);
+    showNext();
+    if (shown) finish();
   }
   function show(indicator, state, text) {
     indicator.dataset.state = state;
@@ -562,8 +590,13 @@
       return;
     }
     const room = roomOf(params);
-    const query = token ? `?token=${encodeURIComponent(token)}` : "";
-    const source = new SSEClient(`${hub}/api/v1/events${room ? `/${encodeURIComponent(room)}` : ""}${query}`, STREAM_OPTIONS);
+    const query = new URLSearchParams(token ? { token } : {});
+    if (params.get("role") === "preview") query.set("role", "preview");
+    const path = `${hub}/api/v1/events${room ? `/${encodeURIComponent(room)}` : ""}`;
+    const source = new SSEClient(query.toString() ? `${path}?${query}` : path, {
+      ...STREAM_OPTIONS,
+      lastEventId: params.get("lastEventId") || void 0
+    });
     source.onerror = (event) => {
       if (source.readyState === SSEClient.CLOSED) show(connection, "closed", closedReason(event.status));
       else show(connection, "reconnecting", "reconnecting…");
@@ -572,6 +605,8 @@
     source.addEventListener("message", (event) => onMessage(JSON.parse(event.data)));
     source.addEventListener("delta", (event) => onDelta(JSON.parse(event.data)));
     source.addEventListener("settings", (event) => applySettings(JSON.parse(event.data).settings || {}));
+    source.addEventListener("edit", (event) => onChange(JSON.parse(event.data), false));
+    source.addEventListener("retract", (event) => onChange(JSON.parse(event.data), true));
     source.addEventListener("heartbeat", (event) => {
       const beat = JSON.parse(event.data);
       if (beat.interval_s) heartbeatS = beat.interval_s;
