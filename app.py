@@ -2145,7 +2145,7 @@ def same_outcome(follower: asyncio.Future, leader: asyncio.Future) -> None:
 
 
 SCHEDULE_POLL_S = 1  # how often a process looks for messages scheduled by the others
-MAX_AGE_TRIM_S = 60  # how often rooms are trimmed to their max age (or their max age)
+MAX_AGE_TRIM_S = 60  # how often rooms are trimmed to their max age (at most)
 DUE_PAGE = 1000  # scheduled messages delivered in one go
 
 
@@ -2338,13 +2338,17 @@ class Hub:
         """Deliver scheduled messages when due, and trim rooms to their max age. Wakes when
         the soonest is due, when one is scheduled here, and every SCHEDULE_POLL_S (for those
         scheduled by other processes)."""
-        next_trim = 0.0
+        trimmed_at = -math.inf
         while True:
             self._schedules_changed.clear()
             wait_s = SCHEDULE_POLL_S
             try:
-                if time.monotonic() >= next_trim:
-                    next_trim = time.monotonic() + await self._trim_aged()
+                max_ages = [room.record.max_age_s for room in self.rooms.values()]
+                # every MAX_AGE_TRIM_S, or sooner for a shorter max age
+                trim_every_s = max(SCHEDULE_POLL_S, min([MAX_AGE_TRIM_S, *filter(None, max_ages)]))
+                if time.monotonic() >= trimmed_at + trim_every_s:
+                    trimmed_at = time.monotonic()
+                    await self._trim_aged()
                 await self._deliver_due()
                 next_due, now = await self.storage.next_due(), now_ms()
                 if next_due is not None and next_due > now:  # (one still due: retry later)
@@ -2374,9 +2378,8 @@ class Hub:
             if isinstance(outcome, Exception):
                 log.warning("scheduled message %s not delivered: %s", item.scheduled_id, outcome)
 
-    async def _trim_aged(self) -> float:
-        """Delete the messages older than their room's max age (no longer served already);
-        returns when to do it again (s): MAX_AGE_TRIM_S, or sooner for a shorter max age."""
+    async def _trim_aged(self) -> None:
+        """Delete the messages older than their room's max age (no longer served already)."""
         born_after = {
             room.id: room.served_window()[1]
             for room in self.rooms.values()
@@ -2384,8 +2387,6 @@ class Hub:
         }
         if born_after and (cuts := await self.storage.trim_aged(born_after)):
             await self.broker.trimmed(cuts)
-        max_ages = [room.record.max_age_s for room in self.rooms.values() if room.record.max_age_s]
-        return max(SCHEDULE_POLL_S, min([MAX_AGE_TRIM_S, *max_ages]))
 
     async def _writer(self) -> None:
         """Commits what is pending, batch after batch; once closing, what is left, then ends."""
