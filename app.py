@@ -797,7 +797,6 @@ class Storage:
                 (room_id,),
             )
             await db.execute("DELETE FROM messages WHERE room = ?", (room_id,))
-            await db.execute("DELETE FROM scheduled_messages WHERE room = ?", (room_id,))
             await db.execute("DELETE FROM rooms WHERE id = ?", (room_id,))
 
     async def history(
@@ -864,7 +863,9 @@ class Storage:
 
     async def insert_scheduled(self, scheduled: ScheduledMessage, max_per_room: int) -> bool:
         """Store a scheduled message, unless its room has `max_per_room` already (counted
-        in the transaction, so processes scheduling at once cannot pass the limit together)."""
+        in the transaction, so processes scheduling at once cannot pass the limit together).
+        Raises sqlite3.IntegrityError when the room is gone (deleted meanwhile); deleting a
+        room deletes its scheduled messages (ON DELETE CASCADE)."""
         async with self.transaction() as db:
             async with db.execute(
                 "SELECT COUNT(*) FROM scheduled_messages WHERE room = ?", (scheduled.room,)
@@ -2324,7 +2325,11 @@ class Hub:
             raise shutting_down()
         scheduled = ScheduledMessage(secrets.token_hex(8), room.id, message, due_at, now_ms())
         limit = self.settings.max_scheduled_per_room
-        if not await self.storage.insert_scheduled(scheduled, limit):
+        try:
+            stored = await self.storage.insert_scheduled(scheduled, limit)
+        except sqlite3.IntegrityError:  # deleted meanwhile
+            raise ApiError(404, "Room deleted") from None
+        if not stored:
             raise ApiError(
                 403,
                 f"Schedule limit reached: a room may have {limit} scheduled messages;"
@@ -3361,7 +3366,9 @@ class MessagePayload(BaseModel):
     time: int = Field(description="epoch ms at publish (a scheduled message: at delivery)")
     meta: Any = None
     expires_at: int | None = Field(
-        default=None, description="epoch ms: not replayed from then on (only if it expires)"
+        default=None,
+        exclude_if=lambda value: value is None,  # as streamed: only a message that expires
+        description="epoch ms: not replayed from then on (only if it expires)",
     )
 
 

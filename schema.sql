@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS messages (
 -- stores its message: of several processes, one delivers it, once.
 CREATE TABLE IF NOT EXISTS scheduled_messages (
     id         TEXT PRIMARY KEY,              -- public, for listing and cancelling
-    room       TEXT NOT NULL,
+    room       TEXT NOT NULL REFERENCES rooms (id) ON DELETE CASCADE,
     message    TEXT NOT NULL,                 -- JSON: speaker, data, meta (and expires_in)
     due_at     INTEGER NOT NULL,              -- epoch ms
     created_at INTEGER NOT NULL
