@@ -2446,14 +2446,14 @@ class Hub:
                         if keyed:
                             batch = await self._answer_retries(batch, time_ms)
                         messages = [message for item in batch for message in item.messages]
-                        payloads = [  # but their ids, which the broker gives
+                        unnumbered = [  # the payloads but their ids, which the broker gives
                             message_payload(room, message, time_ms) for room, message in messages
                         ]
                         bodies = [
                             (room, compact_json(payload))
-                            for (room, _), payload in zip(messages, payloads, strict=True)
+                            for (room, _), payload in zip(messages, unnumbered, strict=True)
                         ]
-                        expiries = [payload.get("expires_at") for payload in payloads]
+                        expiries = [payload.get("expires_at") for payload in unnumbered]
                         ids = await self.broker.assign(bodies, expiries) if bodies else []
                         rows = [
                             (room.id, message_id, payload_with_id(message_id, body), expires_at)
@@ -2463,7 +2463,7 @@ class Hub:
                         ]
                         results = iter(
                             {"id": message_id, **payload}
-                            for payload, message_id in zip(payloads, ids, strict=True)
+                            for payload, message_id in zip(unnumbered, ids, strict=True)
                         )
                         per_item = [[next(results) for _ in item.messages] for item in batch]
                         if rows:
@@ -3406,6 +3406,10 @@ class PublishReply(RootModel[SentReply | BatchSentReply | ScheduledReply]):
     pass
 
 
+class SendReply(RootModel[SentReply | ScheduledReply]):
+    """The GET form's reply: one message, sent or scheduled."""
+
+
 class SendQuery(BaseModel):
     msg: str = Field(description="the message: data.message")
     room: str | None = Field(default=None, description="default: DEFAULT_ROOM")
@@ -3477,11 +3481,14 @@ def due_time(at: int | None, delay: float | None, max_ahead_s: float) -> int:
     now = now_ms()
     if at is not None and delay is not None:
         raise ApiError(400, "Give at or delay, not both")
-    due_at = at if at is not None else now + round(delay * 1000)
+    too_far = ApiError(400, f"A message can be scheduled at most {max_ahead_s:g} s ahead")
+    if delay is not None and delay > max_ahead_s:  # (before 1e308 s become milliseconds)
+        raise too_far
+    due_at = at if at is not None else now + max(1, round(delay * 1000))
     if due_at <= now:
         raise ApiError(400, "at is not in the future (it is epoch ms, as `time`)", at=at)
     if due_at > now + max_ahead_s * 1000:
-        raise ApiError(400, f"A message can be scheduled at most {max_ahead_s:g} s ahead")
+        raise too_far
     return due_at
 
 
@@ -3636,7 +3643,7 @@ async def publish_post(app: StreamingMessage, scope, receive, send, headers, mat
 
 @document_querystring(SendQuery)
 @document_headers(PublishHeaders)
-@document_response(SentReply, 202)
+@document_response(SendReply, 202)
 async def publish_get(app: StreamingMessage, scope, receive, send, headers, match) -> None:
     """Publish a message: the seed's form, ?token=&msg=[&room=]"""
     params = query_params(scope)
