@@ -222,6 +222,8 @@ class Settings(BaseSettings):
     frame_ancestors: str = "*"
     broker_url: str = Field("", repr=False)  # may hold Redis's password
     idempotency_window_s: Seconds = 86400
+    max_schedule_ahead_s: Seconds = 7 * 86400
+    max_scheduled_per_room: Annotated[int, Field(ge=0)] = 100
     presence_ttl_s: Seconds = 30
 
     @field_validator("default_room", mode="after")
@@ -280,6 +282,7 @@ class Settings(BaseSettings):
 # ---------------------------------------------------------------------------------------
 
 MAX_SPEAKER_CHARS = 64
+MAX_EXPIRES_IN_S = 10 * 365 * 86400  # a message's expires_in: ten years
 MAX_HISTORY_PAGE = 1000  # messages in a page of GET /api/v1/rooms/<room>/messages
 
 
@@ -548,6 +551,7 @@ class RoomRecord:
     settings: dict[str, Any]
     last_id: int
     created_at: int
+    max_age_s: int | None = None  # messages older are not replayed, and are trimmed
 
     @classmethod
     def from_row(cls, row: aiosqlite.Row) -> RoomRecord:
@@ -614,7 +618,7 @@ class Upload:
 
     room: str
     name: str
-    type: str  # a MIME type of UPLOAD_TYPES
+    type: str  # a MIME type of UPLOAD_SIGNATURES
     size: int
     etag: str
     created_at: int
@@ -627,10 +631,47 @@ class Upload:
         return asdict(self)
 
 
-ROOM_COLUMNS = "id, owner, title, private, history_size, settings, last_id, created_at"
+@dataclass(frozen=True)
+class ScheduledMessage:
+    """A message published with `at` or `delay`, waiting to be delivered."""
+
+    id: str
+    room: str
+    message: dict[str, Any]  # speaker, data, meta (and expires_in), as validated
+    due_at: int  # epoch ms
+    created_at: int
+
+    @classmethod
+    def from_row(cls, row: aiosqlite.Row) -> ScheduledMessage:
+        fields = dict(row) | {"message": json.loads(row["message"])}
+        return cls(**fields)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "room": self.room,
+            "due_at": self.due_at,
+            **self.message,
+            "expires_in": self.message.get("expires_in"),
+            "created_at": self.created_at,
+        }
+
+
+ROOM_COLUMNS = "id, owner, title, private, history_size, settings, last_id, created_at, max_age_s"
 USER_COLUMNS = "id, username, role, disabled, created_at"
 API_TOKEN_COLUMNS = "hash, id, user_id, name, rooms, rights, expires_at, created_at"
+SCHEDULED_COLUMNS = "id, room, message, due_at, created_at"
 UPLOAD_COLUMNS = "room, name, type, length(data) AS size, etag, created_at"
+# A message's id, and its payload unless it is not to be served (see Storage.history); a
+# payload is parsed only for a room with a max age.
+SERVED_MESSAGE_COLUMNS = (
+    "id, CASE WHEN payload = ? OR expires_at <= ? OR (? > 0 AND payload ->> 'time' < ?)"
+    " THEN NULL ELSE payload END AS payload"
+)
+
+# Columns added to tables after their first release: (table, column, type). schema.sql has
+# them too; Storage.open adds them to a database made before them.
+ADDED_COLUMNS = (("rooms", "max_age_s", "INTEGER"), ("messages", "expires_at", "INTEGER"))
 
 # On the write connection only (TEMP, as it calls a function of this process): storing a
 # message advances its room's last id (MAX: other processes may be ahead) and trims the
@@ -669,11 +710,23 @@ class Storage:
         self.write = await self._connect()
         await self.write.executescript((ROOT / "schema.sql").read_text())
         await self.write.commit()
+        await self._add_columns()
         await self.write.create_function(
             "server_history_size", 0, lambda: self.history_size, deterministic=True
         )
         await self.write.execute(MESSAGE_STORED_TRIGGER)
         self.read = await self._connect()
+
+    async def _add_columns(self) -> None:
+        """Bring a database made by an earlier release up to schema.sql: ADDED_COLUMNS. In
+        one transaction, so processes starting together add each column once."""
+        async with self.transaction() as db:
+            for table, column, kind in ADDED_COLUMNS:
+                async with db.execute("SELECT name FROM pragma_table_info(?)", (table,)) as cursor:
+                    columns = {row["name"] for row in await cursor.fetchall()}
+                if column not in columns:
+                    log.info("database: adding %s.%s", table, column)
+                    await db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     async def _connect(self) -> aiosqlite.Connection:
         # Autocommit: a statement outside `transaction()` is a transaction of its own.
@@ -749,7 +802,7 @@ class Storage:
                 "last_id": deleted["last_id"] if deleted else 0,
             }
             await db.execute(
-                f"INSERT INTO rooms ({ROOM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO rooms ({ROOM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [values[column] for column in ROOM_COLUMNS.split(", ")],
             )
         return values["last_id"]
@@ -757,13 +810,14 @@ class Storage:
     async def update_room(self, room: RoomRecord) -> None:
         async with self.transaction() as db:
             await db.execute(
-                "UPDATE rooms SET title = ?, private = ?, history_size = ?, settings = ?"
-                " WHERE id = ?",
+                "UPDATE rooms SET title = ?, private = ?, history_size = ?, settings = ?,"
+                " max_age_s = ? WHERE id = ?",
                 (
                     room.title,
                     int(room.private),
                     room.history_size,
                     compact_json(room.settings),
+                    room.max_age_s,
                     room.id,
                 ),
             )
@@ -785,20 +839,25 @@ class Storage:
         before: int = sys.maxsize,
         limit: int | None = None,
         newest_first: bool = False,
-    ) -> list[tuple[int, str]]:
+        now: int = 0,
+        born_after: int = 0,
+    ) -> list[tuple[int, str | None]]:
         """Stored messages of a room with after < id < before, oldest first (or newest
-        first), at most `limit` (None: all): (id, payload), RETRACTED for a retracted one."""
-        parameters = (room, after, before, -1 if limit is None else limit)
+        first), at most `limit` (None: all): (id, payload). A retracted message (its
+        tombstone), one expired at `now` or one published before `born_after` (epoch ms: the
+        room's max age) is (id, None): its id kept, its payload not to be served."""
+        parameters = (RETRACTED, now, born_after, born_after, room, after, before)
+        parameters += (-1 if limit is None else limit,)
         if newest_first:
             rows = await self._rows(
-                "SELECT id, payload FROM messages WHERE room = ? AND id > ? AND id < ?"
-                " ORDER BY id DESC LIMIT ?",
+                f"SELECT {SERVED_MESSAGE_COLUMNS} FROM messages"
+                " WHERE room = ? AND id > ? AND id < ? ORDER BY id DESC LIMIT ?",
                 parameters,
             )
         else:
             rows = await self._rows(
-                "SELECT id, payload FROM messages WHERE room = ? AND id > ? AND id < ?"
-                " ORDER BY id LIMIT ?",
+                f"SELECT {SERVED_MESSAGE_COLUMNS} FROM messages"
+                " WHERE room = ? AND id > ? AND id < ? ORDER BY id LIMIT ?",
                 parameters,
             )
         return [(row["id"], row["payload"]) for row in rows]
@@ -828,16 +887,103 @@ class Storage:
         )
         return {row["id"]: row["last_id"] for row in rows}
 
-    async def write_messages(self, rows: list[tuple[str, int, str]]) -> None:
-        """Store the messages (room, id, payload), all or none: one statement, so one
-        transaction and one trip to the database thread whatever their number. The caller
-        holds `lock`. The trigger `message_stored` advances each room's last id and trims
-        its history."""
+    async def write_messages(self, rows: list[tuple[str, int, str, int | None]]) -> None:
+        """Store the messages (room, id, payload, expires_at), all or none: one statement, so
+        one transaction and one trip to the database thread whatever their number. The
+        caller holds `lock`. The trigger `message_stored` advances each room's last id and
+        trims its history."""
         await self.write.execute(
-            "INSERT INTO messages (room, id, payload)"
-            " SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?) ORDER BY key",
+            "INSERT INTO messages (room, id, payload, expires_at)"
+            " SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3"
+            " FROM json_each(?) ORDER BY key",
             (compact_json(rows),),
         )
+
+    async def trim_aged(self, born_after: dict[str, int]) -> dict[str, int]:
+        """Delete each room's messages up to its newest one published before the room's
+        `born_after` (epoch ms: its max age); returns {room: the last id deleted}."""
+        cuts = {}
+        async with self.transaction() as db:
+            for room_id, oldest in born_after.items():
+                async with db.execute(
+                    "DELETE FROM messages WHERE room = ?1 AND id <= (SELECT MAX(id)"
+                    " FROM messages WHERE room = ?1 AND payload ->> 'time' < ?2) RETURNING id",
+                    (room_id, oldest),
+                ) as cursor:
+                    if deleted := [row["id"] for row in await cursor.fetchall()]:
+                        cuts[room_id] = max(deleted)
+        return cuts
+
+    # Scheduled messages
+
+    async def insert_scheduled(self, scheduled: ScheduledMessage, max_per_room: int) -> bool:
+        """Store a scheduled message, unless its room has `max_per_room` already (counted
+        in the transaction, so processes scheduling at once cannot pass the limit together).
+        Raises sqlite3.IntegrityError when the room is gone (deleted meanwhile); deleting a
+        room deletes its scheduled messages (ON DELETE CASCADE)."""
+        async with self.transaction() as db:
+            async with db.execute(
+                "SELECT COUNT(*) FROM scheduled_messages WHERE room = ?", (scheduled.room,)
+            ) as cursor:
+                (count,) = await cursor.fetchone()
+            if count >= max_per_room:
+                return False
+            await db.execute(
+                f"INSERT INTO scheduled_messages ({SCHEDULED_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+                (
+                    scheduled.id,
+                    scheduled.room,
+                    compact_json(scheduled.message),
+                    scheduled.due_at,
+                    scheduled.created_at,
+                ),
+            )
+        return True
+
+    async def scheduled(self, room_id: str) -> list[ScheduledMessage]:
+        """A room's scheduled messages, the soonest first."""
+        rows = await self._rows(
+            f"SELECT {SCHEDULED_COLUMNS} FROM scheduled_messages WHERE room = ?"
+            " ORDER BY due_at, created_at",
+            (room_id,),
+        )
+        return [ScheduledMessage.from_row(row) for row in rows]
+
+    async def due_scheduled(self, now: int, limit: int) -> list[ScheduledMessage]:
+        """Scheduled messages due at `now` (epoch ms), the soonest first, at most `limit`."""
+        rows = await self._rows(
+            f"SELECT {SCHEDULED_COLUMNS} FROM scheduled_messages WHERE due_at <= ?"
+            " ORDER BY due_at, created_at LIMIT ?",
+            (now, limit),
+        )
+        return [ScheduledMessage.from_row(row) for row in rows]
+
+    async def next_due(self) -> int | None:
+        """When the soonest scheduled message is due (epoch ms); None: there is none."""
+        (row,) = await self._rows("SELECT MIN(due_at) AS due_at FROM scheduled_messages")
+        return row["due_at"]
+
+    async def claim_scheduled(self, scheduled_ids: list[str]) -> set[str]:
+        """Delete these scheduled messages; returns the ids of those that were there (not
+        delivered or cancelled meanwhile). Within the caller's transaction, which stores
+        the messages: a message is claimed by the one commit that stores it."""
+        async with self.write.execute(
+            "DELETE FROM scheduled_messages WHERE id IN (SELECT value FROM json_each(?))"
+            " RETURNING id",
+            (compact_json(scheduled_ids),),
+        ) as cursor:
+            return {row["id"] for row in await cursor.fetchall()}
+
+    async def cancel_scheduled(self, room_id: str, scheduled_id: str) -> bool:
+        """Delete a room's scheduled message; whether it was there."""
+        async with (
+            self.transaction() as db,
+            db.execute(
+                "DELETE FROM scheduled_messages WHERE room = ? AND id = ? RETURNING id",
+                (room_id, scheduled_id),
+            ) as cursor,
+        ):
+            return await cursor.fetchone() is not None
 
     async def idempotent_publishes(
         self, keys: list[tuple[str, str]], since: int
@@ -1201,6 +1347,12 @@ class Room:
     @property
     def history_size(self) -> int:
         return self.record.history_size or self.settings.history_size
+
+    def served_window(self) -> tuple[int, int]:
+        """(now, born_after), epoch ms: a stored message expired at `now`, or published
+        before `born_after` (the room's max age; 0: none), is no longer served."""
+        now = now_ms()
+        return now, now - self.record.max_age_s * 1000 if self.record.max_age_s else 0
 
     def local_presence(self) -> dict[str, int]:
         """This process's subscribers of the room, by role."""
@@ -1568,7 +1720,9 @@ class LocalBroker:
     async def stop(self) -> None:
         pass
 
-    async def assign(self, messages: list[tuple[Room, str]]) -> list[int]:
+    async def assign(
+        self, messages: list[tuple[Room, str]], expiries: list[int | None]
+    ) -> list[int]:
         """The ids of (room, body) messages about to be committed, in order."""
         ids, last_ids = [], {}
         for room, _ in messages:
@@ -1597,10 +1751,16 @@ class LocalBroker:
         before: int = sys.maxsize,
         limit: int | None = None,
         newest_first: bool = False,
-    ) -> list[tuple[int, str]]:
+    ) -> list[tuple[int, str | None]]:
         """The room's kept messages with after < id < before, oldest first (or newest
-        first), at most `limit` (None: all): (id, payload)."""
-        return await self.storage.history(room.id, after, before, limit, newest_first)
+        first), at most `limit` (None: all): (id, payload), or (id, None) for one expired
+        or older than the room's max age: not to be served (its id keeps a replay's check
+        for a gap exact)."""
+        window = room.served_window()
+        return await self.storage.history(room.id, after, before, limit, newest_first, *window)
+
+    async def trimmed(self, cuts: dict[str, int]) -> None:
+        """Rooms' messages up to these ids ({room: id}) were trimmed from SQLite (max age)."""
 
     async def joined(self, room: Room) -> None:
         """A subscriber of this process joined the room: deliver the room's messages here."""
@@ -1649,12 +1809,13 @@ READY_TIMEOUT_S = 2  # a readiness check of Redis: well within a health checker'
 # Publish a batch atomically: per message, the next id of its room and a stream entry with
 # that id, so each stream is in id order whichever process publishes. KEYS: per message,
 # its room's counter and stream. ARGV: per message, the body, the room's last id in SQLite
-# ('' when the caller did not read it) and the room's history size.
+# ('' when the caller did not read it), the room's history size and the message's expiry
+# (epoch ms, '' for none: then the entry has no field e).
 PUBLISH_SCRIPT = """
 for i = 1, #KEYS, 2 do
   if redis.call('EXISTS', KEYS[i]) == 0 then
     -- no counter (a new room, or Redis lost its data): go on after the newest id known
-    local floor = tonumber(ARGV[(i - 1) / 2 * 3 + 2])
+    local floor = tonumber(ARGV[(i - 1) / 2 * 4 + 2])
     local top = redis.call('XREVRANGE', KEYS[i + 1], '+', '-', 'COUNT', 1)[1]
     if top then floor = math.max(floor or 0, tonumber(string.match(top[1], '^%d+'))) end
     if not floor then return redis.error_reply('NOSEQ') end
@@ -1663,9 +1824,16 @@ for i = 1, #KEYS, 2 do
 end
 local ids = {}
 for i = 1, #KEYS, 2 do
-  local arg = (i - 1) / 2 * 3
+  local arg = (i - 1) / 2 * 4
   local id = redis.call('INCR', KEYS[i])
-  redis.call('XADD', KEYS[i + 1], 'MAXLEN', '~', ARGV[arg + 3], id .. '-0', 'p', ARGV[arg + 1])
+  if ARGV[arg + 4] == '' then
+    redis.call('XADD', KEYS[i + 1], 'MAXLEN', '~', ARGV[arg + 3], id .. '-0', 'p', ARGV[arg + 1])
+  else
+    redis.call(
+      'XADD', KEYS[i + 1], 'MAXLEN', '~', ARGV[arg + 3], id .. '-0',
+      'p', ARGV[arg + 1], 'e', ARGV[arg + 4]
+    )
+  end
   ids[#ids + 1] = id
 end
 return ids
@@ -1698,6 +1866,22 @@ def room_key(room_id: str, part: str) -> str:
 
 def entry_number(entry_id: str) -> int:
     return int(entry_id.partition("-")[0])
+
+
+def entry_row(
+    entry_id: str, fields: dict[str, str], edits: dict[str, str], now: int, born_after: int
+):
+    """A stream entry as a row of `history`: (id, payload), its payload as edited since
+    (`edits`: the room's), or (id, None) when it was retracted, expired at `now` or was
+    published before `born_after` (see Room.served_window)."""
+    number = entry_number(entry_id)
+    edited = edits.get(str(number))
+    expired = "e" in fields and int(fields["e"]) <= now
+    if edited == RETRACTED or expired:
+        return number, None
+    if born_after and json.loads(fields["p"])["time"] < born_after:
+        return number, None
+    return number, edited or payload_with_id(number, fields["p"])
 
 
 class RedisBroker:
@@ -1769,14 +1953,16 @@ class RedisBroker:
         await self.reader.aclose()
         await self.redis.aclose()
 
-    async def assign(self, messages: list[tuple[Room, str]]) -> list[int]:
-        """Give (room, body) messages their ids and append them to their rooms' streams, in
-        one step: from here on every process delivers them (they are in Redis before
-        SQLite has them: if the commit that follows fails, the publisher is told 500
-        although they were delivered; see not_stored)."""
+    async def assign(
+        self, messages: list[tuple[Room, str]], expiries: list[int | None]
+    ) -> list[int]:
+        """Give (room, body) messages their ids and append them (with their expiries, epoch
+        ms or None) to their rooms' streams, in one step: from here on every process
+        delivers them (they are in Redis before SQLite has them: if the commit that follows
+        fails, the publisher is told 500 although they were delivered; see not_stored)."""
         try:
             try:
-                return await self._append(messages, {})
+                return await self._append(messages, expiries, {})
             except ResponseError as error:
                 if "NOSEQ" not in str(error):
                     raise
@@ -1786,7 +1972,7 @@ class RedisBroker:
                     for room, _ in messages
                     if room.id in stored
                 }
-                return await self._append(messages, floors)
+                return await self._append(messages, expiries, floors)
         except RedisError as error:
             log.warning("broker publish failed: %s", error)
             raise broker_unavailable() from error
@@ -1824,11 +2010,13 @@ class RedisBroker:
             log.warning("broker could not change message %d of %s: %s", message_id, room.id, error)
             raise broker_unavailable() from error
 
-    async def _append(self, messages: list[tuple[Room, str]], floors: dict[str, int]) -> list:
+    async def _append(
+        self, messages: list[tuple[Room, str]], expiries: list[int | None], floors: dict[str, int]
+    ) -> list:
         keys, args = [], []
-        for room, body in messages:
+        for (room, body), expires_at in zip(messages, expiries, strict=True):
             keys += [room_key(room.id, "seq"), room_key(room.id, "stream")]
-            args += [body, floors.get(room.id, ""), room.history_size]
+            args += [body, floors.get(room.id, ""), room.history_size, expires_at or ""]
         return await self.publish_script(keys=keys, args=args)
 
     async def history(
@@ -1838,11 +2026,11 @@ class RedisBroker:
         before: int = sys.maxsize,
         limit: int | None = None,
         newest_first: bool = False,
-    ) -> list[tuple[int, str]]:
+    ) -> list[tuple[int, str | None]]:
         """The room's kept messages with after < id < before, oldest first (or newest
-        first), at most `limit` (None: all): the stream's (as edited since, RETRACTED for a
-        retracted one), and SQLite's older than the stream's oldest (when Redis has lost or
-        trimmed them)."""
+        first), at most `limit` (None: all), as LocalBroker.history: the stream's (as edited
+        since), and SQLite's older than the stream's oldest (when Redis has lost or trimmed
+        them)."""
         key, low, high = room_key(room.id, "stream"), f"({after}-0", f"({before}-0"
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -1854,22 +2042,30 @@ class RedisBroker:
                 entries, edits = await pipe.execute()
         except RedisError as error:
             raise broker_unavailable() from error
-        rows = []
-        for entry_id, fields in entries:
-            message_id = entry_number(entry_id)
-            payload = edits.get(str(message_id))
-            if payload is None:
-                payload = payload_with_id(message_id, fields["p"])
-            rows.append((message_id, payload))
+        window = room.served_window()
+        rows = [entry_row(entry_id, fields, edits, *window) for entry_id, fields in entries]
         if newest_first:
             if limit is None or len(rows) < limit:  # the stream ran out: older ones after it
                 below = rows[-1][0] if rows else before
                 rest = None if limit is None else limit - len(rows)
-                rows += await self.storage.history(room.id, after, below, rest, newest_first)
+                rows += await self.storage.history(room.id, after, below, rest, True, *window)
         elif not rows or rows[0][0] > after + 1:
             below = rows[0][0] if rows else before
-            rows = (await self.storage.history(room.id, after, below, limit) + rows)[:limit]
+            older = await self.storage.history(room.id, after, below, limit, False, *window)
+            rows = (older + rows)[:limit]
         return rows
+
+    async def trimmed(self, cuts: dict[str, int]) -> None:
+        """Rooms' messages up to these ids ({room: id}) were trimmed from SQLite (max age):
+        from their streams too."""
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for room_id, last_trimmed in cuts.items():
+                    key, minid = room_key(room_id, "stream"), f"{last_trimmed + 1}-0"
+                    pipe.xtrim(key, minid=minid, approximate=False)
+                await pipe.execute()
+        except RedisError as error:  # they are not served anyway, and MAXLEN trims them later
+            log.warning("broker could not trim aged messages: %s", error)
 
     async def joined(self, room: Room) -> None:
         """If this process does not follow the room yet: follow its stream from the newest
@@ -2129,10 +2325,27 @@ def same_outcome(follower: asyncio.Future, leader: asyncio.Future) -> None:
         follower.set_result(leader.result())
 
 
+SCHEDULE_POLL_S = 1  # how often a process looks for messages scheduled by the others
+MAX_AGE_TRIM_S = 60  # how often rooms are trimmed to their max age (at most)
+DUE_PAGE = 1000  # scheduled messages delivered in one go
+
+
+def message_payload(room: Room, message: dict[str, Any], time_ms: int) -> dict[str, Any]:
+    """A message as stored and sent, but its id: `time` is when it is committed, an
+    `expires_in` (seconds) becomes `expires_at` (epoch ms), and `status` is what the Bun
+    project's pages show."""
+    payload = {"room": room.id, **message, "time": time_ms}
+    if (expires_in := payload.pop("expires_in", None)) is not None:
+        payload["expires_at"] = time_ms + round(expires_in * 1000)
+    payload["status"] = MESSAGE_STATUS
+    return payload
+
+
 @dataclass
 class PendingPublish:
-    messages: list[tuple[Room, dict[str, Any]]]  # (room, {speaker, data, meta})
+    messages: list[tuple[Room, dict[str, Any]]]  # (room, {speaker, data, meta[, expires_in]})
     key: IdempotencyKey | None = None
+    scheduled_id: str | None = None  # a scheduled message's delivery: claims it, or is void
     done: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -2159,6 +2372,8 @@ class Hub:
         self._pending_ready = asyncio.Event()
         self._writing: asyncio.Task
         self._keeping_alive: asyncio.Task
+        self._scheduling: asyncio.Task
+        self._schedules_changed = asyncio.Event()
         self.closing = False
         for role in ("player", "controller", "preview"):
             self.metrics.subscribers.labels(role).set_function(lambda role=role: self.count(role))
@@ -2182,6 +2397,8 @@ class Hub:
                 await self._load_rooms()
         self._writing = asyncio.create_task(self._writer())
         self._keeping_alive = asyncio.create_task(self._keepalive())
+        self._schedules_changed = asyncio.Event()
+        self._scheduling = asyncio.create_task(self._deliver_scheduled())
 
     async def _load_rooms(self) -> None:
         for record in await self.storage.load_rooms():
@@ -2200,6 +2417,7 @@ class Hub:
             settings=fields.get("settings", {}),
             last_id=0,
             created_at=now_ms(),
+            max_age_s=fields.get("max_age_s"),
         )
         last_id = await self.storage.insert_room(record, max_owned)
         if last_id is None:
@@ -2214,7 +2432,7 @@ class Hub:
         return record
 
     async def update_room(self, room: Room, changes: dict[str, Any]) -> None:
-        """Apply validated changes (title, private, history_size, settings)."""
+        """Apply validated changes (title, private, history_size, max_age_s, settings)."""
         record = replace(room.record, **changes)
         await self.storage.update_room(record)
         self.apply_room(record)
@@ -2286,6 +2504,81 @@ class Hub:
         self.metrics.publish_latency.observe(time.perf_counter() - started)
         return payloads
 
+    async def schedule(self, room: Room, message: dict[str, Any], due_at: int) -> ScheduledMessage:
+        """Store a message to deliver at `due_at` (epoch ms); 403 when its room has
+        MAX_SCHEDULED_PER_ROOM already."""
+        if self.closing:
+            raise shutting_down()
+        scheduled = ScheduledMessage(secrets.token_hex(8), room.id, message, due_at, now_ms())
+        limit = self.settings.max_scheduled_per_room
+        try:
+            stored = await self.storage.insert_scheduled(scheduled, limit)
+        except sqlite3.IntegrityError:  # deleted meanwhile
+            raise ApiError(404, "Room deleted") from None
+        if not stored:
+            raise ApiError(
+                403,
+                f"Schedule limit reached: a room may have {limit} scheduled messages;"
+                " cancel one first",
+                limit=limit,
+            )
+        self._schedules_changed.set()
+        return scheduled
+
+    async def _deliver_scheduled(self) -> None:
+        """Deliver scheduled messages when due, and trim rooms to their max age. Wakes when
+        the soonest is due, when one is scheduled here, and every SCHEDULE_POLL_S (for those
+        scheduled by other processes)."""
+        trimmed_at = -math.inf
+        while True:
+            self._schedules_changed.clear()
+            wait_s = SCHEDULE_POLL_S
+            try:
+                max_ages = [room.record.max_age_s for room in self.rooms.values()]
+                # every MAX_AGE_TRIM_S, or sooner for a shorter max age
+                trim_every_s = max(SCHEDULE_POLL_S, min([MAX_AGE_TRIM_S, *filter(None, max_ages)]))
+                if time.monotonic() >= trimmed_at + trim_every_s:
+                    trimmed_at = time.monotonic()
+                    await self._trim_aged()
+                await self._deliver_due()
+                next_due, now = await self.storage.next_due(), now_ms()
+                if next_due is not None and next_due > now:  # (one still due: retry later)
+                    wait_s = min(wait_s, (next_due - now) / 1000)
+            except Exception:
+                log.exception("delivering scheduled messages failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait_s):
+                    await self._schedules_changed.wait()
+
+    async def _deliver_due(self) -> None:
+        """Publish the scheduled messages due now, each claiming its schedule (see _claim):
+        a message gets the id and time of its delivery, and of several processes one
+        delivers it. One whose room is not known here yet waits for the next round."""
+        due = await self.storage.due_scheduled(now_ms(), DUE_PAGE)
+        deliveries = [
+            PendingPublish([(room, scheduled.message)], scheduled_id=scheduled.id)
+            for scheduled in due
+            if (room := self.rooms.get(scheduled.room)) is not None
+        ]
+        if not deliveries:
+            return
+        self.pending += deliveries
+        self._pending_ready.set()
+        outcomes = await asyncio.gather(*(item.done for item in deliveries), return_exceptions=True)
+        for item, outcome in zip(deliveries, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                log.warning("scheduled message %s not delivered: %s", item.scheduled_id, outcome)
+
+    async def _trim_aged(self) -> None:
+        """Delete the messages older than their room's max age (no longer served already)."""
+        born_after = {
+            room.id: room.served_window()[1]
+            for room in self.rooms.values()
+            if room.record.max_age_s
+        }
+        if born_after and (cuts := await self.storage.trim_aged(born_after)):
+            await self.broker.trimmed(cuts)
+
     async def _writer(self) -> None:
         """Commits what is pending, batch after batch; once closing, what is left, then ends."""
         while self.pending or not self.closing:
@@ -2323,29 +2616,40 @@ class Hub:
                 batch = [item for item in batch if not item.done.done()]
                 # Publishes with an idempotency key: their keys are read and written in the
                 # transaction that stores the messages, so that of two retries (in any
-                # process) one stores and the other gets its messages. Without: one
-                # statement, as fast as it was.
+                # process) one stores and the other gets its messages. So are deliveries of
+                # scheduled messages claimed: of several processes delivering one, one
+                # stores it. Without either: one statement, as fast as it was.
                 keyed = any(item.key is not None for item in batch)
+                claiming = any(item.scheduled_id is not None for item in batch)
                 try:
                     async with (
-                        self.storage.locked_transaction() if keyed else contextlib.nullcontext()
+                        self.storage.locked_transaction()
+                        if keyed or claiming
+                        else contextlib.nullcontext()
                     ):
+                        if claiming:
+                            batch = await self._claim(batch)
                         if keyed:
                             batch = await self._answer_retries(batch, time_ms)
                         messages = [message for item in batch for message in item.messages]
-                        fields = {"time": time_ms, "status": MESSAGE_STATUS}
-                        bodies = [  # the payloads but their ids, which the broker gives
-                            (room, compact_json({"room": room.id, **message, **fields}))
-                            for room, message in messages
+                        unnumbered = [  # the payloads but their ids, which the broker gives
+                            message_payload(room, message, time_ms) for room, message in messages
                         ]
-                        ids = await self.broker.assign(bodies) if bodies else []
+                        bodies = [
+                            (room, compact_json(payload))
+                            for (room, _), payload in zip(messages, unnumbered, strict=True)
+                        ]
+                        expiries = [payload.get("expires_at") for payload in unnumbered]
+                        ids = await self.broker.assign(bodies, expiries) if bodies else []
                         rows = [
-                            (room.id, message_id, payload_with_id(message_id, body))
-                            for (room, body), message_id in zip(bodies, ids, strict=True)
+                            (room.id, message_id, payload_with_id(message_id, body), expires_at)
+                            for (room, body), message_id, expires_at in zip(
+                                bodies, ids, expiries, strict=True
+                            )
                         ]
                         results = iter(
-                            {"id": message_id, "room": room.id, **message, **fields}
-                            for (room, message), message_id in zip(messages, ids, strict=True)
+                            {"id": message_id, **payload}
+                            for payload, message_id in zip(unnumbered, ids, strict=True)
                         )
                         per_item = [[next(results) for _ in item.messages] for item in batch]
                         if rows:
@@ -2365,11 +2669,22 @@ class Hub:
                     item.done.set_exception(error)
             return
         if ids:
-            self.broker.committed(bodies, ids, [payload for *_, payload in rows])
+            self.broker.committed(bodies, ids, [row[2] for row in rows])
             self.metrics.commits.inc()
             self.metrics.published.inc(len(ids))
         for item, payloads in zip(batch, per_item, strict=True):
             item.done.set_result(payloads)
+
+    async def _claim(self, batch: list[PendingPublish]) -> list[PendingPublish]:
+        """Within the commit's transaction: claim the scheduled messages this batch delivers.
+        One delivered or cancelled meanwhile (by any process) is void: it stores nothing
+        and its publish gets no payloads. Returns the publishes to store."""
+        scheduled_ids = [item.scheduled_id for item in batch if item.scheduled_id is not None]
+        claimed = await self.storage.claim_scheduled(scheduled_ids)
+        for item in batch:
+            if item.scheduled_id is not None and item.scheduled_id not in claimed:
+                item.done.set_result([])
+        return [item for item in batch if not item.done.done()]
 
     async def _answer_retries(
         self, batch: list[PendingPublish], time_ms: int
@@ -2524,7 +2839,7 @@ class Hub:
         are skipped there (`replayed_through`). (A function of its own so the replay is not
         kept alive for the life of the stream.)"""
         hello = {**room.hello(), **hello_extra}
-        rows: list[tuple[int, str]] = []
+        rows: list[tuple[int, str | None]] = []
         if last_id is not None:
             rows = await self.broker.history(room, last_id, limit=REPLAY_PAGE_ROWS)
             # The first id after last_id is missing (trimmed, or everything up to last_id is),
@@ -2536,7 +2851,7 @@ class Hub:
         while True:
             for message_id, payload in rows:
                 subscriber.replayed_through = message_id
-                if payload == RETRACTED:
+                if payload is None:  # retracted, expired, or older than the room's max age
                     continue
                 frame = message_frame(message_id, payload)
                 if size and size + len(frame) > self.settings.replay_page_bytes:
@@ -2599,6 +2914,8 @@ class Hub:
         if self.closing:
             return
         self.closing = True
+        self._scheduling.cancel()  # its deliveries still pending are committed
+        await asyncio.gather(self._scheduling, return_exceptions=True)
         self._pending_ready.set()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._writing, self.settings.shutdown_timeout_s)
@@ -3234,6 +3551,26 @@ class PublishMessage(BaseModel):
         default=None,
         description="if not sent as the Idempotency-Key header (a batch: the header only)",
     )
+    at: int | None = Field(
+        default=None,
+        ge=0,
+        description="deliver it at this time (epoch ms, as `time`), in the future and within"
+        " MAX_SCHEDULE_AHEAD_S: the reply is its schedule; not in a batch",
+    )
+    delay: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="deliver it in this many seconds (instead of `at`)",
+    )
+    expires_in: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_EXPIRES_IN_S,
+        allow_inf_nan=False,
+        description="seconds after its delivery from which it is no longer replayed (nor"
+        " in the history API); its payload then has `expires_at`",
+    )
 
 
 class PublishBody(RootModel[PublishMessage | Annotated[list[PublishMessage], Field(min_length=1)]]):
@@ -3247,8 +3584,14 @@ class MessagePayload(BaseModel):
     room: str
     speaker: str
     data: dict[str, Any]
-    time: int = Field(description="epoch ms at publish")
+    time: int = Field(description="epoch ms at publish (a scheduled message: at delivery)")
     meta: Any = None
+    expires_at: int | None = Field(
+        default=None,
+        exclude_if=lambda value: value is None,  # as streamed: only a message that expires
+        description="epoch ms: not replayed from then on (only if it expires)",
+    )
+
     status: Literal["✔ success"] = Field(
         default=MESSAGE_STATUS, description="always this: the Bun project's pages show it"
     )
@@ -3257,6 +3600,24 @@ class MessagePayload(BaseModel):
         description="epoch ms of its last edit (absent if never edited)",
         exclude_if=lambda value: value is None,
     )
+
+
+class ScheduledOut(BaseModel):
+    """A scheduled message, until it is delivered."""
+
+    id: str = Field(description="the schedule's id: cancel it by it")
+    room: str
+    due_at: int = Field(description="epoch ms")
+    speaker: str
+    data: dict[str, Any]
+    meta: Any = None
+    expires_in: float | None = None
+    created_at: int
+
+
+class ScheduledReply(Reply):
+    target: dict[Literal["room"], str]
+    scheduled: ScheduledOut
 
 
 class SentReply(Reply):
@@ -3271,14 +3632,21 @@ class BatchSentReply(Reply):
     ids: list[int]
 
 
-class PublishReply(RootModel[SentReply | BatchSentReply]):
+class PublishReply(RootModel[SentReply | BatchSentReply | ScheduledReply]):
     pass
+
+
+class SendReply(RootModel[SentReply | ScheduledReply]):
+    """The GET form's reply: one message, sent or scheduled."""
 
 
 class SendQuery(BaseModel):
     msg: str = Field(description="the message: data.message")
     room: str | None = Field(default=None, description="default: DEFAULT_ROOM")
     token: str | None = None
+    at: int | None = Field(default=None, description="as in the POST body")
+    delay: float | None = Field(default=None, description="as in the POST body")
+    expires_in: float | None = Field(default=None, description="as in the POST body")
 
 
 class PublishHeaders(BaseModel):
@@ -3316,8 +3684,9 @@ def json_depth(value: Any) -> int:
 
 def validate_message(
     item: Any, settings: Settings
-) -> tuple[dict[str, Any], str | None, str | None]:
-    """A publish body object -> (message, room id, token). Raises 400/413."""
+) -> tuple[dict[str, Any], str | None, str | None, int | None]:
+    """A publish body object -> (message, room id, token, when it is due: epoch ms, or None
+    for now). Raises 400/413."""
     if not isinstance(item, dict):
         raise ApiError(400, "Each message must be a JSON object")
     try:
@@ -3330,7 +3699,28 @@ def validate_message(
             raise ApiError(400, f"{name} is nested deeper than {settings.max_json_depth} levels")
     if len(compact_json(message).encode()) > settings.max_message_bytes:
         raise ApiError(413, f"Message too large (max {settings.max_message_bytes} bytes)")
-    return message, fields.room, fields.token
+    if fields.expires_in is not None:
+        message["expires_in"] = fields.expires_in
+    due_at = None
+    if fields.at is not None or fields.delay is not None:
+        due_at = due_time(fields.at, fields.delay, settings.max_schedule_ahead_s)
+    return message, fields.room, fields.token, due_at
+
+
+def due_time(at: int | None, delay: float | None, max_ahead_s: float) -> int:
+    """When a scheduled message is due (epoch ms), from its `at` or `delay`. Raises 400."""
+    now = now_ms()
+    if at is not None and delay is not None:
+        raise ApiError(400, "Give at or delay, not both")
+    too_far = ApiError(400, f"A message can be scheduled at most {max_ahead_s:g} s ahead")
+    if delay is not None and delay > max_ahead_s:  # (before 1e308 s become milliseconds)
+        raise too_far
+    due_at = at if at is not None else now + max(1, round(delay * 1000))
+    if due_at <= now:
+        raise ApiError(400, "at is not in the future (it is epoch ms, as `time`)", at=at)
+    if due_at > now + max_ahead_s * 1000:
+        raise too_far
+    return due_at
 
 
 async def publish(
@@ -3344,7 +3734,9 @@ async def publish(
     header_token = bearer_token(headers)
     messages, publishers = [], set()
     for item in items:
-        message, room_id, body_token = validate_message(item, app.settings)
+        message, room_id, body_token, due_at = validate_message(item, app.settings)
+        if due_at is not None and batch:
+            raise ApiError(400, "A batch cannot be scheduled: schedule its messages one by one")
         room = app.hub.find_room(room_id)
         token = header_token or body_token or query_token
         principal = app.accounts.authorize(token, room, "publish")
@@ -3353,7 +3745,14 @@ async def publish(
     key = None
     body_keys = [item["idempotency_key"] for item in items if item.get("idempotency_key")]
     if (header := headers.get(b"idempotency-key")) is not None or body_keys:
+        if due_at is not None:
+            raise ApiError(400, "A scheduled message takes no idempotency key")
         key = idempotency_key(header, body_keys, batch, messages, publishers)
+    if due_at is not None:
+        ((room, message),) = messages
+        scheduled = await app.hub.schedule(room, message, due_at)
+        target = {"room": room.id}
+        return envelope(202, "Message Scheduled", target=target, scheduled=scheduled.as_dict())
     payloads = await app.hub.publish(messages, key)
     return sent_reply(payloads, batch)
 
@@ -3475,7 +3874,7 @@ async def publish_post(app: StreamingMessage, scope, receive, send, headers, mat
 
 @document_querystring(SendQuery)
 @document_headers(PublishHeaders)
-@document_response(SentReply, 202)
+@document_response(SendReply, 202)
 async def publish_get(app: StreamingMessage, scope, receive, send, headers, match) -> None:
     """Publish a message: the seed's form, ?token=&msg=[&room=]"""
     params = query_params(scope)
@@ -3488,6 +3887,12 @@ async def publish_get(app: StreamingMessage, scope, receive, send, headers, matc
         "room": params.get("room"),
         "token": params.get("token"),
     }
+    for name, kind in (("at", int), ("delay", float), ("expires_in", float)):
+        if name in params:  # numbers in a query are text
+            try:
+                message[name] = kind(params[name])
+            except ValueError:
+                raise ApiError(400, f"{name} must be a number", **{name: params[name]}) from None
     await send_json(send, 202, await publish(app, headers, message, None))
 
 
@@ -4020,6 +4425,12 @@ class RoomChanges(Body):
     history_size: int | None = Field(
         default=None, ge=1, le=1_000_000, description="messages kept; null: HISTORY_SIZE"
     )
+    max_age_s: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_EXPIRES_IN_S,
+        description="seconds: older messages are not replayed, and are trimmed; null: no limit",
+    )
     settings: RoomSettings = Field(default_factory=RoomSettings)
 
     def fields(self, current: dict[str, Any]) -> dict[str, Any]:
@@ -4044,7 +4455,7 @@ class Presence(BaseModel):
 
 @dataclass
 class RoomOut(RoomRecord):
-    subscribers: Presence
+    subscribers: Presence = field(kw_only=True)  # (after RoomRecord's fields with defaults)
 
 
 ROOMS_PAGE, MAX_ROOMS_PAGE = 100, 1000
@@ -4154,8 +4565,8 @@ async def get_presence(room_id: str):
 @validate_request(RoomChanges)
 @validate_response(RoomReply)
 async def update_room(room_id: str, data: RoomChanges):
-    """Room settings: title, private, history_size, settings (typewriter_speed, theme,
-    profiles); a change of settings reaches the room's streams as `event: settings`"""
+    """Room settings: title, private, history_size, max_age_s, settings (typewriter_speed,
+    theme, profiles); a change of settings reaches the room's streams as `event: settings`"""
     room = current_app.hub.find_room(room_id)
     current_app.accounts.authorize(request_token(data.token), room, "manage")
     await current_app.hub.update_room(room, data.fields(room.record.settings))
@@ -4199,9 +4610,9 @@ async def room_messages(room_id: str, query_args: HistoryQuery):
     after, before, limit = query_args.after, query_args.before or sys.maxsize, query_args.limit
     rows: list[tuple[int, str]] = []
     while len(rows) <= limit:  # one more than asked: is there a next page?
-        wanted = limit + 1 - len(rows)  # (more when some were retracted)
+        wanted = limit + 1 - len(rows)  # (more when some are not served)
         read = await current_app.hub.broker.history(room, after, before, wanted, newest_first)
-        rows += [row for row in read if row[1] != RETRACTED]
+        rows += [row for row in read if row[1] is not None]  # retracted, expired or too old
         if len(read) < wanted:
             break
         if newest_first:
@@ -4215,6 +4626,43 @@ async def room_messages(room_id: str, query_args: HistoryQuery):
         next_page = f"/api/v1/rooms/{room.id}/messages?{urlencode(params)}"
     messages = [json.loads(payload) for _, payload in page]
     return ok(room=room.id, messages=messages, next=next_page)
+
+
+class IdReply(Reply):
+    id: str
+
+
+class ScheduledListReply(Reply):
+    room: str
+    scheduled: list[ScheduledOut] = Field(description="the soonest first")
+
+
+def publishable_room(room_id: str) -> Room:
+    """A room the request may publish to."""
+    room = current_app.hub.find_room(room_id)
+    current_app.accounts.authorize(request_token(), room, "publish")
+    return room
+
+
+@routes.get("/api/v1/rooms/<room_id>/scheduled")
+@validate_response(ScheduledListReply)
+async def list_scheduled(room_id: str):
+    """A room's scheduled messages (published with `at` or `delay`), until delivered. Who
+    may see them: who may publish to the room"""
+    room = publishable_room(room_id)
+    scheduled = await current_app.hub.storage.scheduled(room.id)
+    return ok(room=room.id, scheduled=[item.as_dict() for item in scheduled])
+
+
+@routes.delete("/api/v1/rooms/<room_id>/scheduled/<scheduled_id>")
+@validate_response(IdReply)
+async def cancel_scheduled(room_id: str, scheduled_id: str):
+    """Cancel a scheduled message: it is never delivered. 404 once it has been (or was
+    cancelled)"""
+    room = publishable_room(room_id)
+    if not await current_app.hub.storage.cancel_scheduled(room.id, scheduled_id):
+        raise ApiError(404, "No such scheduled message (delivered or cancelled?)", id=scheduled_id)
+    return ok("Scheduled Message Cancelled", id=scheduled_id)
 
 
 class MessageEdit(Body):
@@ -4273,8 +4721,7 @@ async def edit_message(room_id: str, message_id: str, data: MessageEdit):
 async def retract_message(room_id: str, message_id: str):
     """Retract a kept message (publish rights): its stream sends `event: retract`
     (`{"id", "room"}`); history and replays leave it out from now on"""
-    room = current_app.hub.find_room(room_id)
-    current_app.accounts.authorize(request_token(), room, "publish")
+    room = publishable_room(room_id)
     message_id = message_id_of(room, message_id)
     await current_app.hub.retract_message(room, message_id)
     return ok("Message Retracted", target={"room": room.id}, id=message_id)
@@ -4437,10 +4884,6 @@ class TokensReply(Reply):
 class TokenCreatedReply(Reply):
     token: str = Field(description="the secret: shown in this reply only")
     api_token: ApiTokenOut
-
-
-class IdReply(Reply):
-    id: str
 
 
 @routes.get("/api/v1/tokens")
@@ -4746,7 +5189,7 @@ class Chat:
             done = await self.relay.complete(messages, self.delta)
             if self.room is not None:
                 data = {"message": "".join(self.text), "stream": self.uid}
-                message, _, _ = validate_message(
+                message, *_ = validate_message(
                     {"speaker": self.speaker, "data": data, "meta": "ai"}, self.relay.settings
                 )
                 (payload,) = await self.relay.hub.publish([(self.room, message)])

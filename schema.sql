@@ -1,4 +1,6 @@
 -- streaming-message schema. Applied at start-up (idempotent); see Storage.open in app.py.
+-- A column added to an existing table is also in ADDED_COLUMNS (app.py), which adds it to a
+-- database made before it (CREATE TABLE IF NOT EXISTS leaves an existing table as it was).
 
 CREATE TABLE IF NOT EXISTS rooms (
     id           TEXT PRIMARY KEY,            -- canonical (lower case) room id
@@ -8,7 +10,8 @@ CREATE TABLE IF NOT EXISTS rooms (
     history_size INTEGER,                     -- NULL: the server's HISTORY_SIZE
     settings     TEXT NOT NULL DEFAULT '{}',  -- JSON: typewriter speed, theme, ...
     last_id      INTEGER NOT NULL DEFAULT 0,  -- last message id handed out; ids are never reused
-    created_at   INTEGER NOT NULL             -- epoch ms
+    created_at   INTEGER NOT NULL,            -- epoch ms
+    max_age_s    INTEGER                      -- seconds: older messages are not replayed; NULL: none
 );
 CREATE INDEX IF NOT EXISTS rooms_owner ON rooms (owner);  -- rooms per user (MAX_ROOMS_PER_USER)
 
@@ -19,14 +22,28 @@ CREATE TABLE IF NOT EXISTS deleted_rooms (
     last_id INTEGER NOT NULL
 );
 
--- Recent messages per room, trimmed to the room's history size. payload is the
--- compact JSON exactly as sent on the wire, so a replay re-frames it without re-encoding.
+-- Recent messages per room, trimmed to the room's history size (and max age). payload is
+-- the compact JSON exactly as sent on the wire, so a replay re-frames it without re-encoding.
 CREATE TABLE IF NOT EXISTS messages (
-    room    TEXT NOT NULL,
-    id      INTEGER NOT NULL,
-    payload TEXT NOT NULL,
+    room       TEXT NOT NULL,
+    id         INTEGER NOT NULL,
+    payload    TEXT NOT NULL,
+    expires_at INTEGER,                       -- epoch ms: not replayed from then on; NULL: never
     PRIMARY KEY (room, id)
 ) WITHOUT ROWID;
+
+-- Messages published with `at` or `delay`, until they are delivered (then they are messages,
+-- with an id of that time) or cancelled. Delivering one deletes it in the transaction that
+-- stores its message: of several processes, one delivers it, once.
+CREATE TABLE IF NOT EXISTS scheduled_messages (
+    id         TEXT PRIMARY KEY,              -- public, for listing and cancelling
+    room       TEXT NOT NULL REFERENCES rooms (id) ON DELETE CASCADE,
+    message    TEXT NOT NULL,                 -- JSON: speaker, data, meta (and expires_in)
+    due_at     INTEGER NOT NULL,              -- epoch ms
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS scheduled_messages_due ON scheduled_messages (due_at);
+CREATE INDEX IF NOT EXISTS scheduled_messages_room ON scheduled_messages (room, due_at);
 
 -- Accounts (see "Auth" in app.py). Usernames are ASCII, so NOCASE makes them unique
 -- ignoring case. No secret is stored in plain text: passwords as argon2id hashes, tokens

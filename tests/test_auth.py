@@ -929,6 +929,8 @@ def test_sql_is_built_only_with_parameters():
             continue
         if ast.unparse(call) == "self.read.execute(sql, parameters)":
             continue  # Storage._rows: its callers' SQL is checked where they call it
+        if ast.unparse(sql) == "f'ALTER TABLE {table} ADD COLUMN {column} {kind}'":
+            continue  # Storage.upgrade: names from the ADDED_COLUMNS constant (no parameters there)
         assert isinstance(sql, ast.JoinedStr), ast.unparse(sql)
         text = "".join(p.value for p in sql.values if isinstance(p, ast.Constant))
         for part in sql.values:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 
 import pytest
 
-from app import ApiToken, RoomRecord, Storage, User, sha256_hex
+from app import ApiToken, RoomRecord, ScheduledMessage, Storage, User, sha256_hex
 
 
 def room(room_id: str, **fields) -> RoomRecord:
@@ -14,7 +15,8 @@ def room(room_id: str, **fields) -> RoomRecord:
     return RoomRecord(room_id, **(values | fields), last_id=0, created_at=1)
 
 
-async def write(storage: Storage, rows: list[tuple[str, int, str]]) -> None:
+async def write(storage: Storage, rows: list[tuple]) -> None:
+    """Store (room, id, payload[, expires_at]) rows."""
     async with storage.lock:
         await storage.write_messages(rows)
 
@@ -94,3 +96,90 @@ async def test_a_room_made_again_goes_on_from_the_deleted_ones_last_id(storage: 
     await storage.delete_room("a")
     assert await storage.insert_room(room("a")) == 7
     assert await storage.history("a", 0) == []
+
+
+OLD_TABLES = """
+CREATE TABLE rooms (
+    id TEXT PRIMARY KEY, owner TEXT, title TEXT NOT NULL DEFAULT '',
+    private INTEGER NOT NULL DEFAULT 0, history_size INTEGER,
+    settings TEXT NOT NULL DEFAULT '{}', last_id INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE messages (
+    room TEXT NOT NULL, id INTEGER NOT NULL, payload TEXT NOT NULL, PRIMARY KEY (room, id)
+) WITHOUT ROWID;
+INSERT INTO rooms (id, last_id, created_at) VALUES ('old', 1, 1);
+INSERT INTO messages VALUES ('old', 1, '{"id":1}');
+"""
+
+
+async def test_a_database_of_an_earlier_release_gets_the_new_columns(settings):
+    """schema.sql's CREATE TABLE IF NOT EXISTS leaves an existing table as it was: the
+    columns added since (ADDED_COLUMNS) are added, and what was stored is kept."""
+    settings.database.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(settings.database) as db:
+        db.executescript(OLD_TABLES)
+    storage = Storage(settings.database, settings.history_size)
+    await storage.open()
+    try:
+        (record,) = await storage.load_rooms()
+        assert (record.id, record.last_id, record.max_age_s) == ("old", 1, None)
+        await storage.update_room(room("old", max_age_s=60))
+        await write(storage, [("old", 2, '{"id":2}', 5)])
+        assert await storage.history("old", 0, now=5) == [(1, '{"id":1}'), (2, None)]
+    finally:
+        await storage.close()
+    storage = Storage(settings.database, settings.history_size)
+    await storage.open()  # again: nothing to add
+    try:
+        assert (await storage.load_rooms())[0].max_age_s == 60
+        assert [i for i, _ in await storage.history("old", 0)] == [1, 2]
+    finally:
+        await storage.close()
+
+
+async def test_expired_and_aged_messages_are_kept_but_not_served(storage: Storage):
+    await storage.insert_room(room("a"))
+    rows = [(i, f'{{"id":{i},"time":{i * 100}}}') for i in (1, 2, 3, 4)]
+    expiries = {2: 250, 4: 1000}
+    await write(storage, [("a", i, payload, expiries.get(i)) for i, payload in rows])
+    served = dict(rows)
+    # at 250, message 2 has expired: its id stays (a replay's gap check needs it)
+    assert await storage.history("a", 0, now=250) == [(1, served[1]), (2, None), *rows[2:]]
+    assert await storage.history("a", 0, newest_first=True, limit=3, now=250) == [
+        (4, served[4]),
+        (3, served[3]),
+        (2, None),
+    ]
+    # published before 200 (a max age): not served either
+    assert await storage.history("a", 0, now=250, born_after=200) == [
+        (1, None),
+        (2, None),
+        (3, served[3]),
+        (4, served[4]),
+    ]
+    # trimmed to a max age: up to the newest message published before it
+    assert await storage.trim_aged({"a": 300}) == {"a": 2}
+    assert [i for i, _ in await storage.history("a", 0)] == [3, 4]
+    assert await storage.trim_aged({"a": 300}) == {}
+
+
+async def test_a_scheduled_message_is_claimed_once(storage: Storage):
+    await storage.insert_room(room("a"))
+    soon = ScheduledMessage("s1", "a", {"speaker": "s", "data": {}, "meta": None}, 100, 1)
+    later = ScheduledMessage("s2", "a", {"speaker": "s", "data": {}, "meta": None}, 200, 1)
+    assert await storage.insert_scheduled(soon, max_per_room=2)
+    assert await storage.insert_scheduled(later, max_per_room=2)
+    assert not await storage.insert_scheduled(replace(later, id="s3"), max_per_room=2)
+    assert await storage.scheduled("a") == [soon, later]
+    assert await storage.due_scheduled(150, limit=10) == [soon] and await storage.next_due() == 100
+    async with storage.transaction():
+        assert await storage.claim_scheduled(["s1"]) == {"s1"}
+    async with storage.transaction():  # claimed: no one claims it again
+        assert await storage.claim_scheduled(["s1"]) == set()
+    assert not await storage.cancel_scheduled("b", "s2")  # another room's id: no
+    assert await storage.cancel_scheduled("a", "s2")
+    assert await storage.scheduled("a") == [] and await storage.next_due() is None
+    assert await storage.insert_scheduled(replace(later, id="s4"), max_per_room=2)
+    await storage.delete_room("a")  # its scheduled messages go with it
+    assert await storage.scheduled("a") == []

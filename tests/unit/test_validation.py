@@ -22,11 +22,11 @@ from app import (
 
 
 def test_a_message_is_validated_and_bounded(settings: Settings):
-    message, room, token = validate_message(
+    message, room, token, due_at = validate_message(
         {"speaker": "otto", "data": {"message": "冲！"}, "room": "Lobby", "token": "t"}, settings
     )
     assert message == {"speaker": "otto", "data": {"message": "冲！"}, "meta": None}
-    assert (room, token) == ("Lobby", "t")
+    assert (room, token, due_at) == ("Lobby", "t", None)
     for bad, status, says in [
         ({"speaker": " ", "data": {}}, 400, "speaker must be a non-blank string"),
         ({"speaker": "s", "data": "text"}, 400, "data must be a JSON object"),
