@@ -107,6 +107,7 @@ from redis.exceptions import RedisError, ResponseError
 from werkzeug.datastructures import Headers
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTimeout
 from werkzeug.http import dump_cookie
+from werkzeug.routing import BaseConverter
 from werkzeug.sansio.http import parse_cookie
 
 try:  # the fastest event loop where it exists (not on Windows, where OBS users often are)
@@ -213,6 +214,8 @@ class Settings(BaseSettings):
     login_delay_max_s: Seconds = 30
     max_header_bytes: Count = 16384
     max_rooms_per_user: Annotated[int, Field(ge=0)] = 100
+    max_upload_bytes: Count = 262_144
+    max_uploads_per_room: Annotated[int, Field(ge=0)] = 100
     body_timeout_s: Seconds = 10
     trust_proxy: Annotated[int, Field(ge=0)] = 0
     access_log: bool = True
@@ -610,6 +613,25 @@ class ApiToken:
 
 
 @dataclass(frozen=True)
+class Upload:
+    """A room's uploaded file, without its bytes."""
+
+    room: str
+    name: str
+    type: str  # a MIME type of UPLOAD_SIGNATURES
+    size: int
+    etag: str
+    created_at: int
+
+    @classmethod
+    def from_row(cls, row: aiosqlite.Row) -> Upload:
+        return cls(*(row[name] for name in ("room", "name", "type", "size", "etag", "created_at")))
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class ScheduledMessage:
     """A message published with `at` or `delay`, waiting to be delivered."""
 
@@ -639,6 +661,7 @@ ROOM_COLUMNS = "id, owner, title, private, history_size, settings, last_id, crea
 USER_COLUMNS = "id, username, role, disabled, created_at"
 API_TOKEN_COLUMNS = "hash, id, user_id, name, rooms, rights, expires_at, created_at"
 SCHEDULED_COLUMNS = "id, room, message, due_at, created_at"
+UPLOAD_COLUMNS = "room, name, type, length(data) AS size, etag, created_at"
 # A message's id, and its payload unless it is not to be served (see Storage.history); a
 # payload is parsed only for a room with a max age.
 SERVED_MESSAGE_COLUMNS = (
@@ -996,6 +1019,48 @@ class Storage:
             " FROM json_each(?) AS ids WHERE rooms.id = ids.key",
             (compact_json(last_ids),),
         )
+
+    # Uploads
+
+    async def insert_upload(self, upload: Upload, data: bytes, max_count: int = 0) -> bool:
+        """Store an upload, replacing the room's file of that name; False, storing nothing,
+        when the room has `max_count` other uploads already (0: no limit)."""
+        async with self.transaction() as db:
+            if max_count:
+                async with db.execute(
+                    "SELECT COUNT(*) FROM uploads WHERE room = ? AND name != ?",
+                    (upload.room, upload.name),
+                ) as cursor:
+                    (count,) = await cursor.fetchone()
+                if count >= max_count:
+                    return False
+            await db.execute(
+                "REPLACE INTO uploads (room, name, type, data, etag, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (upload.room, upload.name, upload.type, data, upload.etag, upload.created_at),
+            )
+        return True
+
+    async def uploads(self, room: str) -> list[Upload]:
+        rows = await self._rows(
+            f"SELECT {UPLOAD_COLUMNS} FROM uploads WHERE room = ? ORDER BY name", (room,)
+        )
+        return [Upload.from_row(row) for row in rows]
+
+    async def upload(self, room: str, name: str) -> tuple[Upload, bytes] | None:
+        rows = await self._rows(
+            f"SELECT {UPLOAD_COLUMNS}, data FROM uploads WHERE room = ? AND name = ?",
+            (room, name),
+        )
+        return (Upload.from_row(rows[0]), rows[0]["data"]) if rows else None
+
+    async def delete_upload(self, room: str, name: str) -> bool:
+        """Whether there was such an upload."""
+        async with self.transaction() as db:
+            cursor = await db.execute(
+                "DELETE FROM uploads WHERE room = ? AND name = ?", (room, name)
+            )
+            return cursor.rowcount > 0
 
     # Accounts
 
@@ -2376,12 +2441,14 @@ class Hub:
     def apply_room(self, record: RoomRecord) -> None:
         """Add a room, or take a changed record of one (made here or by another process). A
         room turning private ends its streams: subscribers with a right to it reconnect and
-        resume."""
+        resume. Changed player settings reach its streams at once (`event: settings`)."""
         room = self.rooms.get(record.id)
         if room is None:
             self.rooms[record.id] = Room(record, self.settings, self.metrics)
             return
         turns_private = record.private and not room.record.private
+        if record.settings != room.record.settings:
+            room.append(event_frame("settings", {"room": room.id, "settings": record.settings}))
         for name, value in asdict(record).items():  # in place: the writer advances last_id
             if name != "last_id":
                 setattr(room.record, name, value)
@@ -4306,6 +4373,31 @@ async def change_password(data: PasswordRequest):
 # Rooms
 
 
+UPLOAD_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+MAX_PROFILES = 100
+
+
+class SpeakerProfile(Body):
+    """How a speaker looks and sounds in the player: a message whose speaker (or
+    `data.profile`) is the profile's name gets it."""
+
+    color: matching(r"#[0-9a-fA-F]{6}", "#rrggbb") | None = Field(
+        default=None, description="the name plate's colour"
+    )
+    avatar: matching(UPLOAD_NAME.pattern, "an upload's name") | None = Field(
+        default=None, description="an image of the room's uploads"
+    )
+    speed: float | None = Field(default=None, ge=1, le=1000, description="characters per second")
+    sound: matching(UPLOAD_NAME.pattern, "blip, soft, none or an upload's name") | None = Field(
+        default=None,
+        description="the typing sound: blip (the default) or soft (bundled), none (silent), or"
+        " the name of a sound of the room's uploads",
+    )
+    pitch: float | None = Field(
+        default=None, ge=0.25, le=4, description="the typing sound's playback rate"
+    )
+
+
 class RoomSettings(Body):
     """Player settings; null removes one."""
 
@@ -4313,6 +4405,17 @@ class RoomSettings(Body):
         default=None, ge=1, le=1000, description="characters per second"
     )
     theme: str | None = Field(default=None, min_length=1, max_length=64)
+    profiles: (
+        dict[
+            Annotated[str, Field(min_length=1, max_length=MAX_SPEAKER_CHARS)],
+            SpeakerProfile,
+        ]
+        | None
+    ) = Field(
+        default=None,
+        max_length=MAX_PROFILES,
+        description="speaker profiles by name (replaced as a whole)",
+    )
 
 
 class RoomChanges(Body):
@@ -4462,8 +4565,8 @@ async def get_presence(room_id: str):
 @validate_request(RoomChanges)
 @validate_response(RoomReply)
 async def update_room(room_id: str, data: RoomChanges):
-    """Room settings: title, private, history_size, max_age_s, settings.typewriter_speed and
-    theme"""
+    """Room settings: title, private, history_size, max_age_s, settings (typewriter_speed,
+    theme, profiles); a change of settings reaches the room's streams as `event: settings`"""
     room = current_app.hub.find_room(room_id)
     current_app.accounts.authorize(request_token(data.token), room, "manage")
     await current_app.hub.update_room(room, data.fields(room.record.settings))
@@ -4624,6 +4727,139 @@ async def retract_message(room_id: str, message_id: str):
     return ok("Message Retracted", target={"room": room.id}, id=message_id)
 
 
+# Uploads: a room's images (speaker avatars, the `@{name}` code) and sounds (a speaker's
+# typing voice), served from this origin.
+
+# The types a player may show or play, known by their first bytes (the Content-Type sent
+# is not trusted). Never SVG: an SVG opened as a page runs its script.
+UPLOAD_SIGNATURES = (
+    (re.compile(rb"\x89PNG\r\n\x1a\n"), "image/png"),
+    (re.compile(rb"\xff\xd8\xff"), "image/jpeg"),
+    (re.compile(rb"GIF8[79]a"), "image/gif"),
+    (re.compile(rb"RIFF....WEBP", re.DOTALL), "image/webp"),
+    (re.compile(rb"RIFF....WAVE", re.DOTALL), "audio/wav"),
+    (re.compile(rb"OggS"), "audio/ogg"),
+    (re.compile(rb"ID3|\xff[\xfb\xf3\xf2]"), "audio/mpeg"),
+)
+# An upload is served as what it is, never as a page: no script, no plug-in, even if opened.
+UPLOAD_HEADERS = {"Content-Security-Policy": "default-src 'none'; sandbox"}
+UPLOAD_MAX_AGE_S = 300  # a replaced image reaches players within this (they revalidate)
+
+
+def upload_type(data: bytes) -> str | None:
+    return next((kind for magic, kind in UPLOAD_SIGNATURES if magic.match(data)), None)
+
+
+def upload_name(name: str) -> str:
+    if not UPLOAD_NAME.fullmatch(name):
+        raise ApiError(400, "Invalid upload name: use 1-64 letters, digits, '_' or '-'")
+    return name.lower()
+
+
+def upload_url(upload: Upload) -> str:
+    return f"/api/v1/rooms/{upload.room}/uploads/{upload.name}"
+
+
+class UploadOut(BaseModel):
+    room: str
+    name: str
+    type: str
+    size: int
+    etag: str
+    created_at: int
+    url: str
+
+
+class UploadReply(Reply):
+    upload: UploadOut
+
+
+class UploadsReply(Reply):
+    room: str
+    uploads: list[UploadOut]
+
+
+class UploadDeletedReply(Reply):
+    room: str
+    name: str
+
+
+@routes.put("/api/v1/rooms/<room_id>/uploads/<name>")
+@validate_response(UploadReply, 201)
+async def put_upload(room_id: str, name: str):
+    """Upload an image or a sound, replacing the room's file of that name
+
+    The raw bytes as the body: PNG, JPEG, WebP, GIF, WAV, OGG or MP3 (known by their first
+    bytes), at most MAX_UPLOAD_BYTES; publish rights."""
+    room = current_app.hub.find_room(room_id)
+    current_app.accounts.authorize(request_token(), room, "publish")
+    name = upload_name(name)
+    limit = current_app.settings.max_upload_bytes
+    too_large = ApiError(413, f"Upload too large (max {limit} bytes)", limit=limit)
+    if (request.content_length or 0) > limit:
+        raise too_large
+    try:
+        data = await request.get_data()
+    except RequestEntityTooLarge:
+        raise too_large from None
+    except RequestTimeout:
+        raise body_too_slow(current_app.settings.body_timeout_s) from None
+    if len(data) > limit:
+        raise too_large
+    kind = upload_type(data)
+    if kind is None:
+        raise ApiError(
+            415, "Unsupported upload: send a PNG, JPEG, WebP or GIF image, or a WAV, OGG or MP3"
+        )
+    upload = Upload(room.id, name, kind, len(data), hashlib.sha256(data).hexdigest(), now_ms())
+    maximum = current_app.settings.max_uploads_per_room
+    if not await current_app.storage.insert_upload(upload, data, maximum):
+        raise ApiError(
+            403, f"Upload limit reached: a room may hold {maximum}; delete one first", limit=maximum
+        )
+    return ok("Upload Stored", 201, upload=upload.as_dict() | {"url": upload_url(upload)})
+
+
+@routes.get("/api/v1/rooms/<room_id>/uploads")
+@validate_response(UploadsReply)
+async def list_uploads(room_id: str):
+    """A room's uploads, without their bytes (who may subscribe may read)"""
+    room = readable_room(room_id)
+    uploads = await current_app.storage.uploads(room.id)
+    return ok(room=room.id, uploads=[u.as_dict() | {"url": upload_url(u)} for u in uploads])
+
+
+@routes.get("/api/v1/rooms/<room_id>/uploads/<name>")
+@hide  # the image itself, not JSON
+async def get_upload(room_id: str, name: str):
+    """An uploaded file, with its type, an ETag and a short cache life."""
+    room = readable_room(room_id)
+    found = await current_app.storage.upload(room.id, upload_name(name))
+    if found is None:
+        raise ApiError(404, f"Unknown upload: {name.lower()}", room=room.id)
+    upload, data = found
+    response = Response(data, content_type=upload.type, headers=UPLOAD_HEADERS)
+    response.set_etag(upload.etag)
+    response.cache_control.max_age = UPLOAD_MAX_AGE_S
+    if room.record.private:  # only who has the room's token may see it: no shared caches
+        response.cache_control.private = True
+    else:
+        response.cache_control.public = True
+    return await response.make_conditional(request)
+
+
+@routes.delete("/api/v1/rooms/<room_id>/uploads/<name>")
+@validate_response(UploadDeletedReply)
+async def delete_upload(room_id: str, name: str):
+    """Delete an upload (publish rights)"""
+    room = current_app.hub.find_room(room_id)
+    current_app.accounts.authorize(request_token(), room, "publish")
+    name = upload_name(name)
+    if not await current_app.storage.delete_upload(room.id, name):
+        raise ApiError(404, f"Unknown upload: {name}", room=room.id)
+    return ok("Upload Deleted", room=room.id, name=name)
+
+
 # API tokens: a user's tokens for scripts, bots and OBS.
 
 
@@ -4772,18 +5008,28 @@ SSE_CLIENT_FILES = (
 )
 
 
+class PageName(BaseConverter):
+    """A path segment naming a room's page: any room id, as the stream takes any (one that
+    is not a room shows the quote feed), but no name with a dot: that is a file this site
+    does not have (favicon.ico, robots.txt), and sse-client.js is one it has."""
+
+    regex = r"[^/.]+"
+
+
 @routes.get(f"/static/js/<{SSE_CLIENT_FILES}:name>")  # the Bun project's path
 @routes.get(f"/<{SSE_CLIENT_FILES}:name>")  # the pages' (relative) path
+@routes.get(f"/<page:room_id>/<{SSE_CLIENT_FILES}:name>")  # ...from /<room>/history
 @hide
-async def sse_client_js(name: str):
+async def sse_client_js(name: str, room_id: str = ""):
     """The client library, minified or not, with its source maps (developer tools ask)."""
     mimetype = "application/json" if name.endswith(".map") else "text/javascript"
     return await send_from_directory(DIST, name, mimetype=mimetype)
 
 
 @routes.get("/assets/<path:name>")
+@routes.get("/<page:room_id>/assets/<path:name>")  # the relative path from /<room>/history
 @hide
-async def assets(name: str):
+async def assets(name: str, room_id: str = ""):
     return await send_from_directory(DIST / "assets", name)
 
 
@@ -4796,13 +5042,22 @@ async def app_page():
 
 
 @routes.get("/")
-@routes.get("/<room_id>")
+@routes.get("/<page:room_id>")
 @hide
 async def player_page(room_id: str | None = None):
-    if room_id is not None and normalize_room(room_id) is None:
-        raise ApiError(404, "Not found")
+    return await embeddable_page("player.html")
+
+
+@routes.get("/<page:room_id>/history")
+@hide
+async def history_page(room_id: str):
+    """The room's last lines as a log: a second OBS source beside the player."""
+    return await embeddable_page("history.html")
+
+
+async def embeddable_page(page: str):
     request.scope[EMBEDDABLE] = True  # OBS and stream sites frame it: FRAME_ANCESTORS
-    return await send_from_directory(DIST, "player.html")
+    return await send_from_directory(DIST, page)
 
 
 # ---------------------------------------------------------------------------------------
@@ -5517,6 +5772,7 @@ def create_app(settings: Settings) -> StreamingMessage:
     relay = Relay(settings, metrics, hub)
 
     app = StreamingMessage(__name__, static_folder=None)
+    app.url_map.converters["page"] = PageName  # before the routes that use it
     app.settings, app.metrics, app.storage = settings, metrics, storage
     app.hub, app.accounts, app.relay = hub, accounts, relay
     app.config.update(

@@ -107,3 +107,17 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     PRIMARY KEY (scope, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys (created_at);
+
+-- Files a room's publishers upload for its players: speaker avatars, the images of the
+-- `@{name}` code, speakers' typing sounds. Images and sounds only (PNG, JPEG, WebP, GIF,
+-- WAV, OGG, MP3, checked by their first bytes; never SVG, which can hold script), at most
+-- MAX_UPLOAD_BYTES each and MAX_UPLOADS_PER_ROOM per room; they go with their room.
+CREATE TABLE IF NOT EXISTS uploads (
+    room       TEXT NOT NULL REFERENCES rooms (id) ON DELETE CASCADE,
+    name       TEXT NOT NULL,                  -- [a-z0-9_-]{1,64}, lower case
+    type       TEXT NOT NULL,                  -- image/png, image/jpeg, ..., audio/wav, ...
+    data       BLOB NOT NULL,
+    etag       TEXT NOT NULL,                  -- SHA-256 of data, hex
+    created_at INTEGER NOT NULL,               -- epoch ms
+    PRIMARY KEY (room, name)
+);

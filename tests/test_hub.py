@@ -562,7 +562,9 @@ def test_pages_and_client_library_are_served(server: Server):
     script = httpx.get(f"{server.url}/static/js/sse-client.js")
     assert script.status_code == 200
     assert "javascript" in script.headers["content-type"]
-    assert httpx.get(f"{server.url}/not-a-room!").status_code == 404
+    # any id is a player page, as any id is a stream (the quote feed: issue 16); a file is not
+    assert b"player" in httpx.get(f"{server.url}/not-a-room!").content
+    assert httpx.get(f"{server.url}/favicon.ico").status_code == 404
 
 
 async def test_a_commit_larger_than_the_queue_does_not_drop_a_keeping_up_subscriber(make_server):

@@ -7,11 +7,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import http.server
+import io
 import json
+import math
 import re
 import signal
+import struct
 import subprocess
 import threading
+import wave
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
@@ -21,6 +25,7 @@ from browser_support import NewContext, chromium, new_context  # noqa: F401
 from conftest import ROOT, Server, collect, free_port, subscribe
 from fake_llm import FakeLLM, relay_env
 from playwright.async_api import ConsoleMessage, Page
+from test_uploads import png
 
 ARTIFACTS = ROOT / "test-artifacts"
 DIST = ROOT / "frontend" / "dist"
@@ -112,7 +117,7 @@ async def test_player_types_out_a_message_exactly(browser: Browser, server: Serv
     assert text.startswith(partial) and len(partial) < len(text)
     assert await line_shown(page, sent["id"]) == text
     assert await page.text_content("#speaker") == "小明"
-    await screenshot(page, "player")
+    await screenshot(page, "player-typing")
 
 
 async def test_formatting_codes_render_and_the_rest_is_text(browser: Browser, server: Server):
@@ -146,7 +151,7 @@ async def test_markup_is_shown_as_text(browser: Browser, server: Server):
     sent = server.publish("<b>name</b>", {"message": markup, "speed": FAST})
     assert await line_shown(page, sent["id"]) == markup
     assert await page.text_content("#speaker") == "<b>name</b>"
-    elements = "#dialog img, #dialog script, #dialog b"
+    elements = "#dialog img:not(#avatar), #dialog script, #dialog b"
     assert await page.eval_on_selector_all(elements, "nodes => nodes.length") == 0
     assert await page.evaluate("window.pwned") is None
 
@@ -218,7 +223,7 @@ async def test_player_resumes_by_id_after_a_drop(browser: Browser, make_server):
 
 
 async def test_page_headers_forbid_inline_code(server: Server):
-    for path in ("/", "/lobby", "/admin", "/chat"):
+    for path in ("/", "/lobby", "/lobby/history", "/admin", "/chat"):
         reply = httpx.get(server.url + path)
         assert reply.status_code == 200, path
         policy = reply.headers["content-security-policy"]
@@ -227,8 +232,9 @@ async def test_page_headers_forbid_inline_code(server: Server):
         html = reply.text
         assert "<script>" not in html and "style=" not in html and "<style" not in html
         assert "http://" not in html and "https://" not in html  # nothing from elsewhere
-    player_policy = httpx.get(server.url + "/lobby").headers["content-security-policy"]
-    assert player_policy.endswith("frame-ancestors *")
+    for path in ("/lobby", "/lobby/history"):  # OBS and stream sites frame both
+        player_policy = httpx.get(server.url + path).headers["content-security-policy"]
+        assert player_policy.endswith("frame-ancestors *")
     admin_policy = httpx.get(server.url + "/admin").headers["content-security-policy"]
     assert admin_policy.endswith("frame-ancestors 'self'")
 
@@ -380,6 +386,323 @@ async def test_static_player_site_uses_the_hub_of_its_query(
     await page.wait_for_selector("#connection[data-state=live]")
     sent = hub.publish("far", {"message": "from another origin", "speed": FAST}, room="stage")
     assert await line_shown(page, sent["id"]) == "from another origin"
+
+
+# --- Issue 16: profiles, sound, more codes, pages, history, idle ------------------------------
+
+
+def set_profiles(server: Server, profiles: dict, room: str = "lobby") -> None:
+    reply = httpx.patch(
+        f"{server.url}/api/v1/rooms/{room}",
+        json={"settings": {"profiles": profiles}},
+        headers={"Authorization": f"Bearer {server.token}"},
+    )
+    assert reply.status_code == 200, reply.text
+
+
+def upload(server: Server, name: str, data: bytes, room: str = "lobby") -> None:
+    reply = httpx.put(
+        f"{server.url}/api/v1/rooms/{room}/uploads/{name}",
+        content=data,
+        headers={"Authorization": f"Bearer {server.token}"},
+    )
+    assert reply.status_code == 201, reply.text
+
+
+def face_png(size: int = 64) -> bytes:
+    """A round, shaded face for an avatar (a flat square would show less of the frame)."""
+    pixels = []
+    for y in range(size):
+        for x in range(size):
+            dx, dy = (x - size / 2) / (size / 2), (y - size / 2) / (size / 2)
+            inside = dx * dx + dy * dy < 0.8
+            eye = abs(abs(dx) - 0.3) < 0.09 and abs(dy + 0.15) < 0.12
+            smile = abs(dx * dx + (dy - 0.05) ** 2 - 0.2) < 0.03 and dy > 0.2
+            if not inside:
+                pixels.append((42, 100 + y, 143))
+            elif eye or smile:
+                pixels.append((40, 40, 60))
+            else:
+                pixels.append((255, 214 - y // 2, 170))
+    return png(size, size, pixels=pixels)
+
+
+PLATE_COLOR = "getComputedStyle(document.getElementById('speaker')).backgroundColor"
+
+
+async def test_a_speaker_profile_gives_the_plate_its_colour_and_the_avatar(
+    browser: Browser, make_server
+):
+    server: Server = make_server()
+    upload(server, "alice", face_png())
+    set_profiles(server, {"Alice": {"color": "#2a9d8f", "avatar": "alice"}})
+    page = await browser.open(f"{server.url}/lobby", viewport={"width": 1280, "height": 720})
+    await page.wait_for_selector("#connection[data-state=live]")
+    theme_plate = await page.evaluate(PLATE_COLOR)
+    sent = server.publish(
+        "Alice", {"message": "@bHello@r, I have a @(顔|かお) now.", "speed": FAST}
+    )
+    await line_shown(page, sent["id"])
+    assert await page.evaluate(PLATE_COLOR) == "rgb(42, 157, 143)"
+    await page.wait_for_function("() => document.getElementById('avatar').naturalWidth === 64")
+    assert await page.is_visible("#avatar")
+    src = await page.get_attribute("#avatar", "src")
+    assert src == "/api/v1/rooms/lobby/uploads/alice"  # from the hub's origin
+    await page.wait_for_timeout(500)  # the box's fade-in, for the screenshot
+    await screenshot(page, "player")
+
+    # data.profile names a profile for another speaker name; no profile: the theme's plate
+    masked = server.publish("???", {"message": "Guess who", "speed": FAST, "profile": "Alice"})
+    await line_shown(page, masked["id"])
+    assert await page.evaluate(PLATE_COLOR) == "rgb(42, 157, 143)"
+    plain = server.publish("Bob", {"message": "No profile", "speed": FAST})
+    await line_shown(page, plain["id"])
+    assert await page.evaluate(PLATE_COLOR) == theme_plate
+    assert await page.is_hidden("#avatar")
+
+    set_profiles(server, {"Alice": {"color": "#ff0000"}})  # reaches the open player at once
+    await page.wait_for_timeout(0)
+    changed = server.publish("Alice", {"message": "Red now", "speed": FAST})
+    await line_shown(page, changed["id"])
+    assert await page.evaluate(PLATE_COLOR) == "rgb(255, 0, 0)"
+    assert await page.is_hidden("#avatar")
+
+
+def wav(seconds: float = 0.03, rate: int = 8000) -> bytes:
+    """A short WAV tone, as a room's own typing sound."""
+    samples = b"".join(
+        struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * n / rate)))
+        for n in range(int(seconds * rate))
+    )
+    out = io.BytesIO()
+    with wave.open(out, "wb") as sound:
+        sound.setnchannels(1)
+        sound.setsampwidth(2)
+        sound.setframerate(rate)
+        sound.writeframes(samples)
+    return out.getvalue()
+
+
+# Counts what the page plays: each buffer source started, with its playback rate.
+RECORD_SOUNDS = """
+window.played = [];
+const start = AudioBufferSourceNode.prototype.start;
+AudioBufferSourceNode.prototype.start = function (...args) {
+  window.played.push(this.playbackRate.value);
+  return start.apply(this, args);
+};
+"""
+
+
+async def test_sounds_play_when_enabled_and_are_not_even_loaded_with_sound_0(
+    browser: Browser, make_server
+):
+    server: Server = make_server()
+    upload(server, "beep", wav())
+    profiles = {
+        "Robot": {"sound": "soft", "pitch": 2},
+        "Mime": {"sound": "none"},
+        "Beeper": {"sound": "beep", "pitch": 0.5},  # a sound of the room's uploads
+    }
+    set_profiles(server, profiles)
+    pages = {}
+    for query in ("", "?sound=0"):
+        context = await browser.new_context()
+        await context.add_init_script(RECORD_SOUNDS)
+        page = await context.new_page()
+        page.on("console", browser._console)
+        page.on("pageerror", lambda error: browser._problem(f"page error: {error}"))
+        requested: list[str] = []
+        page.on("request", lambda request, into=requested: into.append(request.url))
+        await page.goto(f"{server.url}/lobby{query}")
+        await page.wait_for_selector("#connection[data-state=live]")
+        pages[query] = page, requested
+
+    page, requested = pages[""]
+    for name in ("blip", "soft", "next"):
+        await page.wait_for_function(
+            "url => performance.getEntriesByType('resource').some(e => e.name === url)",
+            arg=f"{server.url}/assets/sounds/{name}.wav",
+        )
+    # A page opened by hand may not play before a click (OBS may): one click enables it.
+    if await page.is_visible("#enable-sound"):
+        await page.click("#enable-sound")
+        await page.wait_for_selector("#enable-sound", state="hidden")
+    assert await page.evaluate("window.played") == []
+    sent = server.publish("Robot", {"message": "beep boop", "speed": 10})
+    await line_shown(page, sent["id"])
+    played = await page.evaluate("window.played")
+    assert played[0] == 1  # the next line's chime
+    assert len(played) >= 2 and all(1.9 <= rate <= 2.1 for rate in played[1:])  # its voice
+    assert len(played) <= 1 + len("beepboop")  # no blip for a space
+    silent = server.publish("Mime", {"message": "…", "speed": 10})
+    await line_shown(page, silent["id"])
+    assert len(await page.evaluate("window.played")) == len(played) + 1  # the chime only
+    before = len(await page.evaluate("window.played"))
+    own = server.publish("Beeper", {"message": "beep", "speed": 10})
+    await line_shown(page, own["id"])
+    assert f"{server.url}/api/v1/rooms/lobby/uploads/beep" in requested
+    beeps = (await page.evaluate("window.played"))[before + 1 :]
+    assert beeps and all(0.45 <= rate <= 0.55 for rate in beeps)
+
+    muted, muted_requests = pages["?sound=0"]
+    sent = server.publish("Robot", {"message": "quiet", "speed": FAST})
+    await line_shown(muted, sent["id"])
+    assert await muted.evaluate("window.played") == []
+    assert [url for url in muted_requests if "/sounds/" in url] == []
+    assert await muted.is_hidden("#enable-sound")
+
+
+async def test_new_formatting_codes_render_as_elements_and_never_as_html(
+    browser: Browser, make_server
+):
+    server: Server = make_server()
+    browser.allow("uploads/nosuchimage")  # an image the room does not have: not shown
+    upload(server, "smile", png(8, 8))
+    page = await player(browser, server)
+    source = (
+        "@+big@+ger@r @-small@r @{Smile} @(漢字|かんじ) @~shake@r @!pop@r @p[0.2]end"
+        " @{<img src=x onerror=window.pwned=1>} @(<b>x</b>|<script>window.pwned=2</script>)"
+        " @{nosuchimage}"
+    )
+    sent = server.publish("codes", {"message": source, "speed": FAST})
+    text = await line_shown(page, sent["id"])
+    assert text == (
+        "bigger small  漢字かんじ shake pop end @{<img src=x onerror=window.pwned=1>} "
+        "<b>x</b><script>window.pwned=2</script> "
+    )
+    sizes = await page.eval_on_selector_all(
+        "#text > span", "spans => spans.map(s => [s.textContent, s.style.fontSize])"
+    )
+    assert ["big", "1.25em"] in sizes and ["ger", "1.5625em"] in sizes
+    assert ["small", "0.8em"] in sizes
+    emotes = await page.eval_on_selector_all(
+        "#text img.emote", "images => images.map(i => [i.alt, i.getAttribute('src')])"
+    )
+    assert emotes == [
+        ["Smile", "/api/v1/rooms/lobby/uploads/smile"],
+        ["nosuchimage", "/api/v1/rooms/lobby/uploads/nosuchimage"],
+    ]
+    await page.wait_for_function(
+        "() => document.querySelector('#text img.emote').naturalWidth === 8"
+    )
+    rubies = await page.eval_on_selector_all(
+        "#text ruby",
+        "nodes => nodes.map(r => [r.firstChild.textContent, r.querySelector('rt').textContent])",
+    )
+    assert rubies == [["漢字", "かんじ"], ["<b>x</b>", "<script>window.pwned=2</script>"]]
+    assert await page.eval_on_selector_all(".fmt-shake .letter", "n => n.length") == 5
+    assert await page.eval_on_selector_all(".fmt-pop .letter", "n => n.length") == 3
+    animation = await page.eval_on_selector(
+        ".fmt-shake .letter", "n => getComputedStyle(n).animationName"
+    )
+    assert animation == "shake"
+    assert await page.eval_on_selector_all("#dialog script, #dialog b", "n => n.length") == 0
+    assert await page.evaluate("window.pwned") is None
+
+
+# The characters of #text that are wholly inside the page's window: what a viewer can read.
+VISIBLE_TEXT = """
+() => {
+  const window_ = document.getElementById('page').getBoundingClientRect();
+  const walker = document.createTreeWalker(document.getElementById('text'), NodeFilter.SHOW_TEXT);
+  const range = document.createRange();
+  let seen = '';
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    for (let i = 0; i < node.length; i++) {
+      range.setStart(node, i);
+      range.setEnd(node, i + 1);
+      const rect = range.getBoundingClientRect();
+      if (rect.top >= window_.top - 1 && rect.bottom <= window_.bottom + 1) seen += node.data[i];
+    }
+  }
+  return seen;
+}
+"""
+
+
+async def test_a_long_message_is_paged_and_every_character_is_shown(browser: Browser, make_server):
+    server: Server = make_server()
+    page = await browser.open(f"{server.url}/lobby", viewport={"width": 1920, "height": 1080})
+    await page.wait_for_selector("#connection[data-state=live]")
+    message = "".join(f"第{i:02d}句：這是一段很長的中文訊息，" for i in range(40))[:600]
+    assert len(message) == 600
+    sent = server.publish("長文", {"message": message, "speed": FAST})
+    pages = []
+    while True:
+        await page.wait_for_function(
+            """id => {
+              const box = document.getElementById('dialog');
+              return box.dataset.id === String(id) && ['page', 'done'].includes(box.dataset.state);
+            }""",
+            arg=sent["id"],
+        )
+        pages.append(await page.evaluate(VISIBLE_TEXT))
+        if await page.get_attribute("#dialog", "data-state") == "done":
+            break
+        assert await page.is_visible(".next")  # ▼: there is more
+        await page.keyboard.press("Space")
+    assert len(pages) >= 2
+    assert "".join(pages) == message  # every character, once, in order
+
+
+async def test_history_page_shows_the_last_lines_then_new_ones(browser: Browser, make_server):
+    server: Server = make_server()
+    set_profiles(server, {"Alice": {"color": "#2a9d8f"}})
+    for i in range(25):
+        server.publish("Alice" if i % 2 else "Bob", {"message": f"@bline@r {i}"})
+    page = await browser.open(f"{server.url}/lobby/history?lines=20")
+    await page.wait_for_selector("#connection[data-state=live]")
+    lines = page.locator(".log-line")
+    assert await lines.count() == 20
+    assert await lines.nth(0).text_content() == "Aliceline 5"
+    assert await lines.nth(19).text_content() == "Bobline 24"
+    assert await lines.nth(18).locator(".fmt-b").text_content() == "line"
+    plate = "n => getComputedStyle(n).backgroundColor"
+    assert await lines.nth(18).locator(".log-speaker").evaluate(plate) == "rgb(42, 157, 143)"
+    server.publish("Alice", {"message": "<i>live</i> line"})
+    await page.wait_for_selector(".log-line:last-child:has-text('<i>live</i> line')")
+    assert await lines.count() == 20
+    assert await lines.nth(0).text_content() == "Bobline 6"
+    texts = await lines.all_text_contents()
+    assert len(set(texts)) == 20  # the stream went on after the history: no line twice
+    # an edited line is fixed in place, a retracted one taken out
+    messages = f"{server.url}/api/v1/rooms/lobby/messages"
+    auth = {"Authorization": f"Bearer {server.token}"}
+    edited = httpx.patch(f"{messages}/20", json={"data": {"message": "@ifixed"}}, headers=auth)
+    assert edited.status_code == 200, edited.text
+    await page.wait_for_selector(".log-line[data-id='20'] .fmt-i:text-is('fixed')")
+    assert httpx.delete(f"{messages}/21", headers=auth).status_code == 200
+    await page.wait_for_selector(".log-line[data-id='21']", state="detached")
+    assert await lines.count() == 19
+    await page.wait_for_timeout(400)  # the new line's entrance, for the screenshot
+    await screenshot(page, "history")
+
+
+async def test_idle_state_odd_room_ids_and_a_static_player_without_a_hub(
+    browser: Browser, make_server, static_site: StaticSite
+):
+    server: Server = make_server()
+    page = await player(browser, server)
+    await page.wait_for_selector("#idle:not([hidden]) #idle-title:text-is('lobby')")
+    sent = server.publish("first", {"message": "at last", "speed": FAST})
+    await line_shown(page, sent["id"])
+    assert await page.is_hidden("#idle")
+    hidden = await player(browser, server, "/lobby?idle=5")
+    assert await hidden.is_hidden("#idle")
+
+    for path in ("/my-stream", "/My_Stream/history"):
+        reply = httpx.get(server.url + path)
+        assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/html")
+    odd = await browser.open(f"{server.url}/my-stream")
+    await odd.wait_for_selector("#connection[data-state=fallback]")
+    assert "invalid room id" in await odd.text_content("#connection")
+    assert httpx.get(f"{server.url}/favicon.ico").status_code == 404
+
+    static = await browser.open(f"{static_site.url}/player.html")
+    await static.wait_for_selector("#connection[data-state=closed]")
+    assert "set ?hub=" in await static.text_content("#connection")
+    assert "?hub=" in await static.text_content("#idle")
 
 
 # --- The chat page ---------------------------------------------------------------------------
@@ -785,3 +1108,33 @@ async def test_admin_works_on_a_phone(browser: Browser, hub: Server):
     )
     assert clipped == []
     await screenshot(page, "admin-phone", full_page=True)
+
+
+async def test_admin_edits_speaker_profiles_and_uploads_images(browser: Browser, hub: Server):
+    page = await admin_page(browser, hub)
+    await page.click("#profiles-panel summary")
+    browser.allow("status of 415")  # an SVG, refused on purpose: the page says why
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'
+    await page.fill("#upload [name=name]", "evil")
+    await page.set_input_files(
+        "#upload [name=file]", {"name": "evil.svg", "mimeType": "image/svg+xml", "buffer": svg}
+    )
+    await page.click("#upload button")
+    await page.wait_for_selector(".toast .alert-error:has-text('PNG, JPEG, WebP or GIF')")
+
+    await page.fill("#upload [name=name]", "Alice")
+    await page.set_input_files(
+        "#upload [name=file]", {"name": "a.png", "mimeType": "image/png", "buffer": face_png()}
+    )
+    await page.click("#upload button")
+    await page.wait_for_selector("#uploads li:has-text('alice') img")
+    profiles = {"Alice": {"color": "#2a9d8f", "avatar": "alice"}}
+    await page.fill("#profiles [name=profiles]", json.dumps(profiles))
+    await page.click("#profiles button")
+    await page.wait_for_selector(".toast .alert-success:has-text('Profiles saved')")
+
+    viewer = await player(browser, hub)
+    sent = hub.publish("Alice", {"message": "Set up from the admin", "speed": FAST})
+    await line_shown(viewer, sent["id"])
+    assert await viewer.evaluate(PLATE_COLOR) == "rgb(42, 157, 143)"
+    await viewer.wait_for_function("() => document.getElementById('avatar').naturalWidth === 64")

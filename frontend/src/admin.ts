@@ -2,6 +2,7 @@
 // The access token lives in memory only and is renewed before it expires with the HttpOnly
 // refresh cookie; the controller stream authenticates with the session cookie.
 import { renderMessage } from './codes';
+import { uploadUrl } from './dialogue';
 import { type ApiOptions, ApiError, api, byId, el, fill, messageOf } from './common';
 
 interface User {
@@ -28,7 +29,7 @@ interface Room {
   title: string;
   private: boolean;
   history_size: number | null;
-  settings: { typewriter_speed?: number; theme?: string };
+  settings: { typewriter_speed?: number; theme?: string; profiles?: Record<string, unknown> };
   last_id: number;
   subscribers?: Presence;
 }
@@ -235,6 +236,7 @@ function select(roomId: string | null): void {
   settings.typewriter_speed.value = room.settings.typewriter_speed ? String(room.settings.typewriter_speed) : '';
   settings.theme.value = room.settings.theme || '';
   if (room.subscribers) showPresence(room.subscribers);
+  profilesPanel(room);
   if (following !== room.id) follow();
 }
 
@@ -276,6 +278,81 @@ byId('delete-room').addEventListener('click', () => {
   }, `Room ${roomId} deleted`);
 });
 
+// --- Speaker profiles and uploads (issue 16): the room's `profiles` setting, its files -----
+
+interface Upload {
+  name: string;
+  type: string;
+  url: string;
+}
+
+/** Shows the room's profiles (as JSON to edit) and its uploads. */
+function profilesPanel(room: Room): void {
+  const { profiles } = room.settings;
+  inputsOf(byId<HTMLFormElement>('profiles')).profiles.value = profiles ? JSON.stringify(profiles, null, 2) : '';
+  attempt(async () => {
+    const { uploads }: { uploads: Upload[] } = await call(`/api/v1/rooms/${room.id}/uploads`);
+    if (selected !== room.id) return;
+    fill(
+      byId('uploads'),
+      ...uploads.map((upload) =>
+        el(
+          'li',
+          { class: 'badge badge-lg gap-2 py-4' },
+          upload.type.startsWith('image/') ? el('img', { class: 'h-6 w-6 rounded object-cover', src: upload.url, alt: '' }) : '♪',
+          el('span', { class: 'font-mono' }, upload.name),
+          el('button', { type: 'button', class: 'btn btn-ghost btn-xs', 'aria-label': `delete ${upload.name}`, onclick: () => deleteUpload(upload) }, '✕'),
+        ),
+      ),
+    );
+  });
+}
+
+function reloadProfiles(): void {
+  const room = rooms.find((candidate) => candidate.id === selected);
+  if (room) profilesPanel(room);
+}
+
+onSubmit('profiles', ({ profiles }) => {
+  let parsed: unknown = null;
+  try {
+    parsed = profiles.value.trim() ? JSON.parse(profiles.value) : null;
+  } catch (error) {
+    return notify(`Profiles are not JSON: ${messageOf(error)}`);
+  }
+  attempt(async () => {
+    await call(`/api/v1/rooms/${selected}`, { method: 'PATCH', body: { settings: { profiles: parsed } } });
+    await loadRooms();
+  }, 'Profiles saved');
+});
+
+onSubmit('upload', ({ name, file }, form) => {
+  const chosen = file.files?.[0];
+  if (!chosen) return;
+  attempt(async () => {
+    // The file as the body, not JSON: api() sends JSON, so this one is a fetch of its own.
+    const send = () =>
+      fetch(`/api/v1/rooms/${selected}/uploads/${encodeURIComponent(name.value)}`, {
+        method: 'PUT',
+        headers: { Authorization: `Bearer ${accessToken}` },
+        body: chosen,
+      });
+    let response = await send();
+    if (response.status === 401 && (await renew())) response = await send();
+    const reply = await response.json().catch(() => null);
+    if (!response.ok) throw new ApiError(response.status, reply?.msg || `${response.status} ${response.statusText}`);
+    form.reset();
+    reloadProfiles();
+  }, 'Uploaded');
+});
+
+function deleteUpload(upload: Upload): void {
+  attempt(async () => {
+    await call(`/api/v1/rooms/${selected}/uploads/${upload.name}`, { method: 'DELETE' });
+    reloadProfiles();
+  }, `${upload.name} deleted`);
+}
+
 // --- The room's controller stream: presence, recent messages ---------------------------------
 
 function controllerState(state: 'live' | 'reconnecting' | 'closed', text: string): void {
@@ -293,7 +370,7 @@ function showPresence({ players, controllers }: Presence): void {
 function historyEntry(message: Payload): HTMLLIElement {
   const text = message.data?.message;
   const shown = el('span', { class: 'message min-w-0 wrap-anywhere' });
-  if (typeof text === 'string') shown.append(...renderMessage(text, message.meta));
+  if (typeof text === 'string') shown.append(renderMessage(text, message.meta, (name) => uploadUrl('', message.room, name, '')));
   else shown.textContent = JSON.stringify(message.data);
   const entry: HTMLLIElement = el(
     'li',

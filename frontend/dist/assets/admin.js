@@ -4,12 +4,22 @@
   var __publicField = (obj, key, value) => __defNormalProp(obj, typeof key !== "symbol" ? key + "" : key, value);
 
   // src/codes.ts
-  var CODES = /\\@|@([bius])|@(r)|@\[(#[0-9a-fA-F]{6})\]/g;
+  var SIZE_STEP = 1.25;
+  var MIN_SIZE = -2;
+  var MAX_SIZE = 3;
+  var PAUSE_S = 0.5;
+  var MAX_PAUSE_S = 10;
+  var FLAGS = { b: "b", i: "i", u: "u", s: "s", "~": "shake", "!": "pop" };
+  var CODES = /\\@|@([bius~!+\-r])|@\[(#[0-9a-fA-F]{6})\]|@\{([a-zA-Z0-9_-]{1,64})\}|@\(([^|()\n]{1,64})\|([^|()\n]{1,64})\)|@p(?:\[(\d{1,2}(?:\.\d{1,3})?)\])?/g;
   function parseCodes(source) {
     const segments = [];
     let style = {};
     let text = "";
     let end = 0;
+    const flush = () => {
+      if (text) segments.push({ text, style });
+      text = "";
+    };
     for (const match of source.matchAll(CODES)) {
       text += source.slice(end, match.index);
       end = (match.index ?? 0) + match[0].length;
@@ -17,30 +27,94 @@
         text += "@";
         continue;
       }
-      if (text) segments.push({ text, style });
-      text = "";
-      const [, flag, reset, color] = match;
-      style = reset ? {} : flag ? { ...style, [flag]: true } : { ...style, color: color.toLowerCase() };
+      flush();
+      const [, flag, color, image, base, reading, seconds] = match;
+      if (flag === "r") style = {};
+      else if (flag === "+" || flag === "-") {
+        const size = (style.size ?? 0) + (flag === "+" ? 1 : -1);
+        style = { ...style, size: Math.min(MAX_SIZE, Math.max(MIN_SIZE, size)) };
+      } else if (flag) style = { ...style, [FLAGS[flag]]: true };
+      else if (color) style = { ...style, color: color.toLowerCase() };
+      else if (image) segments.push({ image, style });
+      else if (base) segments.push({ text: base, style, ruby: reading });
+      else segments.push({ pause: Math.min(MAX_PAUSE_S, seconds ? Number(seconds) : PAUSE_S) * 1e3 });
     }
     text += source.slice(end);
-    if (text) segments.push({ text, style });
+    flush();
     return segments;
   }
   function messageSegments(text, meta) {
     return meta === "ai" || meta === "fallback" ? [{ text, style: {} }] : parseCodes(text);
   }
+  function renderMessage(source, meta, imageUrl) {
+    const shown = document.createElement("span");
+    for (const step of layOut(messageSegments(source, meta), shown, imageUrl)) applyStep(step);
+    return shown;
+  }
+  function layOut(segments, target, imageUrl) {
+    const steps = [];
+    for (const segment of segments) {
+      if ("pause" in segment) {
+        steps.push({ pause: segment.pause });
+        continue;
+      }
+      const span = styledSpan(segment.style);
+      target.append(span);
+      if ("image" in segment) {
+        const image = document.createElement("img");
+        image.className = "emote";
+        image.alt = segment.image;
+        image.src = imageUrl(segment.image);
+        steps.push({ parent: span, child: image });
+        continue;
+      }
+      let into = span;
+      if (segment.ruby !== void 0) {
+        into = document.createElement("ruby");
+        span.append(into);
+      }
+      if (segment.style.shake || segment.style.pop) {
+        let index = 0;
+        for (const character of segment.text) {
+          const letter = document.createElement("span");
+          letter.className = "letter";
+          if (segment.style.shake) letter.style.animationDelay = `${-(index++ % 7) * 0.06}s`;
+          letter.textContent = character;
+          steps.push({ parent: into, child: letter });
+        }
+      } else {
+        const node = document.createTextNode("");
+        into.append(node);
+        let offset = 0;
+        for (const character of segment.text) {
+          steps.push({ node, offset, text: character });
+          offset += character.length;
+        }
+      }
+      if (segment.ruby !== void 0) {
+        const reading = document.createElement("rt");
+        reading.textContent = segment.ruby;
+        steps.push({ parent: into, child: reading });
+      }
+    }
+    return steps;
+  }
   function styledSpan(style) {
     const span = document.createElement("span");
-    for (const flag of ["b", "i", "u", "s"]) if (style[flag]) span.classList.add(`fmt-${flag}`);
+    for (const flag of ["b", "i", "u", "s", "shake", "pop"]) if (style[flag]) span.classList.add(`fmt-${flag}`);
     if (style.color) span.style.color = style.color;
+    if (style.size) span.style.fontSize = `${SIZE_STEP ** style.size}em`;
     return span;
   }
-  function renderMessage(source, meta) {
-    return messageSegments(source, meta).map(({ text, style }) => {
-      const span = styledSpan(style);
-      span.textContent = text;
-      return span;
-    });
+  function applyStep(step) {
+    if ("node" in step) step.node.appendData(step.text);
+    else if ("parent" in step) step.parent.appendChild(step.child);
+  }
+
+  // src/dialogue.ts
+  function uploadUrl(hub, room, name, token) {
+    const query = token ? `?token=${encodeURIComponent(token)}` : "";
+    return `${hub}/api/v1/rooms/${encodeURIComponent(room)}/uploads/${encodeURIComponent(name.toLowerCase())}${query}`;
   }
 
   // src/common.ts
@@ -262,6 +336,7 @@
     settings.typewriter_speed.value = room.settings.typewriter_speed ? String(room.settings.typewriter_speed) : "";
     settings.theme.value = room.settings.theme || "";
     if (room.subscribers) showPresence(room.subscribers);
+    profilesPanel(room);
     if (following !== room.id) follow();
   }
   onSubmit("create-room", ({ id, title, private: hidden }, form) => {
@@ -299,6 +374,65 @@
       await loadRooms();
     }, `Room ${roomId} deleted`);
   });
+  function profilesPanel(room) {
+    const { profiles } = room.settings;
+    inputsOf(byId("profiles")).profiles.value = profiles ? JSON.stringify(profiles, null, 2) : "";
+    attempt(async () => {
+      const { uploads } = await call(`/api/v1/rooms/${room.id}/uploads`);
+      if (selected !== room.id) return;
+      fill(
+        byId("uploads"),
+        ...uploads.map(
+          (upload) => el(
+            "li",
+            { class: "badge badge-lg gap-2 py-4" },
+            upload.type.startsWith("image/") ? el("img", { class: "h-6 w-6 rounded object-cover", src: upload.url, alt: "" }) : "♪",
+            el("span", { class: "font-mono" }, upload.name),
+            el("button", { type: "button", class: "btn btn-ghost btn-xs", "aria-label": `delete ${upload.name}`, onclick: () => deleteUpload(upload) }, "✕")
+          )
+        )
+      );
+    });
+  }
+  function reloadProfiles() {
+    const room = rooms.find((candidate) => candidate.id === selected);
+    if (room) profilesPanel(room);
+  }
+  onSubmit("profiles", ({ profiles }) => {
+    let parsed = null;
+    try {
+      parsed = profiles.value.trim() ? JSON.parse(profiles.value) : null;
+    } catch (error) {
+      return notify(`Profiles are not JSON: ${messageOf(error)}`);
+    }
+    attempt(async () => {
+      await call(`/api/v1/rooms/${selected}`, { method: "PATCH", body: { settings: { profiles: parsed } } });
+      await loadRooms();
+    }, "Profiles saved");
+  });
+  onSubmit("upload", ({ name, file }, form) => {
+    const chosen = file.files?.[0];
+    if (!chosen) return;
+    attempt(async () => {
+      const send = () => fetch(`/api/v1/rooms/${selected}/uploads/${encodeURIComponent(name.value)}`, {
+        method: "PUT",
+        headers: { Authorization: `Bearer ${accessToken}` },
+        body: chosen
+      });
+      let response = await send();
+      if (response.status === 401 && await renew()) response = await send();
+      const reply = await response.json().catch(() => null);
+      if (!response.ok) throw new ApiError(response.status, reply?.msg || `${response.status} ${response.statusText}`);
+      form.reset();
+      reloadProfiles();
+    }, "Uploaded");
+  });
+  function deleteUpload(upload) {
+    attempt(async () => {
+      await call(`/api/v1/rooms/${selected}/uploads/${upload.name}`, { method: "DELETE" });
+      reloadProfiles();
+    }, `${upload.name} deleted`);
+  }
   function controllerState(state, text) {
     const badge = byId("controller-state");
     badge.dataset.state = state;
@@ -311,7 +445,7 @@
   function historyEntry(message) {
     const text = message.data?.message;
     const shown = el("span", { class: "message min-w-0 wrap-anywhere" });
-    if (typeof text === "string") shown.append(...renderMessage(text, message.meta));
+    if (typeof text === "string") shown.append(renderMessage(text, message.meta, (name) => uploadUrl("", message.room, name, "")));
     else shown.textContent = JSON.stringify(message.data);
     const entry = el(
       "li",
