@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -15,6 +16,7 @@ import httpx
 from conftest import Server, assert_envelope, collect, dispatched, sse_client, subscribe
 from httpx_sse import ServerSentEvent, aconnect_sse
 from test_access_rules import new_room, new_token, new_user, open_stream, publish, root
+from test_bounded_streams import publish_batches, stalled_reader, until_health
 
 
 class RoomsStream:
@@ -187,3 +189,28 @@ async def test_shutdown_ends_the_stream_with_each_rooms_final_event(make_server,
         await stopping
     assert [event.event for event in rest[-3:]] == ["shutdown"] * 3
     assert [json.loads(event.data)["room"] for event in rest[-3:]] == rooms
+
+
+async def test_a_stream_slow_in_one_room_is_dropped_and_resumes_by_its_id(make_server, broker_env):
+    """A stream that does not read while one of its rooms goes a whole SUBSCRIBER_QUEUE on
+    is dropped; what it got, then a reconnect with the last id it got, is everything."""
+    server = make_server(SUBSCRIBER_QUEUE="16", **broker_env)
+    quiet, busy = rooms = [new_room(server, root(server)) for _ in range(2)]
+    stalled = stalled_reader(server, f"/api/v1/events?rooms={quiet},{busy}")
+    try:
+        await until_health(server, subscribers=2)
+        publish(server, quiet, -1).raise_for_status()
+        publish_batches(server, 400, 30_000, busy)  # outgrows the kernel's socket buffers
+        await until_health(server, subscribers=0, slow_consumer_disconnects=1)
+        stalled.settimeout(10)
+        got = b"".join(iter(lambda: stalled.recv(65536), b""))  # what it had, then the end
+    finally:
+        stalled.close()
+    # Each write is a whole chunk of whole frames, so the frames can be read off the bytes.
+    frames = re.findall(rb"id: ([^\n]+)\ndata: ([^\n]+)\n\n", got)
+    received = [(json.loads(data)["room"], json.loads(data)["data"]["i"]) for _, data in frames]
+    assert len(received) < 401  # it was dropped before it had everything
+    last_id = frames[-1][0].decode() if frames else ""
+    async with sse_client() as client, rooms_stream(server, client, rooms, last_id) as stream:
+        received += payloads(await collect(stream, 401 - len(received)))
+    assert sorted(received, key=lambda p: p[1]) == [(quiet, -1)] + [(busy, i) for i in range(400)]
