@@ -29,6 +29,7 @@ class Hub:
 
     name: str
     supports_batches = True
+    streams_several_rooms = False  # one stream of several rooms (W6)
     publish_headers = f"Content-Type: application/json\r\nAuthorization: Bearer {TOKEN}\r\n"
 
     def __init__(self, server_cpu: int) -> None:
@@ -44,10 +45,14 @@ class Hub:
         """Why this hub does not run the workload, if it does not."""
         if workload.batch > 1 and not self.supports_batches:
             return "publishes one message per request"
+        if workload.rooms_per_subscriber > 1 and not self.streams_several_rooms:
+            return "one room per stream"
         return None
 
-    def subscribe_path(self, room: str) -> str:
-        return f"/api/v1/events/{room}"
+    def subscribe_path(self, rooms: list[str]) -> str:
+        if len(rooms) > 1:
+            return f"/api/v1/events?rooms={','.join(rooms)}"
+        return f"/api/v1/events/{rooms[0]}"
 
     def publish_request(self, room: str, sequence: int, count: int, now_us: int):
         """Path and body of a request that publishes `count` messages to `room`."""
@@ -106,6 +111,7 @@ class ThisApp(Hub):
     it with Hypercorn on uvloop, one process, SQLite in a fresh DATA_DIR."""
 
     name = "this"
+    streams_several_rooms = True
 
     def __init__(self, server_cpu: int, app_dir: Path) -> None:
         super().__init__(server_cpu)

@@ -28,9 +28,9 @@ def now_us() -> int:
 
 
 class Subscriber(asyncio.Protocol):
-    def __init__(self, fleet: "Fleet", room: str, request: bytes, ready: asyncio.Future):
+    def __init__(self, fleet: "Fleet", rooms: list[str], request: bytes, ready: asyncio.Future):
         self.fleet = fleet
-        self.room = room
+        self.rooms = rooms  # one, or several in one stream
         self.request = request
         self.ready = ready
         self.head = b""  # response head while it is incomplete, then None
@@ -98,11 +98,11 @@ class Fleet:
                 self.all_arrived.set()
 
     async def connect(self, host: str, port: int, subscriptions, concurrency: int) -> dict:
-        """Open one subscription per (room, path), at most `concurrency` handshakes at a time."""
+        """Open one subscription per (rooms, path), at most `concurrency` handshakes at a time."""
         loop = asyncio.get_running_loop()
         gate = asyncio.Semaphore(concurrency)
 
-        async def subscribe(room: str, path: str) -> str | None:
+        async def subscribe(rooms: list[str], path: str) -> str | None:
             request = (
                 f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
                 "Accept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
@@ -111,14 +111,14 @@ class Fleet:
                 ready = loop.create_future()
                 try:
                     await loop.create_connection(
-                        lambda: Subscriber(self, room, request, ready), host, port
+                        lambda: Subscriber(self, rooms, request, ready), host, port
                     )
                 except OSError as error:
                     return repr(error)
                 return await ready
 
         start = time.monotonic()
-        outcomes = await asyncio.gather(*(subscribe(room, path) for room, path in subscriptions))
+        outcomes = await asyncio.gather(*(subscribe(rooms, path) for rooms, path in subscriptions))
         failures = [outcome for outcome in outcomes if outcome]
         return {
             "connected": len(self.subscribers),
@@ -134,11 +134,11 @@ class Fleet:
         self.last_delivery_us = 0
 
     async def await_messages(self, expected_per_room: dict[str, int], timeout: float) -> dict:
-        """Wait until every subscriber has its room's expected count, or the timeout."""
+        """Wait until every subscriber has its rooms' expected count, or the timeout."""
         self.waiting = 0
         self.all_arrived.clear()
         for subscriber in self.subscribers:
-            subscriber.expected = expected_per_room.get(subscriber.room, 0)
+            subscriber.expected = sum(expected_per_room.get(room, 0) for room in subscriber.rooms)
             self.waiting += subscriber.received < subscriber.expected
         if self.waiting:
             with contextlib.suppress(TimeoutError):  # the summary tells what is missing

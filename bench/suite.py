@@ -59,18 +59,28 @@ class Workload:
     publishers: int
     batch: int = 1  # messages per publish request
     interval_ms: float = 0  # paced: one request every interval_ms; 0: as fast as answered
+    rooms_per_subscriber: int = 1  # >1: each subscriber has one stream of that many rooms
 
     @property
     def subscribers(self) -> int:
-        return self.rooms * self.subscribers_per_room
+        return self.rooms * self.subscribers_per_room // self.rooms_per_subscriber
+
+    def subscriber_rooms(self, rooms: list[str]) -> list[list[str]]:
+        """The rooms of each subscriber: the rooms in groups of rooms_per_subscriber,
+        subscribers_per_room subscribers for each group."""
+        step = self.rooms_per_subscriber
+        groups = [rooms[i : i + step] for i in range(0, len(rooms), step)]
+        return [group for group in groups for _ in range(self.subscribers_per_room)]
 
     def describe(self) -> str:
         batches = f" in batches of {self.batch}" if self.batch > 1 else ""
         pace = f", one every {self.interval_ms:g} ms" if self.interval_ms else ""
+        shape = f"{self.rooms} room(s) × {self.subscribers_per_room} subscriber(s)"
+        if self.rooms_per_subscriber > 1:
+            shape = f"{self.subscribers} subscribers × {self.rooms_per_subscriber} rooms each"
         return (
-            f"{self.name} {self.title}: {self.rooms} room(s) × {self.subscribers_per_room} "
-            f"subscriber(s), {self.messages} messages{batches}, {self.publishers} "
-            f"publisher(s){pace}"
+            f"{self.name} {self.title}: {shape}, {self.messages} messages{batches}, "
+            f"{self.publishers} publisher(s){pace}"
         )
 
 
@@ -87,6 +97,10 @@ WORKLOADS = [
         "W5", "low load", rooms=1, subscribers_per_room=10, messages=200, publishers=1,
         interval_ms=10,
     ),
+    Workload(
+        "W6", "several rooms per stream", rooms=5, subscribers_per_room=1000, messages=500,
+        publishers=4, rooms_per_subscriber=5,
+    ),
 ]  # fmt: skip
 QUICK_SIZES = {
     "W1": {"subscribers_per_room": 300, "messages": 100},
@@ -95,6 +109,7 @@ QUICK_SIZES = {
     "W4": {"messages": 4000},
     "W4b": {"messages": 4000},
     "W5": {"messages": 100},
+    "W6": {"subscribers_per_room": 300, "messages": 200},
 }
 
 
@@ -146,9 +161,7 @@ async def measure(hub: Hub, workload: Workload, workdir: Path, profile_to: Path 
         rss_before = rss_kb(server)
 
         subscriptions = [
-            (room, hub.subscribe_path(room))
-            for room in rooms
-            for _ in range(workload.subscribers_per_room)
+            (group, hub.subscribe_path(group)) for group in workload.subscriber_rooms(rooms)
         ]
         connect_profiler = start_profiler(hub, connect_profile(profile_to)) if profile_to else None
         connect_cpu_before = cpu_seconds(server)
@@ -334,6 +347,7 @@ COLUMNS = {
     "W4": ["publishes_per_s", "p50_ms", "p99_ms", "server_us_per_message"],
     "W4b": ["messages_per_s", "publishes_per_s", "p99_ms", "server_us_per_message"],
     "W5": ["p50_ms", "p99_ms", "max_ms", "server_us_per_message"],
+    "W6": ["deliveries_per_s", "p50_ms", "p99_ms", "server_us_per_delivery"],
 }
 LABELS = {
     "deliveries_per_s": "deliveries/s",
@@ -598,7 +612,7 @@ def main() -> None:
     }
     hub_names = ["this"] if arguments.profile else arguments.hubs.split(",")
     hubs = [all_hubs[name] for name in hub_names]
-    default_workloads = "W1,W4" if arguments.profile else "W1,W2,W3,W4,W4b,W5"
+    default_workloads = "W1,W4" if arguments.profile else "W1,W2,W3,W4,W4b,W5,W6"
     names = (arguments.workloads or default_workloads).split(",")
     workloads = [w for w in WORKLOADS if w.name in names]
     if arguments.quick:

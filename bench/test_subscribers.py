@@ -40,7 +40,7 @@ def loop():
 def subscribe(loop, stream: bytes, pieces: list[int]) -> tuple[Fleet, Subscriber]:
     """Feed `stream` to a new subscriber, cut at the offsets in `pieces`."""
     fleet = Fleet()
-    subscriber = Subscriber(fleet, "r", b"GET", loop.create_future())
+    subscriber = Subscriber(fleet, ["r"], b"GET", loop.create_future())
     subscriber.connection_made(Transport())
     for start, end in zip([0, *pieces], [*pieces, len(stream)], strict=True):
         subscriber.data_received(stream[start:end])

@@ -163,6 +163,14 @@ async def test_hundred_subscribers_get_every_message_once_in_order(server: Serve
         assert ids == list(range(1, count + 1))
 
 
+async def read_more(reader: asyncio.StreamReader) -> bytes:
+    """What comes next; an error at the end of the stream (a read there returns at once, and
+    a loop of them would never let a timeout fire)."""
+    chunk = await reader.read(65536)
+    assert chunk, "the server closed the stream"
+    return chunk
+
+
 async def test_a_wake_passes_over_subscribers_that_leave_during_it(server: Server):
     """A room's wake-up writes to its subscribers a slice (8) per turn of the event loop, so
     subscribers leave while one is under way (600 subscribers, half leaving after 1 to 10
@@ -179,14 +187,14 @@ async def test_a_wake_passes_over_subscribers_that_leave_during_it(server: Serve
         try:
             async with asyncio.timeout(20):
                 while b"event: meta" not in received:
-                    received += await reader.read(65536)
+                    received += await read_more(reader)
                 connected.append(1)
                 if len(connected) == len(plan):
                     all_connected.set()
                 # Chunk framing comes only between writes of whole frames: it never cuts
                 # an id line.
                 while len(ids := re.findall(rb"\nid: (\d+)\n", received)) < leave_after:
-                    received += await reader.read(65536)
+                    received += await read_more(reader)
         finally:
             writer.close()
         return [int(i) for i in ids]

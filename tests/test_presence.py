@@ -173,7 +173,9 @@ async def test_presence_event_and_endpoint_count_players_and_controllers(beat_se
     url, controller_url = room_urls(beat_server, "counted")
     endpoint = f"{beat_server.url}/api/v1/rooms/Counted/presence"
     async with subscribe(url) as player, subscribe(url), subscribe(controller_url):
-        await until(player, "presence", lambda p: p == {"players": 2, "controllers": 1})
+        await until(
+            player, "presence", lambda p: p == {"room": "counted", "players": 2, "controllers": 1}
+        )
         bad = httpx.get(f"{url}?role=controller&token=wrong")  # not a controller: refused
         assert bad.status_code == 401
         reply = httpx.get(endpoint)

@@ -241,7 +241,7 @@ async def test_heartbeats_and_presence_events_count_every_process(make_hub):
             beat = await until_event(player, "heartbeat", lambda beat: beat["controllers"] == 1)
             assert beat["interval_s"] == 0.3
             presence = await until_event(player, "presence", lambda p: p["controllers"] == 1)
-            assert presence == {"players": 1, "controllers": 1}
+            assert presence == {"room": "lobby", "players": 1, "controllers": 1}
             await until_event(player, "heartbeat", lambda beat: beat["controllers"] == 1)
             async with subscribe(f"{b.url}/api/v1/events") as second:
                 assert second.hello["presence"] == {"players": 2, "controllers": 1}
@@ -252,7 +252,7 @@ async def test_heartbeats_and_presence_events_count_every_process(make_hub):
         # The controller left process A: one heartbeat saying so, at once.
         await until_event(player, "heartbeat", lambda beat: beat["controllers"] == 0)
         presence = await until_event(player, "presence", lambda p: p["controllers"] == 0)
-        assert presence == {"players": 1, "controllers": 0}
+        assert presence == {"room": "lobby", "players": 1, "controllers": 0}
 
 
 async def test_room_changes_reach_every_process(make_hub):
