@@ -1668,7 +1668,8 @@ for i, key in ipairs(KEYS) do
 end
 if refused > 0 then return {refused, math.ceil(longest)} end
 for i, key in ipairs(KEYS) do
-  redis.call('SET', key, string.format('%.3f', full_at[i]), 'PX', math.ceil(full_at[i] - now))
+  local ttl = math.max(1, math.ceil(full_at[i] - now))  -- a cost under a double's precision adds 0
+  redis.call('SET', key, string.format('%.3f', full_at[i]), 'PX', ttl)
 end
 return {0, 0}
 """

@@ -105,3 +105,10 @@ def test_processes_of_one_hub_share_the_buckets(make_server, tmp_path, broker_ur
     assert_limited(send(b, b.token), "this token may publish 3 messages")
     assert_limited(send(a, a.token), "this token may publish 3 messages")
     assert stored(a) == 3
+
+
+def test_a_limit_too_high_to_reach_takes_every_publish(make_server, broker_env):
+    # a message's share of the window, in ms, is below what a timestamp in ms can hold
+    server = make_server(PUBLISH_RATE_LIMIT="1000000000", **broker_env)
+    assert send(server, server.token).status_code == 202
+    assert send(server, server.token, 50).status_code == 202
