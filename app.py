@@ -40,10 +40,12 @@ import itertools
 import json
 import logging
 import math
+import multiprocessing
 import os
 import random
 import re
 import secrets
+import shutil
 import signal
 import socket
 import sqlite3
@@ -69,6 +71,7 @@ import hypercorn.asyncio.run
 import hypercorn.asyncio.tcp_server
 import hypercorn.asyncio.worker_context
 import jwt
+import prometheus_client.values
 import redis.asyncio
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -76,6 +79,7 @@ from httpx_sse import SSEError, aconnect_sse
 from hypercorn.middleware import ProxyFixMiddleware
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from pydantic import (
     AfterValidator,
     AliasChoices,
@@ -192,6 +196,9 @@ class Settings(BaseSettings):
     demo_delay_s: Annotated[float, Field(ge=0)] = 0.05
     max_prompt_chars: Count = 16000
     max_messages: Count = 50
+    publish_rate_limit: Annotated[int, Field(ge=0)] = 0
+    publish_rate_limit_per_user: Annotated[int, Field(ge=0)] = 0
+    publish_rate_window_s: Seconds = 60
     chat_rate_limit: Annotated[int, Field(ge=0)] = 20
     chat_rate_window_s: Seconds = 60
     chat_max_per_client: Count = 3
@@ -408,6 +415,12 @@ def body_too_slow(limit_s: float) -> ApiError:
     return ApiError(408, f"Request body not received within {limit_s:g} s")
 
 
+def rate_limited(msg: str, wait_s: float) -> ApiError:
+    """429 with Retry-After: the whole seconds to wait (at least 1), also `{retry}` in msg."""
+    retry = max(1, math.ceil(wait_s))
+    return ApiError(429, msg.format(retry=retry), retry_after=retry)
+
+
 def invalid_json(error: ValueError) -> ApiError:
     return ApiError(400, "Invalid JSON body", detail=str(error))
 
@@ -495,18 +508,32 @@ def invalid_body(error: ValidationError) -> ApiError:
 
 
 class Metrics:
-    """This process's Prometheus metrics (GET /metrics), in a registry of our own. Each
-    process counts its own: scrape every process (Fly scrapes every machine)."""
+    """Prometheus metrics (GET /metrics), in a registry of our own. A process counts its own,
+    unless it is one of the workers of one server (`hypercorn -w N`): they count in files
+    of a directory they share (prometheus-client's multiprocess mode, see share()), so the
+    worker a scrape reaches reports them all."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        self.directory: Path | None = None
+        self._define()
+
+    def _define(self) -> None:
+        self.registry = CollectorRegistry()  # this process's own values (/healthz)
+        self.exposed = self.registry  # what /metrics reports
 
         def counter(name: str, documentation: str) -> Counter:
             return Counter(name, documentation, namespace="sm", registry=self.registry)
 
         self.subscribers = Gauge(
-            "subscribers", "Open event streams", ["role"], namespace="sm", registry=self.registry
+            "subscribers",
+            "Open event streams",
+            ["role"],
+            namespace="sm",
+            registry=self.registry,
+            multiprocess_mode="livesum",  # shared: the sum over the workers alive
         )
+        for role in ("player", "controller"):  # reported from the start, at 0
+            self.subscribers.labels(role)
         self.published = counter("messages_published", "Messages stored and sent to their room")
         self.commits = counter("commits", "Publish batches committed together (group commit)")
         self.deliveries = counter("deliveries", "Writes of frames to subscribers")
@@ -526,7 +553,28 @@ class Metrics:
         )
         self.fallback_polls = counter("fallback_polls", "Polls of the quote feed of unknown rooms")
 
+    def share(self, directory: Path) -> None:
+        """Count from now on in `directory`, with the other workers of this server, and
+        report them all. prometheus-client chooses its multiprocess mode (values in mmapped
+        files, one per process and kind) when it is imported, from PROMETHEUS_MULTIPROC_DIR;
+        a worker knows it is one only once it serves, so this sets both, for this process,
+        and defines the metrics again (nothing is counted before serving)."""
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+        prometheus_client.values.ValueClass = prometheus_client.values.MultiProcessValue()
+        self.directory = directory
+        self._define()
+        if not any(directory.glob(f"*_{os.getpid()}.db")):
+            raise RuntimeError("prometheus-client no longer keeps values in its ValueClass")
+        self.exposed = CollectorRegistry()
+        MultiProcessCollector(self.exposed, path=str(directory))
+
+    def retire(self) -> None:
+        """This worker stops: its open streams leave the shared gauges (its counts stay)."""
+        if self.directory is not None:
+            mark_process_dead(os.getpid(), str(self.directory))
+
     def value(self, name: str, **labels: str) -> float:
+        """This process's own value of a metric."""
         return self.registry.get_sample_value(f"sm_{name}", labels) or 0.0
 
 
@@ -1391,6 +1439,7 @@ class Room:
         self.subscribers.add(subscriber)
         self.controllers += subscriber.role == "controller"
         self.previews += subscriber.role == "preview"
+        self.metrics.subscribers.labels(subscriber.role).inc()
         self._presence_changed(before)
 
     def leave(self, subscriber: Subscriber) -> None:
@@ -1398,6 +1447,7 @@ class Room:
         self.subscribers.remove(subscriber)
         self.controllers -= subscriber.role == "controller"
         self.previews -= subscriber.role == "preview"
+        self.metrics.subscribers.labels(subscriber.role).dec()
         self._presence_changed(before)
 
     def set_remote(self, counts: dict[str, int]) -> None:
@@ -1865,6 +1915,22 @@ class ClockFeed(Feed):
 IDLE_TURN_S = 50e-6  # a turn of the event loop that ran nothing else takes a few µs
 
 
+class Bucket(NamedTuple):
+    """A token bucket of a `holder` ("token" or "user"): `size` messages at once, refilled
+    at `size` per `window_s`. Brokers keep buckets as GCRA does: as the time each is full
+    again. Taking n messages moves that time n × window_s / size later; it may not end up
+    more than window_s ahead (the bucket would hold less than nothing)."""
+
+    holder: str
+    id: str
+    size: int
+    window_s: float
+
+    @property
+    def key(self) -> str:
+        return f"{self.holder}:{self.id}"
+
+
 class LocalBroker:
     """One process: ids continue each room's last id, SQLite keeps the history, and a
     commit is fanned out at once."""
@@ -1873,6 +1939,7 @@ class LocalBroker:
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
+        self.full_at: dict[str, float] = {}  # token buckets: when each is full (monotonic s)
 
     async def start(self) -> None:
         pass
@@ -1943,6 +2010,23 @@ class LocalBroker:
     async def readiness(self) -> dict[str, str]:
         """What the broker depends on, each "ok" or what is wrong: nothing here."""
         return {}
+
+    async def take(self, costs: dict[Bucket, int]) -> tuple[Bucket, float] | None:
+        """Take `cost` messages from each bucket, all or none: None, or a bucket that has
+        not enough and the seconds until it has."""
+        now = time.monotonic()
+        full_at, refused, longest = {}, None, 0.0
+        for bucket, cost in costs.items():
+            start = max(self.full_at.get(bucket.key, now), now)
+            full_at[bucket.key] = start + cost * bucket.window_s / bucket.size
+            if (wait := full_at[bucket.key] - bucket.window_s - now) > longest:
+                refused, longest = bucket, wait
+        if refused is not None:
+            return refused, longest
+        self.full_at.update(full_at)
+        if len(self.full_at) > 10_000:  # forget the buckets that are full
+            self.full_at = {key: full for key, full in self.full_at.items() if full > now}
+        return None
 
 
 @dataclass(frozen=True)
@@ -2020,6 +2104,28 @@ redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*',
 """
 
 
+# Take from token buckets, all or none (see Bucket): KEYS are the buckets, ARGV each one's
+# cost then window, in ms. Redis's clock, so every process counts on one. Returns the
+# position of a bucket that has not enough (0: taken) and the ms until it has.
+TAKE_SCRIPT = """
+local time = redis.call('TIME')
+local now = time[1] * 1000 + time[2] / 1000
+local full_at, refused, longest = {}, 0, 0
+for i, key in ipairs(KEYS) do
+  local cost, window = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+  full_at[i] = math.max(tonumber(redis.call('GET', key)) or 0, now) + cost
+  local wait = full_at[i] - window - now
+  if wait > longest then refused, longest = i, wait end
+end
+if refused > 0 then return {refused, math.ceil(longest)} end
+for i, key in ipairs(KEYS) do
+  local ttl = math.max(1, math.ceil(full_at[i] - now))  -- a cost under a double's precision adds 0
+  redis.call('SET', key, string.format('%.3f', full_at[i]), 'PX', ttl)
+end
+return {0, 0}
+"""
+
+
 def room_key(room_id: str, part: str) -> str:
     return f"sm:room:{room_id}:{part}"
 
@@ -2092,6 +2198,7 @@ class RedisBroker:
         )
         self.publish_script = self.redis.register_script(PUBLISH_SCRIPT)
         self.change_message_script = self.redis.register_script(CHANGE_MESSAGE_SCRIPT)
+        self.take_script = self.redis.register_script(TAKE_SCRIPT)
         newest = await self.redis.xrevrange(CHANGES_STREAM, count=1)
         self.changes_seen = newest[0][0] if newest else "0-0"
         self._counts_changed = asyncio.Event()
@@ -2316,6 +2423,21 @@ class RedisBroker:
             return {"redis": f"unreachable ({error})"}
         return {"redis": "ok"}
 
+    async def take(self, costs: dict[Bucket, int]) -> tuple[Bucket, float] | None:
+        """LocalBroker.take, with the buckets in Redis: one round trip."""
+        buckets = list(costs)
+        args = []
+        for bucket in buckets:
+            args += [costs[bucket] * bucket.window_s * 1000 / bucket.size, bucket.window_s * 1000]
+        try:
+            refused, wait_ms = await self.take_script(
+                keys=[f"sm:rate:{bucket.key}" for bucket in buckets], args=args
+            )
+        except RedisError as error:
+            log.warning("broker rate limit failed: %s", error)
+            raise broker_unavailable() from error
+        return (buckets[refused - 1], wait_ms / 1000) if refused else None
+
     async def presence_counts(self, room: Room) -> dict[str, int]:
         try:
             others = self._others(await self.redis.hgetall(room_key(room.id, "presence")))
@@ -2535,14 +2657,6 @@ class Hub:
         self._scheduling: asyncio.Task
         self._schedules_changed = asyncio.Event()
         self.closing = False
-        for role in ("player", "controller", "preview"):
-            self.metrics.subscribers.labels(role).set_function(lambda role=role: self.count(role))
-
-    def count(self, role: str) -> int:
-        """This process's subscribers with this role, in all rooms."""
-        if role == "preview":
-            return sum(room.previews for room in self.rooms.values())
-        return sum(room.local_presence()[f"{role}s"] for room in self.rooms.values())
 
     async def start(self) -> None:
         """Open the storage, then serve: rooms, writer, keepalives."""
@@ -3330,8 +3444,7 @@ class RateLimiter:
                 window.popleft()
             wait = max(wait, limit.wait(window, self.window_s, now))
         if wait > 0:
-            retry = max(1, math.ceil(wait))
-            raise ApiError(429, msg.format(retry=retry), retry_after=retry)
+            raise rate_limited(msg, wait)
         for key in limits:
             self.events[key].append(now)
         if len(self.events) > 10_000:  # forget keys without recent events
@@ -3348,6 +3461,24 @@ class RateLimiter:
     def forget(self, key: str) -> None:
         """Uncount every event of a key."""
         self.events.pop(key, None)
+
+
+def publish_buckets(settings: Settings, principal: Principal) -> list[Bucket]:
+    """The token buckets each message `principal` publishes takes from: its credential's
+    (PUBLISH_RATE_LIMIT: an API token, a login session, the root token) and its user's
+    (PUBLISH_RATE_LIMIT_PER_USER: all of theirs together); none when they are 0."""
+    buckets, window_s = [], settings.publish_rate_window_s
+    if size := settings.publish_rate_limit:
+        if principal.token is not None:
+            credential = f"api:{principal.token.id}"
+        elif principal.session_id is not None:
+            credential = f"session:{principal.session_id}"
+        else:
+            credential = principal.kind
+        buckets.append(Bucket("token", credential, size, window_s))
+    if (size := settings.publish_rate_limit_per_user) and principal.user_id is not None:
+        buckets.append(Bucket("user", principal.user_id, size, window_s))
+    return buckets
 
 
 class Accounts:
@@ -3969,7 +4100,7 @@ async def publish(
     if not items:
         raise ApiError(400, "Empty batch")
     header_token = bearer_token(headers)
-    messages, publishers = [], set()
+    messages, publishers, costs = [], set(), {}
     for item in items:
         message, room_id, body_token, due_at = validate_message(item, app.settings)
         if due_at is not None and batch:
@@ -3978,6 +4109,8 @@ async def publish(
         token = header_token or body_token or query_token
         principal = app.accounts.authorize(token, room, "publish")
         publishers.add(principal.user_id or principal.kind)
+        for bucket in publish_buckets(app.settings, principal):
+            costs[bucket] = costs.get(bucket, 0) + 1
         messages.append((room, message))
     key = None
     body_keys = [item["idempotency_key"] for item in items if item.get("idempotency_key")]
@@ -3985,6 +4118,8 @@ async def publish(
         if due_at is not None:
             raise ApiError(400, "A scheduled message takes no idempotency key")
         key = idempotency_key(header, body_keys, batch, messages, publishers)
+    if costs:
+        await limit_rate(app.hub.broker, costs)
     if due_at is not None:
         ((room, message),) = messages
         scheduled = await app.hub.schedule(room, message, due_at)
@@ -3992,6 +4127,24 @@ async def publish(
         return envelope(202, "Message Scheduled", target=target, scheduled=scheduled.as_dict())
     payloads = await app.hub.publish(messages, key)
     return sent_reply(payloads, batch)
+
+
+async def limit_rate(broker: LocalBroker | RedisBroker, costs: dict[Bucket, int]) -> None:
+    """Take a publish's messages from their token buckets (a batch: its number of
+    messages), or refuse it: 413 when it is more than a bucket holds, 429 with Retry-After
+    when a bucket has not enough yet."""
+    for bucket, cost in costs.items():
+        if cost > bucket.size:
+            raise ApiError(
+                413,
+                f"Too many messages at once: this {bucket.holder} may publish {bucket.size}"
+                f" per {bucket.window_s:g} s",
+                limit=bucket.size,
+            )
+    if refused := await broker.take(costs):
+        bucket, wait = refused
+        msg = f"Publish rate limit: this {bucket.holder} may publish {bucket.size} messages"
+        raise rate_limited(msg + f" per {bucket.window_s:g} s; try again in {{retry}} s", wait)
 
 
 IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
@@ -4462,10 +4615,10 @@ async def readyz():
 @routes.get("/metrics")
 @hide  # Prometheus text, not JSON: for scrapers, not in the OpenAPI document
 async def prometheus_metrics():
-    """This process's metrics, in the format the scraper asks for (Prometheus text 0.0.4
-    by default, or OpenMetrics)."""
+    """The server's metrics (all its workers' under `hypercorn -w N`), in the format the
+    scraper asks for (Prometheus text 0.0.4 by default, or OpenMetrics)."""
     encode, content_type = choose_encoder(request.headers.get("Accept", ""))
-    return Response(encode(current_app.metrics.registry), content_type=content_type)
+    return Response(encode(current_app.metrics.exposed), content_type=content_type)
 
 
 # Auth: login answers an access JWT and a refresh token in JSON and as HttpOnly cookies:
@@ -6041,6 +6194,40 @@ def check_data_dir(settings: Settings) -> None:
         ) from None
 
 
+def shared_metrics_dir(data_dir: Path) -> Path | None:
+    """Where this process counts its metrics with the other workers of its server, made
+    here: DATA_DIR/metrics/<server pid>-<run>; None for a process of its own (`python
+    app.py`). Hypercorn's workers are processes its master spawns with multiprocessing,
+    which hands each the master's random authkey: its hash names the run, so a run never
+    counts on from an earlier one (nor from one whose master had the same pid). The
+    directories of earlier runs, whose master is gone, are removed."""
+    server = multiprocessing.parent_process()
+    if server is None:
+        return None
+    run = sha256_hex(multiprocessing.current_process().authkey.hex())[:16]
+    directory = data_dir / "metrics" / f"{server.pid}-{run}"
+    for other in directory.parent.glob("*-*"):
+        pid = other.name.partition("-")[0]
+        if other == directory or not pid.isdigit():
+            continue
+        if pid == str(server.pid) or not process_alive(int(pid)):
+            shutil.rmtree(other, ignore_errors=True)  # another worker may be removing it
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def process_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would send CTRL_C_EVENT there: keep the directory
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
 def create_app(settings: Settings) -> StreamingMessage:
     metrics = Metrics()
     storage = Storage(settings.database, settings.history_size, settings.sqlite_synchronous)
@@ -6077,6 +6264,8 @@ def create_app(settings: Settings) -> StreamingMessage:
     async def start() -> None:
         log.debug("settings: %r", settings)  # the secrets are fields with repr=False
         check_data_dir(settings)
+        if (directory := shared_metrics_dir(settings.data_dir)) is not None:
+            metrics.share(directory)
         install(app.end_streams)
         if settings.sse_token in PLACEHOLDER_TOKENS and not is_loopback(settings.host):
             log.warning(
@@ -6096,6 +6285,7 @@ def create_app(settings: Settings) -> StreamingMessage:
     async def stop() -> None:
         await app.end_streams()
         await storage.close()
+        metrics.retire()
 
     return app
 

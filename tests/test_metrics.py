@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
+from contextlib import AsyncExitStack
 
 import httpx
 from conftest import Server, collect, subscribe
@@ -66,6 +69,7 @@ async def test_metrics_count_what_the_hub_does(make_server):
     while scrape(server)[("sm_subscribers", (("role", "player"),))] != 0:
         assert time.monotonic() < deadline
         time.sleep(0.05)
+    assert not (server.data_dir / "metrics").exists()  # one process counts in memory
 
 
 def test_failed_publishes_are_not_counted(server: Server):
@@ -73,3 +77,61 @@ def test_failed_publishes_are_not_counted(server: Server):
     reply = httpx.post(f"{server.url}/api/v1/send", json={"speaker": "x", "data": {}})
     assert reply.status_code == 401
     assert scrape(server)[("sm_messages_published_total", ())] == before
+
+
+PUBLISHED = ("sm_messages_published_total", ())
+PLAYERS = ("sm_subscribers", (("role", "player"),))
+
+
+def workers(server: Server) -> dict[int, dict]:
+    """Each worker's /healthz (its own counts), by pid: new connections reach either."""
+    health = {}
+    for _ in range(200):
+        reply = httpx.get(f"{server.url}/healthz", headers={"Connection": "close"}).json()
+        health[reply["pid"]] = reply
+        if len(health) == 2:
+            return health
+    raise AssertionError("one worker answered every connection")
+
+
+async def test_every_worker_reports_the_whole_server(make_server, broker_url):
+    server = make_server(workers=2, BROKER_URL=broker_url)
+    async with AsyncExitStack() as streams:
+        opened = 0  # streams (each on its connection) until both workers hold some
+        while opened < 4 or not all(h["subscribers"] for h in workers(server).values()):
+            await streams.enter_async_context(subscribe(f"{server.url}/api/v1/events"))
+            opened += 1
+            assert opened <= 20
+        published = 0  # publishes (each on its connection) until both workers made some
+        while not all(h["published"] for h in workers(server).values()):
+            for _ in range(5):
+                server.publish()
+            published += 5
+            assert published <= 100
+        for _ in range(10):  # whichever worker answers
+            metrics = scrape(server)
+            assert metrics[PUBLISHED] == published
+            assert metrics[("sm_publish_latency_seconds_count", ())] == published
+            assert metrics[PLAYERS] == opened
+    deadline = time.monotonic() + 10  # the streams are gone once their workers see them close
+    while scrape(server)[PLAYERS] != 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_a_new_run_of_the_workers_counts_from_zero(make_server, broker_url):
+    server = make_server(workers=2, BROKER_URL=broker_url)
+    stale = server.data_dir / "metrics" / "999999999-0123456789abcdef"  # a pid never given
+    stale.mkdir(parents=True)
+    (stale / "counter_1.db").write_bytes(b"stale")
+    server.publish()
+    server.stop()
+    server.start()
+    assert scrape(server)[PUBLISHED] == 0
+    (run,) = (server.data_dir / "metrics").iterdir()  # the earlier runs' are gone
+    server.publish()
+    assert scrape(server)[PUBLISHED] == 1
+    assert list(run.glob("gauge_livesum_*.db"))
+    os.kill(server.process.pid, signal.SIGTERM)  # as `docker stop`: Hypercorn stops its workers
+    assert server.process.wait(15) == 0
+    assert not list(run.glob("gauge_livesum_*.db"))  # stopping workers take their streams out

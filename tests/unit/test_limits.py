@@ -1,5 +1,5 @@
-"""Limits (issue 14): a Limit's growing wait, client keys (IPv6 by /64) and the relay's
-per-client limits under them."""
+"""Limits (issues 14, 17): a Limit's growing wait, client keys (IPv6 by /64), the relay's
+per-client limits under them, and the token buckets of publish rate limits."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from app import ApiError, Limit, Metrics, Relay, Settings, client_key
+from app import ApiError, Bucket, Limit, LocalBroker, Metrics, Relay, Settings, client_key
 
 
 def test_a_limit_doubles_the_wait_after_each_event_up_to_its_cap_then_stops_them():
@@ -49,3 +49,15 @@ async def test_ipv6_addresses_of_one_64_are_one_client_of_the_relay(relay: Relay
         relay.start_chat("2001:db8:1:2::2", prompt)
     assert refused.value.status == 429
     relay.start_chat("2001:db8:1:3::1", prompt)
+
+
+async def test_buckets_are_taken_from_all_or_none():
+    broker = LocalBroker(None)
+    token, user = Bucket("token", "t", 3, 60), Bucket("user", "u", 2, 60)
+    assert await broker.take({token: 1, user: 1}) is None
+    assert await broker.take({token: 1, user: 1}) is None
+    refused, wait = await broker.take({token: 1, user: 1})
+    assert refused == user and 29 < wait <= 30  # a message comes back every 30 s
+    assert await broker.take({token: 1}) is None  # the refusal took nothing from it
+    refused, wait = await broker.take({token: 2})
+    assert refused == token and 39 < wait <= 40
