@@ -100,6 +100,13 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
 
+    def log_with(self, fragment: str, timeout: float = 5) -> str:
+        """The log once it has `fragment` (a request's line follows its response)."""
+        deadline = time.monotonic() + timeout
+        while fragment not in (log := self.log()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return log
+
     def health(self) -> dict:
         return httpx.get(f"{self.url}/healthz").json()
 

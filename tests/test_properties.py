@@ -36,7 +36,7 @@ TEXT = st.one_of(
 SCALARS = st.one_of(
     st.none(),
     st.booleans(),
-    st.integers(min_value=-(10**30), max_value=10**30),
+    st.integers(min_value=-(2**63), max_value=2**64 - 1),  # past 64 bits: see below
     st.floats(allow_nan=False, allow_infinity=False),
     TEXT,
 )
@@ -193,6 +193,16 @@ async def test_lone_surrogates_are_a_clear_400(
     # as a \\uXXXX escape, or as the bytes a UTF-8 encoder would make of it if it dared
     body = json.dumps(message, ensure_ascii=not raw_bytes).encode("utf-8", "surrogatepass")
     await assert_refused(client, lobby, body, 400, ["Invalid JSON body", "surrogate"])
+
+
+@pytest.mark.parametrize("number", [10**30, -(2**63) - 1, 2**64])
+async def test_integers_past_64_bits_come_back_as_doubles(client, lobby, number):
+    """As a browser's JSON.parse (and the Bun project) reads them: the nearest double."""
+    reply = await publish(client, {"speaker": "s", "data": {"n": number}})
+    assert reply.status_code == 202, reply.text
+    event = await delivered(lobby, reply.json()["id"])
+    assert json.loads(event.data)["data"] == {"n": float(number)}
+    assert isinstance(json.loads(event.data)["data"]["n"], float)
 
 
 @pytest.mark.parametrize(

@@ -61,3 +61,14 @@ async def test_buckets_are_taken_from_all_or_none():
     assert await broker.take({token: 1}) is None  # the refusal took nothing from it
     refused, wait = await broker.take({token: 2})
     assert refused == token and 39 < wait <= 40
+
+
+@pytest.mark.parametrize("now", [0.1, 5.3, 1234.567])  # (0.1 + 60) - 60 - 0.1 is 1.4e-15
+async def test_a_bucket_taken_to_exactly_its_size_is_not_refused(monkeypatch, now):
+    monkeypatch.setattr("app.time.monotonic", lambda: now)
+    broker = LocalBroker(None)
+    token, user = Bucket("token", "t", 3, 60), Bucket("user", "u", 4, 60)
+    assert await broker.take({token: 3, user: 3}) is None
+    assert await broker.take({user: 1}) is None  # the user's 4th
+    refused, wait = await broker.take({user: 1})
+    assert refused == user and wait == pytest.approx(15)
