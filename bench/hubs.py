@@ -31,6 +31,8 @@ class Hub:
     supports_batches = True
     streams_several_rooms = False  # one stream of several rooms (W6)
     publish_headers = f"Content-Type: application/json\r\nAuthorization: Bearer {TOKEN}\r\n"
+    # what in a stream says its subscription is in place; None: the response head does
+    subscribed_after: bytes | None = None
 
     def __init__(self, server_cpu: int) -> None:
         self.server_cpu = server_cpu
@@ -112,6 +114,9 @@ class ThisApp(Hub):
 
     name = "this"
     streams_several_rooms = True
+    # its hello: the head goes out before the room is followed (with Redis: before this
+    # process reads the room's stream), the hello after, and its last_id covers the gap
+    subscribed_after = b"event: meta"
 
     def __init__(self, server_cpu: int, app_dir: Path) -> None:
         super().__init__(server_cpu)

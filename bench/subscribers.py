@@ -28,12 +28,21 @@ def now_us() -> int:
 
 
 class Subscriber(asyncio.Protocol):
-    def __init__(self, fleet: "Fleet", rooms: list[str], request: bytes, ready: asyncio.Future):
+    def __init__(
+        self,
+        fleet: "Fleet",
+        rooms: list[str],
+        request: bytes,
+        ready: asyncio.Future,
+        subscribed_after: bytes | None,
+    ):
         self.fleet = fleet
         self.rooms = rooms  # one, or several in one stream
         self.request = request
         self.ready = ready
         self.head = b""  # response head while it is incomplete, then None
+        self.subscribed_after = subscribed_after  # awaited (once a room) after the head
+        self.preface = b""  # the stream before `subscribed_after`
         self.partial_line = b""
         self.received = 0
         self.expected = math.inf
@@ -56,6 +65,13 @@ class Subscriber(asyncio.Protocol):
                 self.ready.set_result(status_line.decode(errors="replace"))
                 self.close()
                 return
+        if self.subscribed_after is not None:
+            self.preface += data
+            if self.preface.count(self.subscribed_after) < len(self.rooms):  # one per room
+                return
+            data = self.preface  # may hold messages already: they count
+            self.subscribed_after, self.preface = None, b""
+        if not self.ready.done():
             self.fleet.subscribers.append(self)
             self.ready.set_result(None)
         lines = self.partial_line + data
@@ -67,7 +83,7 @@ class Subscriber(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.ready.done():
-            self.ready.set_result(f"closed before the response head: {exc!r}")
+            self.ready.set_result(f"closed before it was subscribed: {exc!r}")
         elif not self.closing:
             self.fleet.dropped += 1
 
@@ -97,8 +113,11 @@ class Fleet:
             if self.waiting == 0:
                 self.all_arrived.set()
 
-    async def connect(self, host: str, port: int, subscriptions, concurrency: int) -> dict:
-        """Open one subscription per (rooms, path), at most `concurrency` handshakes at a time."""
+    async def connect(
+        self, host: str, port: int, subscriptions, concurrency: int, subscribed_after: bytes | None
+    ) -> dict:
+        """Open one subscription per (rooms, path), at most `concurrency` handshakes at a time;
+        each is connected once its hub's `subscribed_after` came (None: at the head)."""
         loop = asyncio.get_running_loop()
         gate = asyncio.Semaphore(concurrency)
 
@@ -111,7 +130,9 @@ class Fleet:
                 ready = loop.create_future()
                 try:
                     await loop.create_connection(
-                        lambda: Subscriber(self, rooms, request, ready), host, port
+                        lambda: Subscriber(self, rooms, request, ready, subscribed_after),
+                        host,
+                        port,
                     )
                 except OSError as error:
                     return repr(error)

@@ -167,7 +167,7 @@ async def measure(hub: Hub, workload: Workload, workdir: Path, profile_to: Path 
         connect_cpu_before = cpu_seconds(server)
         connected = await readers.ask(
             "connect", 40, host=HOST, port=hub.port, subscriptions=subscriptions,
-            concurrency=HANDSHAKES_IN_FLIGHT,
+            concurrency=HANDSHAKES_IN_FLIGHT, subscribed_after=hub.subscribed_after,
         )  # fmt: skip
         connect_cpu = cpu_seconds(server) - connect_cpu_before
         if connect_profiler:
