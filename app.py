@@ -6100,9 +6100,21 @@ class StreamsEnd(hypercorn.asyncio.worker_context.EventWrapper):
 
 
 class StreamsEndingContext(hypercorn.asyncio.worker_context.WorkerContext):
+    """Also: a worker of `hypercorn -w N` stops gracefully on SIGTERM. Hypercorn stops its
+    workers by an event and leaves SIGTERM to the OS there, but once the first worker has
+    exited it SIGTERMs the others, which died mid-shutdown: their streams without their
+    final event, their share of the metrics left behind."""
+
     def __init__(self, end_streams: Callable[[], Awaitable[None]], max_requests: int | None):
         super().__init__(max_requests)
         self.terminated = StreamsEnd(end_streams)
+        self.stopping: asyncio.Future | None = None
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            with contextlib.suppress(NotImplementedError):  # Windows: no such handlers
+                asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self.stop)
+
+    def stop(self) -> None:
+        self.stopping = self.stopping or asyncio.ensure_future(self.terminate.set())
 
 
 def end_streams_when_workers_stop(end_streams: Callable[[], Awaitable[None]]) -> None:

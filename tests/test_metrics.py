@@ -119,14 +119,24 @@ async def test_every_worker_reports_the_whole_server(make_server, broker_url):
         time.sleep(0.05)
 
 
+def serving(server: Server, count: int) -> None:
+    """Wait until `count` workers (over the server's runs) serve: start() waits for one."""
+    deadline = time.monotonic() + 20
+    while server.log().count("Running on") < count:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
 def test_a_new_run_of_the_workers_counts_from_zero(make_server, broker_url):
     server = make_server(workers=2, BROKER_URL=broker_url)
+    serving(server, 2)
     stale = server.data_dir / "metrics" / "999999999-0123456789abcdef"  # a pid never given
     stale.mkdir(parents=True)
     (stale / "counter_1.db").write_bytes(b"stale")
     server.publish()
     server.stop()
     server.start()
+    serving(server, 4)
     assert scrape(server)[PUBLISHED] == 0
     (run,) = (server.data_dir / "metrics").iterdir()  # the earlier runs' are gone
     server.publish()
