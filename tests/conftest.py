@@ -100,6 +100,24 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
 
+    def serving(self, workers: int, timeout: float = 20) -> None:
+        """Wait until `workers` Hypercorn workers, over this server's runs, serve (start()
+        waits for the first to answer)."""
+        deadline = time.monotonic() + timeout
+        while self.log().count("Running on") < workers:
+            assert time.monotonic() < deadline, self.log()
+            time.sleep(0.05)
+
+    def worker_health(self, workers: int = 2) -> dict[int, dict]:
+        """Each worker's /healthz (its own counts), by pid: new connections reach any."""
+        health = {}
+        for _ in range(200):
+            reply = httpx.get(f"{self.url}/healthz", headers={"Connection": "close"}).json()
+            health[reply["pid"]] = reply
+            if len(health) == workers:
+                return health
+        raise AssertionError(f"fewer than {workers} workers answered")
+
     def log_with(self, fragment: str, timeout: float = 5) -> str:
         """The log once it has `fragment` (a request's line follows its response)."""
         deadline = time.monotonic() + timeout

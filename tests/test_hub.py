@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import signal
@@ -395,6 +396,23 @@ async def test_sigterm_ends_streams_with_a_final_event_and_keeps_messages(make_s
     async with subscribe(f"{server.url}/api/v1/events", **{"Last-Event-ID": "0"}) as events:
         (replayed,) = await collect(events, 1)
     assert json.loads(replayed.data)["data"]["message"] == "before shutdown"
+    assert "Traceback" not in server.log()
+
+
+async def test_sigterm_ends_the_streams_of_every_worker(make_server, broker_url):
+    """Hypercorn SIGTERMs the workers still running once its first has exited: each must
+    still end its streams with their final event."""
+    server: Server = make_server(workers=2, BROKER_URL=broker_url)
+    server.serving(2)
+    async with contextlib.AsyncExitStack() as stack:
+        opened = []
+        while not all(h["subscribers"] for h in server.worker_health().values()):
+            assert len(opened) < 40, "the connections all went to one worker"
+            opened.append(await stack.enter_async_context(subscribe(f"{server.url}/api/v1/events")))
+        server.process.send_signal(signal.SIGTERM)
+        for events in opened:  # (past the presence events of the others joining)
+            assert await collect(events, 1, "shutdown")
+    assert server.stop() == 0
     assert "Traceback" not in server.log()
 
 

@@ -83,27 +83,16 @@ PUBLISHED = ("sm_messages_published_total", ())
 PLAYERS = ("sm_subscribers", (("role", "player"),))
 
 
-def workers(server: Server) -> dict[int, dict]:
-    """Each worker's /healthz (its own counts), by pid: new connections reach either."""
-    health = {}
-    for _ in range(200):
-        reply = httpx.get(f"{server.url}/healthz", headers={"Connection": "close"}).json()
-        health[reply["pid"]] = reply
-        if len(health) == 2:
-            return health
-    raise AssertionError("one worker answered every connection")
-
-
 async def test_every_worker_reports_the_whole_server(make_server, broker_url):
     server = make_server(workers=2, BROKER_URL=broker_url)
     async with AsyncExitStack() as streams:
         opened = 0  # streams (each on its connection) until both workers hold some
-        while opened < 4 or not all(h["subscribers"] for h in workers(server).values()):
+        while opened < 4 or not all(h["subscribers"] for h in server.worker_health().values()):
             await streams.enter_async_context(subscribe(f"{server.url}/api/v1/events"))
             opened += 1
             assert opened <= 20
         published = 0  # publishes (each on its connection) until both workers made some
-        while not all(h["published"] for h in workers(server).values()):
+        while not all(h["published"] for h in server.worker_health().values()):
             for _ in range(5):
                 server.publish()
             published += 5
@@ -119,24 +108,16 @@ async def test_every_worker_reports_the_whole_server(make_server, broker_url):
         time.sleep(0.05)
 
 
-def serving(server: Server, count: int) -> None:
-    """Wait until `count` workers (over the server's runs) serve: start() waits for one."""
-    deadline = time.monotonic() + 20
-    while server.log().count("Running on") < count:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-
-
 def test_a_new_run_of_the_workers_counts_from_zero(make_server, broker_url):
     server = make_server(workers=2, BROKER_URL=broker_url)
-    serving(server, 2)
+    server.serving(2)
     stale = server.data_dir / "metrics" / "999999999-0123456789abcdef"  # a pid never given
     stale.mkdir(parents=True)
     (stale / "counter_1.db").write_bytes(b"stale")
     server.publish()
     server.stop()
     server.start()
-    serving(server, 4)
+    server.serving(4)
     assert scrape(server)[PUBLISHED] == 0
     (run,) = (server.data_dir / "metrics").iterdir()  # the earlier runs' are gone
     server.publish()
