@@ -553,6 +553,74 @@ async def test_sounds_play_when_enabled_and_are_not_even_loaded_with_sound_0(
     assert await muted.is_hidden("#enable-sound")
 
 
+# Records what the page plays: each buffer source started, with its length (s) and the text
+# typed out so far, to tell a sound code's sound from the chime and to see when it played.
+RECORD_PLAYED = """
+window.played = [];
+const start = AudioBufferSourceNode.prototype.start;
+AudioBufferSourceNode.prototype.start = function (...args) {
+  window.played.push([this.buffer.duration, document.getElementById('text').textContent]);
+  return start.apply(this, args);
+};
+"""
+
+BROKEN_IMAGES = "nodes => nodes.filter(i => !i.complete || i.naturalWidth === 0).map(i => i.alt)"
+
+
+async def test_an_upload_code_naming_a_sound_plays_it_where_typed_and_shows_no_image(
+    browser: Browser, hub: Server
+):
+    upload(hub, "gong", wav(seconds=0.25))
+    upload(hub, "smile", png(8, 8))
+    set_profiles(hub, {"Narrator": {"sound": "none"}})  # no blips: the chime and the gong play
+    context = await browser.new_context()
+    await context.add_init_script(RECORD_PLAYED)
+    page = await context.new_page()
+    page.on("console", browser._console)
+    page.on("pageerror", lambda error: browser._problem(f"page error: {error}"))
+    page.on("requestfailed", browser._request_failed)
+    await page.goto(f"{hub.url}/lobby")
+    await page.wait_for_selector("#connection[data-state=live]")
+    if await page.is_visible("#enable-sound"):  # a page opened by hand plays after a click
+        await page.click("#enable-sound")
+        await page.wait_for_selector("#enable-sound", state="hidden")
+
+    source = "Listen @{Gong} and look @{smile}"
+    sent = hub.publish("Narrator", {"message": source, "speed": 10})
+    assert await line_shown(page, sent["id"]) == "Listen  and look "
+    await page.wait_for_function(
+        "() => document.querySelector('#text img.emote')?.naturalWidth === 8"
+    )
+    images = await page.eval_on_selector_all(
+        "#dialog img.emote", "images => images.map(i => [i.alt, i.getAttribute('src')])"
+    )
+    assert images == [["smile", "/api/v1/rooms/lobby/uploads/smile"]]  # the sound: no image
+    assert await page.eval_on_selector_all("#text img", BROKEN_IMAGES) == []
+    assert await page.get_attribute("#text .upload[data-kind=sound]", "data-url") == (
+        "/api/v1/rooms/lobby/uploads/gong"
+    )
+    gongs = [
+        typed for length, typed in await page.evaluate("window.played") if abs(length - 0.25) < 0.01
+    ]
+    assert len(gongs) == 1  # once, when the typewriter reached it: before what follows it
+    assert gongs[0].startswith("Listen ") and "look" not in gongs[0]
+
+    # Where nothing plays (the history page, the admin's recent messages): a "♪ name" text.
+    history = await browser.open(f"{hub.url}/lobby/history")
+    marker = ".log-line .upload[data-kind=sound]"
+    await history.wait_for_selector(f"{marker}:text-is('♪ Gong')")
+    await history.wait_for_function(
+        "() => document.querySelector('.log-line img.emote')?.naturalWidth === 8"
+    )
+    assert await history.eval_on_selector_all(".log-line img", BROKEN_IMAGES) == []
+    admin = await admin_page(browser, hub)
+    await admin.wait_for_selector("#history .upload[data-kind=sound]:text-is('♪ Gong')")
+    await admin.wait_for_function(
+        "() => document.querySelector('#history img.emote')?.naturalWidth === 8"
+    )
+    assert await admin.eval_on_selector_all("#history img", BROKEN_IMAGES) == []
+
+
 async def test_new_formatting_codes_render_as_elements_and_never_as_html(
     browser: Browser, make_server
 ):

@@ -2,7 +2,7 @@
 // The access token lives in memory only and is renewed before it expires with the HttpOnly
 // refresh cookie; the controller stream authenticates with the session cookie.
 import { renderMessage } from './codes';
-import { uploadUrl } from './dialogue';
+import { uploadElement, uploadUrl } from './dialogue';
 import { type ApiOptions, ApiError, api, byId, el, fill, messageOf } from './common';
 
 interface User {
@@ -370,7 +370,7 @@ function showPresence({ players, controllers }: Presence): void {
 function historyEntry(message: Payload): HTMLLIElement {
   const text = message.data?.message;
   const shown = el('span', { class: 'message min-w-0 wrap-anywhere' });
-  if (typeof text === 'string') shown.append(renderMessage(text, message.meta, (name) => uploadUrl('', message.room, name, '')));
+  if (typeof text === 'string') shown.append(renderMessage(text, message.meta, (name) => uploadElement(uploadUrl('', message.room, name, ''), name, true)));
   else shown.textContent = JSON.stringify(message.data);
   const entry: HTMLLIElement = el(
     'li',

@@ -15,7 +15,7 @@ export interface Style {
 
 export type Segment =
   | { text: string; style: Style; ruby?: string } // ruby: the reading above the text
-  | { image: string; style: Style } // an upload of the room, by name
+  | { image: string; style: Style } // an upload of the room, by name: an image or a sound
   | { pause: number }; // milliseconds
 
 const SIZE_STEP = 1.25;
@@ -27,7 +27,7 @@ const FLAGS: Record<string, keyof Style> = { b: 'b', i: 'i', u: 'u', s: 's', '~'
 
 /** `\@` is a literal @; `@b @i @u @s` bold, italic, underline, strike; `@~` shake, `@!`
  * stamped in; `@[#rrggbb]` a colour; `@+`/`@-` a size bigger/smaller; `@r` resets them all.
- * `@{name}` an image of the room's uploads, `@(text|reading)` ruby text, `@p` or
+ * `@{name}` an upload of the room (an image; a sound plays in the player), `@(text|reading)` ruby text, `@p` or
  * `@p[seconds]` a pause. Anything else is text. */
 const CODES =
   /\\@|@([bius~!+\-r])|@\[(#[0-9a-fA-F]{6})\]|@\{([a-zA-Z0-9_-]{1,64})\}|@\(([^|()\n]{1,64})\|([^|()\n]{1,64})\)|@p(?:\[(\d{1,2}(?:\.\d{1,3})?)\])?/g;
@@ -72,9 +72,9 @@ export function messageSegments(text: string, meta: unknown): Segment[] {
 }
 
 /** A message's text as spans, formatted as the player shows it, all at once. */
-export function renderMessage(source: string, meta: unknown, imageUrl: (name: string) => string): HTMLSpanElement {
+export function renderMessage(source: string, meta: unknown, upload: (name: string) => Element): HTMLSpanElement {
   const shown = document.createElement('span');
-  for (const step of layOut(messageSegments(source, meta), shown, imageUrl)) applyStep(step);
+  for (const step of layOut(messageSegments(source, meta), shown, upload)) applyStep(step);
   return shown;
 }
 
@@ -90,8 +90,9 @@ export type Step =
   | { parent: Node; child: Element }
   | { pause: number };
 
-/** Lays out segments in `target`, empty; applying the steps in order fills them in. */
-export function layOut(segments: Segment[], target: HTMLElement, imageUrl: (name: string) => string): Step[] {
+/** Lays out segments in `target`, empty; applying the steps in order fills them in.
+ * `upload(name)`: the element of an `@{name}` code (an image, or a sound: the page knows). */
+export function layOut(segments: Segment[], target: HTMLElement, upload: (name: string) => Element): Step[] {
   const steps: Step[] = [];
   for (const segment of segments) {
     if ('pause' in segment) {
@@ -101,11 +102,7 @@ export function layOut(segments: Segment[], target: HTMLElement, imageUrl: (name
     const span = styledSpan(segment.style);
     target.append(span);
     if ('image' in segment) {
-      const image = document.createElement('img');
-      image.className = 'emote';
-      image.alt = segment.image;
-      image.src = imageUrl(segment.image); // loads now: shown when typed
-      steps.push({ parent: span, child: image });
+      steps.push({ parent: span, child: upload(segment.image) }); // loads now: shown when typed
       continue;
     }
     let into: HTMLElement = span;

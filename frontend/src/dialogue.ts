@@ -85,3 +85,48 @@ export function uploadUrl(hub: string, room: string, name: string, token: string
 export function paintPlate(plate: HTMLElement, profile: Profile): void {
   plate.style.background = profile.color && COLOR.test(profile.color) ? profile.color : '';
 }
+
+// --- `@{name}`: an upload of the room, an image or a sound ---------------------------------
+
+export type UploadKind = 'image' | 'sound';
+
+const kinds = new Map<string, Promise<UploadKind>>(); // by URL
+
+/** Whether an upload is an image or a sound. Its name does not say; the hub's reply does: it
+ * serves the file with the type it found in the file's first bytes. One GET per URL, not a
+ * HEAD nor the room's list of uploads: the list may be older than the message (an upload made
+ * since), and the GET's bytes stay in the HTTP cache (max-age) for the <img> or the decoder
+ * that takes them next. Missing or unreachable: an image, shown broken as any missing image. */
+export function uploadKind(url: string): Promise<UploadKind> {
+  let kind = kinds.get(url);
+  if (!kind) {
+    kind = fetch(url)
+      .then((response): UploadKind => (response.ok && response.headers.get('Content-Type')?.startsWith('audio/') ? 'sound' : 'image'))
+      .catch((): UploadKind => 'image');
+    kinds.set(url, kind);
+  }
+  return kind;
+}
+
+/** An `@{name}` code's element, filled in once its upload's kind is known (data-kind: pending,
+ * then image or sound): the image; for a sound, nothing (the player plays it), or with
+ * `marker` a "♪ name" text (a log, where nothing plays). */
+export function uploadElement(url: string, name: string, marker: boolean): HTMLSpanElement {
+  const holder = document.createElement('span');
+  holder.className = 'upload';
+  holder.dataset.kind = 'pending';
+  holder.dataset.url = url;
+  uploadKind(url).then((kind) => {
+    holder.dataset.kind = kind;
+    if (kind === 'sound') {
+      if (marker) holder.textContent = `♪ ${name}`;
+      return;
+    }
+    const image = document.createElement('img');
+    image.className = 'emote';
+    image.alt = name;
+    image.src = url;
+    holder.append(image);
+  });
+  return holder;
+}

@@ -12,6 +12,7 @@ import {
   profileOf,
   roomOf,
   STREAM_OPTIONS,
+  uploadElement,
   uploadUrl,
   type RoomSettings,
 } from './dialogue';
@@ -40,7 +41,7 @@ interface Payload {
 function lineOf(payload: Payload): HTMLLIElement | null {
   const { data } = payload;
   if (typeof data?.message !== 'string') return null; // not a line of dialogue
-  const text = renderMessage(data.message, payload.meta, (name) => uploadUrl(hub, roomId, name, token));
+  const text = renderMessage(data.message, payload.meta, (name) => uploadElement(uploadUrl(hub, roomId, name, token), name, true));
   text.className = 'log-text';
   const profile = profileOf(settings, payload.speaker, data.profile);
   const plate = el('span', { class: 'log-speaker' }, payload.speaker);

@@ -13,6 +13,7 @@ import {
   profileOf,
   roomOf,
   STREAM_OPTIONS,
+  uploadElement,
   uploadUrl,
   type Profile,
   type RoomSettings,
@@ -26,6 +27,7 @@ const HOLD_MS = 1500; // a finished line stays this long before the next queued 
 const PAGE_MS = 3000; // a full page stays this long before the next one, unless clicked on
 const MAX_QUEUE = 100; // lines waiting; past it the oldest are skipped (a flood, a long outage)
 const MISSED_HEARTBEATS = 3; // then the controller is shown offline
+const KIND_WAIT_MS = 50; // typing waits this long, again and again, for an `@{name}`'s kind
 
 const box = byId('dialog');
 const nameplate = byId('speaker');
@@ -108,6 +110,11 @@ class Sounds {
 
   next(): void {
     this.play('assets/sounds/next.wav');
+  }
+
+  /** An `@{name}` sound of the room's uploads, where the typewriter reached its code. */
+  effect(url: string): void {
+    this.play(url);
   }
 }
 
@@ -205,7 +212,8 @@ function turnTo(top: number): void {
 /** Puts the current line's new segments in the text box, empty; typing fills them. */
 function layOutNew(): void {
   if (!current) return;
-  steps.push(...layOut(current.segments.slice(laidOut), textBox, (name) => uploadUrl(hub, roomId, name, token)));
+  const upload = (name: string) => uploadElement(uploadUrl(hub, roomId, name, token), name, false);
+  steps.push(...layOut(current.segments.slice(laidOut), textBox, upload));
   laidOut = current.segments.length;
 }
 
@@ -245,15 +253,26 @@ function type(): void {
   if (!current) return;
   if (next === steps.length) return typed();
   const taken = steps[next];
+  const kind = uploadOf(taken)?.dataset.kind;
+  if (kind === 'pending') {
+    typing = window.setTimeout(type, KIND_WAIT_MS); // an image takes room on the page, a sound none
+    return;
+  }
   if (!step()) return pageFull();
   let delay = 1000 / speed;
   if ('pause' in taken) delay = taken.pause;
+  else if (kind === 'sound') sounds?.effect(uploadOf(taken)?.dataset.url as string); // no blip: its own sound
   else {
     const character = 'text' in taken ? taken.text : taken.child.textContent || '•'; // an image: '•'
     sounds?.blip(profile, character);
     if (CJK.test(character)) delay *= CJK_FACTOR;
   }
   typing = window.setTimeout(type, delay);
+}
+
+/** The `@{name}` element a step puts in, if it is one. */
+function uploadOf(taken: Step): HTMLElement | undefined {
+  return 'child' in taken && taken.child.classList.contains('upload') ? (taken.child as HTMLElement) : undefined;
 }
 
 /** Shows the rest of the current page at once. */

@@ -46,12 +46,12 @@
   function messageSegments(text, meta) {
     return meta === "ai" || meta === "fallback" ? [{ text, style: {} }] : parseCodes(text);
   }
-  function renderMessage(source, meta, imageUrl) {
+  function renderMessage(source, meta, upload) {
     const shown = document.createElement("span");
-    for (const step of layOut(messageSegments(source, meta), shown, imageUrl)) applyStep(step);
+    for (const step of layOut(messageSegments(source, meta), shown, upload)) applyStep(step);
     return shown;
   }
-  function layOut(segments, target, imageUrl) {
+  function layOut(segments, target, upload) {
     const steps = [];
     for (const segment of segments) {
       if ("pause" in segment) {
@@ -61,11 +61,7 @@
       const span = styledSpan(segment.style);
       target.append(span);
       if ("image" in segment) {
-        const image = document.createElement("img");
-        image.className = "emote";
-        image.alt = segment.image;
-        image.src = imageUrl(segment.image);
-        steps.push({ parent: span, child: image });
+        steps.push({ parent: span, child: upload(segment.image) });
         continue;
       }
       let into = span;
@@ -218,6 +214,34 @@
   function paintPlate(plate, profile) {
     plate.style.background = profile.color && COLOR.test(profile.color) ? profile.color : "";
   }
+  var kinds = /* @__PURE__ */ new Map();
+  function uploadKind(url) {
+    let kind = kinds.get(url);
+    if (!kind) {
+      kind = fetch(url).then((response) => response.ok && response.headers.get("Content-Type")?.startsWith("audio/") ? "sound" : "image").catch(() => "image");
+      kinds.set(url, kind);
+    }
+    return kind;
+  }
+  function uploadElement(url, name, marker) {
+    const holder = document.createElement("span");
+    holder.className = "upload";
+    holder.dataset.kind = "pending";
+    holder.dataset.url = url;
+    uploadKind(url).then((kind) => {
+      holder.dataset.kind = kind;
+      if (kind === "sound") {
+        if (marker) holder.textContent = `♪ ${name}`;
+        return;
+      }
+      const image = document.createElement("img");
+      image.className = "emote";
+      image.alt = name;
+      image.src = url;
+      holder.append(image);
+    });
+    return holder;
+  }
 
   // src/history.ts
   var params = new URLSearchParams(location.search);
@@ -234,7 +258,7 @@
   function lineOf(payload) {
     const { data } = payload;
     if (typeof data?.message !== "string") return null;
-    const text = renderMessage(data.message, payload.meta, (name) => uploadUrl(hub, roomId, name, token));
+    const text = renderMessage(data.message, payload.meta, (name) => uploadElement(uploadUrl(hub, roomId, name, token), name, true));
     text.className = "log-text";
     const profile = profileOf(settings, payload.speaker, data.profile);
     const plate = el("span", { class: "log-speaker" }, payload.speaker);

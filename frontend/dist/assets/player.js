@@ -49,7 +49,7 @@
   function plainText(segments) {
     return segments.map((segment) => "text" in segment ? segment.text : "").join("");
   }
-  function layOut(segments, target, imageUrl) {
+  function layOut(segments, target, upload) {
     const steps2 = [];
     for (const segment of segments) {
       if ("pause" in segment) {
@@ -59,11 +59,7 @@
       const span = styledSpan(segment.style);
       target.append(span);
       if ("image" in segment) {
-        const image = document.createElement("img");
-        image.className = "emote";
-        image.alt = segment.image;
-        image.src = imageUrl(segment.image);
-        steps2.push({ parent: span, child: image });
+        steps2.push({ parent: span, child: upload(segment.image) });
         continue;
       }
       let into = span;
@@ -209,6 +205,34 @@
   function paintPlate(plate, profile2) {
     plate.style.background = profile2.color && COLOR.test(profile2.color) ? profile2.color : "";
   }
+  var kinds = /* @__PURE__ */ new Map();
+  function uploadKind(url) {
+    let kind = kinds.get(url);
+    if (!kind) {
+      kind = fetch(url).then((response) => response.ok && response.headers.get("Content-Type")?.startsWith("audio/") ? "sound" : "image").catch(() => "image");
+      kinds.set(url, kind);
+    }
+    return kind;
+  }
+  function uploadElement(url, name, marker) {
+    const holder = document.createElement("span");
+    holder.className = "upload";
+    holder.dataset.kind = "pending";
+    holder.dataset.url = url;
+    uploadKind(url).then((kind) => {
+      holder.dataset.kind = kind;
+      if (kind === "sound") {
+        if (marker) holder.textContent = `♪ ${name}`;
+        return;
+      }
+      const image = document.createElement("img");
+      image.className = "emote";
+      image.alt = name;
+      image.src = url;
+      holder.append(image);
+    });
+    return holder;
+  }
 
   // src/player.ts
   var params = new URLSearchParams(location.search);
@@ -219,6 +243,7 @@
   var PAGE_MS = 3e3;
   var MAX_QUEUE = 100;
   var MISSED_HEARTBEATS = 3;
+  var KIND_WAIT_MS = 50;
   var box = byId("dialog");
   var nameplate = byId("speaker");
   var avatar = byId("avatar");
@@ -284,6 +309,10 @@
     }
     next() {
       this.play("assets/sounds/next.wav");
+    }
+    /** An `@{name}` sound of the room's uploads, where the typewriter reached its code. */
+    effect(url) {
+      this.play(url);
     }
   };
   var sounds = params.get("sound") === "0" || typeof AudioContext === "undefined" ? null : new Sounds();
@@ -357,7 +386,8 @@
   }
   function layOutNew() {
     if (!current) return;
-    steps.push(...layOut(current.segments.slice(laidOut), textBox, (name) => uploadUrl(hub, roomId, name, token)));
+    const upload = (name) => uploadElement(uploadUrl(hub, roomId, name, token), name, false);
+    steps.push(...layOut(current.segments.slice(laidOut), textBox, upload));
     laidOut = current.segments.length;
   }
   function step() {
@@ -389,15 +419,24 @@
     if (!current) return;
     if (next === steps.length) return typed();
     const taken = steps[next];
+    const kind = uploadOf(taken)?.dataset.kind;
+    if (kind === "pending") {
+      typing = window.setTimeout(type, KIND_WAIT_MS);
+      return;
+    }
     if (!step()) return pageFull();
     let delay = 1e3 / speed;
     if ("pause" in taken) delay = taken.pause;
+    else if (kind === "sound") sounds?.effect(uploadOf(taken)?.dataset.url);
     else {
       const character = "text" in taken ? taken.text : taken.child.textContent || "•";
       sounds?.blip(profile, character);
       if (CJK.test(character)) delay *= CJK_FACTOR;
     }
     typing = window.setTimeout(type, delay);
+  }
+  function uploadOf(taken) {
+    return "child" in taken && taken.child.classList.contains("upload") ? taken.child : void 0;
   }
   function finish() {
     window.clearTimeout(typing);
