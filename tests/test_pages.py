@@ -1165,6 +1165,8 @@ async def test_admin_works_on_a_phone(browser: Browser, hub: Server):
     hub.publish("Narrator", {"message": "@bA long line with a long word: " + "x" * 80})
     page = await admin_page(browser, hub, viewport={"width": 360, "height": 740}, is_mobile=True)
     await page.wait_for_selector("#history li")
+    await page.click("#profiles-panel summary")  # a speaker's row of fields fits too
+    await page.click("#add-profile")
     # A mobile browser widens the layout viewport to fit wider content (innerWidth grows
     # with it), and a card's overflow may be clipped rather than scroll: neither may happen.
     assert await page.evaluate("[innerWidth, document.documentElement.scrollWidth]") == [360, 360]
@@ -1196,9 +1198,12 @@ async def test_admin_edits_speaker_profiles_and_uploads_images(browser: Browser,
     )
     await page.click("#upload button")
     await page.wait_for_selector("#uploads li:has-text('alice') img")
-    profiles = {"Alice": {"color": "#2a9d8f", "avatar": "alice"}}
-    await page.fill("#profiles [name=profiles]", json.dumps(profiles))
-    await page.click("#profiles button")
+    await page.click("#add-profile")
+    row = page.locator("#profile-rows li.profile").last
+    await row.locator("[name=speaker]").fill("Alice")
+    await row.locator("[name=color]").fill("#2a9d8f")  # picking a colour ticks its box
+    await row.locator("[name=avatar]").select_option("alice")
+    await page.click("#profiles button[type=submit]")
     await page.wait_for_selector(".toast .alert-success:has-text('Profiles saved')")
 
     viewer = await player(browser, hub)
@@ -1206,3 +1211,97 @@ async def test_admin_edits_speaker_profiles_and_uploads_images(browser: Browser,
     await line_shown(viewer, sent["id"])
     assert await viewer.evaluate(PLATE_COLOR) == "rgb(42, 157, 143)"
     await viewer.wait_for_function("() => document.getElementById('avatar').naturalWidth === 64")
+
+
+def room_settings(server: Server, room: str = "lobby") -> dict:
+    reply = httpx.get(
+        f"{server.url}/api/v1/rooms/{room}", headers={"Authorization": f"Bearer {server.token}"}
+    )
+    assert reply.status_code == 200, reply.text
+    return reply.json()["room"]["settings"]
+
+
+async def fill_profile(page: Page, fields: dict) -> None:
+    """Adds a speaker's row to the profiles form and fills it in (`colour`: ticks its box)."""
+    await page.click("#add-profile")
+    row = page.locator("#profile-rows li.profile").last
+    for name, value in fields.items():
+        control = row.locator(f"[name={name}]")
+        if name in ("avatar", "sound"):
+            await control.select_option(value)
+        else:
+            await control.fill(str(value))
+
+
+async def profile_rows(page: Page) -> list[dict]:
+    """The profiles form's rows as they are: each field's value (colour: None when unticked)."""
+    return await page.eval_on_selector_all(
+        "#profile-rows li.profile",
+        """rows => rows.map(row => {
+          const value = name => row.querySelector(`[name=${name}]`).value;
+          const colored = row.querySelector('[name=colored]').checked;
+          return {speaker: value('speaker'), color: colored ? value('color') : null,
+                  avatar: value('avatar'), speed: value('speed'), sound: value('sound'),
+                  pitch: value('pitch')};
+        })""",
+    )
+
+
+async def test_admin_edits_speaker_profiles_with_a_form(browser: Browser, hub: Server):
+    upload(hub, "face", face_png())
+    upload(hub, "beep", wav())
+    page = await admin_page(browser, hub)
+    await page.click("#profiles-panel summary")
+    await page.wait_for_selector("#uploads li:has-text('beep')")
+    assert await page.locator("#profile-rows li").count() == 0  # no profiles yet
+    alice = {"speaker": "Alice", "color": "#2a9d8f", "avatar": "face", "speed": 40}
+    await fill_profile(page, alice | {"sound": "soft", "pitch": 1.3})
+    await fill_profile(page, {"speaker": "Bob 🎩", "sound": "beep", "pitch": 0.5})
+    # the choices: none or the room's images; the bundled sounds, none or the room's sounds
+    avatars = (
+        await page.locator("#profile-rows li.profile")
+        .last.locator("[name=avatar] option")
+        .all_text_contents()
+    )
+    assert avatars == ["none", "face"]
+    sound_choices = (
+        await page.locator("#profile-rows li.profile")
+        .last.locator("[name=sound] option")
+        .all_text_contents()
+    )
+    assert sound_choices == ["default (blip)", "blip", "soft", "none (silent)", "♪ beep"]
+    await page.click("#profiles button[type=submit]")
+    await page.wait_for_selector(".toast .alert-success:has-text('Profiles saved')")
+    entered = {
+        "Alice": {"color": "#2a9d8f", "avatar": "face", "speed": 40, "sound": "soft", "pitch": 1.3},
+        "Bob 🎩": {"sound": "beep", "pitch": 0.5},
+    }
+    assert room_settings(hub)["profiles"] == entered
+
+    await page.reload()  # the session goes on (its refresh cookie); the form shows them
+    await page.wait_for_selector("#profile-rows li.profile", state="attached")
+    assert await profile_rows(page) == [
+        {"speaker": "Alice", "color": "#2a9d8f", "avatar": "face", "speed": "40",
+         "sound": "soft", "pitch": "1.3"},
+        {"speaker": "Bob 🎩", "color": None, "avatar": "", "speed": "", "sound": "beep",
+         "pitch": "0.5"},
+    ]  # fmt: skip
+
+    # Edit Bob, remove Alice. What the server refuses, the page says as any error.
+    await page.click("#profiles-panel summary")
+    rows = page.locator("#profile-rows li.profile")
+    await rows.nth(0).locator("button:has-text('Remove')").click()
+    bob = rows.nth(0)
+    await bob.locator("[name=sound]").select_option("none")
+    await bob.locator("[name=pitch]").evaluate("input => input.removeAttribute('max')")
+    await bob.locator("[name=pitch]").fill("9")  # past 4: only the server says no
+    browser.allow("status of 400")
+    await page.click("#profiles button[type=submit]")
+    await page.wait_for_selector(".toast .alert-error:has-text('pitch')")
+    await bob.locator("[name=pitch]").fill("2")
+    await bob.locator("[name=color]").fill("#e2587f")
+    await page.click("#profiles button[type=submit]")
+    await page.wait_for_selector(".toast .alert-success:has-text('Profiles saved')")
+    assert room_settings(hub)["profiles"] == {
+        "Bob 🎩": {"color": "#e2587f", "sound": "none", "pitch": 2}
+    }

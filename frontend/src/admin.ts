@@ -2,7 +2,7 @@
 // The access token lives in memory only and is renewed before it expires with the HttpOnly
 // refresh cookie; the controller stream authenticates with the session cookie.
 import { renderMessage } from './codes';
-import { uploadElement, uploadUrl } from './dialogue';
+import { type Profile, uploadElement, uploadUrl } from './dialogue';
 import { type ApiOptions, ApiError, api, byId, el, fill, messageOf } from './common';
 
 interface User {
@@ -29,7 +29,7 @@ interface Room {
   title: string;
   private: boolean;
   history_size: number | null;
-  settings: { typewriter_speed?: number; theme?: string; profiles?: Record<string, unknown> };
+  settings: { typewriter_speed?: number; theme?: string; profiles?: Record<string, Profile> };
   last_id: number;
   subscribers?: Presence;
 }
@@ -286,42 +286,121 @@ interface Upload {
   url: string;
 }
 
-/** Shows the room's profiles (as JSON to edit) and its uploads. */
-function profilesPanel(room: Room): void {
-  const { profiles } = room.settings;
-  inputsOf(byId<HTMLFormElement>('profiles')).profiles.value = profiles ? JSON.stringify(profiles, null, 2) : '';
+const BUNDLED_SOUNDS = ['blip', 'soft']; // the player's own (frontend/src/sounds); `none`: silent
+const MAX_SPEAKER = 64; // characters of a speaker's name (the hub's MAX_SPEAKER_CHARS)
+
+let roomUploads: Upload[] = []; // the selected room's: what avatars and sounds can be
+
+/** Shows the room's profiles (a row each, to edit) and its uploads. `keepEdits`: the rows
+ * as they are in the form (not saved yet), with the new list of uploads to choose from. */
+function profilesPanel(room: Room, keepEdits = false): void {
   attempt(async () => {
     const { uploads }: { uploads: Upload[] } = await call(`/api/v1/rooms/${room.id}/uploads`);
     if (selected !== room.id) return;
+    const profiles = keepEdits ? readProfiles() : room.settings.profiles || {};
+    roomUploads = uploads;
     fill(
       byId('uploads'),
       ...uploads.map((upload) =>
         el(
           'li',
           { class: 'badge badge-lg gap-2 py-4' },
-          upload.type.startsWith('image/') ? el('img', { class: 'h-6 w-6 rounded object-cover', src: upload.url, alt: '' }) : '♪',
+          isImage(upload) ? el('img', { class: 'h-6 w-6 rounded object-cover', src: upload.url, alt: '' }) : '♪',
           el('span', { class: 'font-mono' }, upload.name),
           el('button', { type: 'button', class: 'btn btn-ghost btn-xs', 'aria-label': `delete ${upload.name}`, onclick: () => deleteUpload(upload) }, '✕'),
         ),
       ),
     );
+    fill(byId('profile-rows'), ...Object.entries(profiles).map(([name, profile]) => profileRow(name, profile)));
   });
+}
+
+function isImage(upload: Upload): boolean {
+  return upload.type.startsWith('image/');
 }
 
 function reloadProfiles(): void {
   const room = rooms.find((candidate) => candidate.id === selected);
-  if (room) profilesPanel(room);
+  if (room) profilesPanel(room, true);
 }
 
-onSubmit('profiles', ({ profiles }) => {
-  let parsed: unknown = null;
-  try {
-    parsed = profiles.value.trim() ? JSON.parse(profiles.value) : null;
-  } catch (error) {
-    return notify(`Profiles are not JSON: ${messageOf(error)}`);
+/** A labelled field of a profile row. */
+function field(label: string, ...controls: HTMLElement[]): HTMLElement {
+  return el('label', { class: 'grid min-w-0 gap-1 text-xs' }, el('span', { class: 'opacity-70' }, label), ...controls);
+}
+
+/** A select of `choices` ([value, text]) with `value` chosen; a value that is not among them
+ * (an upload deleted since) stays, marked missing, so that saving does not drop it unseen. */
+function choice(name: string, value: string, choices: [string, string][]): HTMLSelectElement {
+  if (value && !choices.some(([known]) => known === value)) choices.push([value, `${value} (missing)`]);
+  return el(
+    'select',
+    { class: 'select select-sm w-full min-w-0', name },
+    ...choices.map(([known, text]) => el('option', { value: known, selected: known === value }, text)),
+  );
+}
+
+/** A number input: empty for none. */
+function numberInput(name: string, value: number | undefined, min: number, max: number, placeholder: string): HTMLInputElement {
+  return el('input', { class: 'input input-sm w-full min-w-0', name, type: 'number', min, max, step: 'any', placeholder, value: value ?? '' });
+}
+
+/** One speaker's row: the fields docs/API.md documents, with their ranges. */
+function profileRow(name: string, profile: Profile): HTMLLIElement {
+  const color = el('input', { class: 'h-8 w-12 cursor-pointer', name: 'color', type: 'color', 'aria-label': 'colour', value: profile.color || '#2a9d8f' });
+  const colored = el('input', { class: 'checkbox checkbox-sm', name: 'colored', type: 'checkbox', 'aria-label': 'use a colour', checked: Boolean(profile.color) });
+  color.addEventListener('input', () => (colored.checked = true)); // picking a colour means using it
+  const images = roomUploads.filter(isImage).map((upload): [string, string] => [upload.name, upload.name]);
+  const sounds = roomUploads.filter((upload) => !isImage(upload)).map((upload): [string, string] => [upload.name, `♪ ${upload.name}`]);
+  const row: HTMLLIElement = el(
+    'li',
+    { class: 'profile grid grid-cols-2 items-end gap-2 rounded-box border border-base-300 p-2 sm:grid-cols-4' },
+    el(
+      'label',
+      { class: 'col-span-2 grid min-w-0 gap-1 text-xs' },
+      el('span', { class: 'opacity-70' }, 'Speaker'),
+      el('input', { class: 'input input-sm w-full min-w-0', name: 'speaker', value: name, maxLength: MAX_SPEAKER, required: true, placeholder: 'speaker name' }),
+    ),
+    el('div', { class: 'grid min-w-0 gap-1 text-xs' }, el('span', { class: 'opacity-70' }, 'Colour'), el('span', { class: 'flex h-8 items-center gap-2' }, colored, color)),
+    field('Avatar', choice('avatar', profile.avatar || '', [['', 'none'], ...images])),
+    field('Speed (chars/s)', numberInput('speed', profile.speed, 1, 1000, 'room’s')),
+    field('Sound', choice('sound', profile.sound || '', [['', 'default (blip)'], ...BUNDLED_SOUNDS.map((sound): [string, string] => [sound, sound]), ['none', 'none (silent)'], ...sounds])),
+    field('Pitch', numberInput('pitch', profile.pitch, 0.25, 4, '1')),
+    el('button', { class: 'btn btn-sm btn-ghost text-error self-end', type: 'button', onclick: () => row.remove() }, 'Remove'),
+  );
+  return row;
+}
+
+byId('add-profile').addEventListener('click', () => {
+  const row = profileRow('', {});
+  byId('profile-rows').append(row);
+  row.querySelector('input')?.focus();
+});
+
+/** The profiles as the form has them: only the fields set. */
+function readProfiles(): Record<string, Profile> {
+  const profiles: Record<string, Profile> = {};
+  for (const row of byId('profile-rows').children) {
+    const value = (name: string) => (row.querySelector(`[name=${name}]`) as HTMLInputElement).value;
+    const profile: Profile = {};
+    if ((row.querySelector('[name=colored]') as HTMLInputElement).checked) profile.color = value('color');
+    if (value('avatar')) profile.avatar = value('avatar');
+    if (value('speed')) profile.speed = Number(value('speed'));
+    if (value('sound')) profile.sound = value('sound');
+    if (value('pitch')) profile.pitch = Number(value('pitch'));
+    profiles[value('speaker')] = profile;
   }
+  return profiles;
+}
+
+onSubmit('profiles', () => {
+  const names = [...byId('profile-rows').querySelectorAll<HTMLInputElement>('[name=speaker]')].map((input) => input.value);
+  const twice = names.find((name, index) => names.indexOf(name) !== index);
+  if (twice !== undefined) return notify(`Two profiles for ${twice}: a speaker has one`);
+  const profiles = readProfiles();
   attempt(async () => {
-    await call(`/api/v1/rooms/${selected}`, { method: 'PATCH', body: { settings: { profiles: parsed } } });
+    // One PATCH, the profiles as a whole (none left: the setting goes)
+    await call(`/api/v1/rooms/${selected}`, { method: 'PATCH', body: { settings: { profiles: names.length ? profiles : null } } });
     await loadRooms();
   }, 'Profiles saved');
 });

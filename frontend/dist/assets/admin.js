@@ -398,39 +398,101 @@
       await loadRooms();
     }, `Room ${roomId} deleted`);
   });
-  function profilesPanel(room) {
-    const { profiles } = room.settings;
-    inputsOf(byId("profiles")).profiles.value = profiles ? JSON.stringify(profiles, null, 2) : "";
+  var BUNDLED_SOUNDS = ["blip", "soft"];
+  var MAX_SPEAKER = 64;
+  var roomUploads = [];
+  function profilesPanel(room, keepEdits = false) {
     attempt(async () => {
       const { uploads } = await call(`/api/v1/rooms/${room.id}/uploads`);
       if (selected !== room.id) return;
+      const profiles = keepEdits ? readProfiles() : room.settings.profiles || {};
+      roomUploads = uploads;
       fill(
         byId("uploads"),
         ...uploads.map(
           (upload) => el(
             "li",
             { class: "badge badge-lg gap-2 py-4" },
-            upload.type.startsWith("image/") ? el("img", { class: "h-6 w-6 rounded object-cover", src: upload.url, alt: "" }) : "♪",
+            isImage(upload) ? el("img", { class: "h-6 w-6 rounded object-cover", src: upload.url, alt: "" }) : "♪",
             el("span", { class: "font-mono" }, upload.name),
             el("button", { type: "button", class: "btn btn-ghost btn-xs", "aria-label": `delete ${upload.name}`, onclick: () => deleteUpload(upload) }, "✕")
           )
         )
       );
+      fill(byId("profile-rows"), ...Object.entries(profiles).map(([name, profile]) => profileRow(name, profile)));
     });
+  }
+  function isImage(upload) {
+    return upload.type.startsWith("image/");
   }
   function reloadProfiles() {
     const room = rooms.find((candidate) => candidate.id === selected);
-    if (room) profilesPanel(room);
+    if (room) profilesPanel(room, true);
   }
-  onSubmit("profiles", ({ profiles }) => {
-    let parsed = null;
-    try {
-      parsed = profiles.value.trim() ? JSON.parse(profiles.value) : null;
-    } catch (error) {
-      return notify(`Profiles are not JSON: ${messageOf(error)}`);
+  function field(label, ...controls) {
+    return el("label", { class: "grid min-w-0 gap-1 text-xs" }, el("span", { class: "opacity-70" }, label), ...controls);
+  }
+  function choice(name, value, choices) {
+    if (value && !choices.some(([known]) => known === value)) choices.push([value, `${value} (missing)`]);
+    return el(
+      "select",
+      { class: "select select-sm w-full min-w-0", name },
+      ...choices.map(([known, text]) => el("option", { value: known, selected: known === value }, text))
+    );
+  }
+  function numberInput(name, value, min, max, placeholder) {
+    return el("input", { class: "input input-sm w-full min-w-0", name, type: "number", min, max, step: "any", placeholder, value: value ?? "" });
+  }
+  function profileRow(name, profile) {
+    const color = el("input", { class: "h-8 w-12 cursor-pointer", name: "color", type: "color", "aria-label": "colour", value: profile.color || "#2a9d8f" });
+    const colored = el("input", { class: "checkbox checkbox-sm", name: "colored", type: "checkbox", "aria-label": "use a colour", checked: Boolean(profile.color) });
+    color.addEventListener("input", () => colored.checked = true);
+    const images = roomUploads.filter(isImage).map((upload) => [upload.name, upload.name]);
+    const sounds = roomUploads.filter((upload) => !isImage(upload)).map((upload) => [upload.name, `♪ ${upload.name}`]);
+    const row = el(
+      "li",
+      { class: "profile grid grid-cols-2 items-end gap-2 rounded-box border border-base-300 p-2 sm:grid-cols-4" },
+      el(
+        "label",
+        { class: "col-span-2 grid min-w-0 gap-1 text-xs" },
+        el("span", { class: "opacity-70" }, "Speaker"),
+        el("input", { class: "input input-sm w-full min-w-0", name: "speaker", value: name, maxLength: MAX_SPEAKER, required: true, placeholder: "speaker name" })
+      ),
+      el("div", { class: "grid min-w-0 gap-1 text-xs" }, el("span", { class: "opacity-70" }, "Colour"), el("span", { class: "flex h-8 items-center gap-2" }, colored, color)),
+      field("Avatar", choice("avatar", profile.avatar || "", [["", "none"], ...images])),
+      field("Speed (chars/s)", numberInput("speed", profile.speed, 1, 1e3, "room’s")),
+      field("Sound", choice("sound", profile.sound || "", [["", "default (blip)"], ...BUNDLED_SOUNDS.map((sound) => [sound, sound]), ["none", "none (silent)"], ...sounds])),
+      field("Pitch", numberInput("pitch", profile.pitch, 0.25, 4, "1")),
+      el("button", { class: "btn btn-sm btn-ghost text-error self-end", type: "button", onclick: () => row.remove() }, "Remove")
+    );
+    return row;
+  }
+  byId("add-profile").addEventListener("click", () => {
+    const row = profileRow("", {});
+    byId("profile-rows").append(row);
+    row.querySelector("input")?.focus();
+  });
+  function readProfiles() {
+    const profiles = {};
+    for (const row of byId("profile-rows").children) {
+      const value = (name) => row.querySelector(`[name=${name}]`).value;
+      const profile = {};
+      if (row.querySelector("[name=colored]").checked) profile.color = value("color");
+      if (value("avatar")) profile.avatar = value("avatar");
+      if (value("speed")) profile.speed = Number(value("speed"));
+      if (value("sound")) profile.sound = value("sound");
+      if (value("pitch")) profile.pitch = Number(value("pitch"));
+      profiles[value("speaker")] = profile;
     }
+    return profiles;
+  }
+  onSubmit("profiles", () => {
+    const names = [...byId("profile-rows").querySelectorAll("[name=speaker]")].map((input) => input.value);
+    const twice = names.find((name, index) => names.indexOf(name) !== index);
+    if (twice !== void 0) return notify(`Two profiles for ${twice}: a speaker has one`);
+    const profiles = readProfiles();
     attempt(async () => {
-      await call(`/api/v1/rooms/${selected}`, { method: "PATCH", body: { settings: { profiles: parsed } } });
+      await call(`/api/v1/rooms/${selected}`, { method: "PATCH", body: { settings: { profiles: names.length ? profiles : null } } });
       await loadRooms();
     }, "Profiles saved");
   });
