@@ -347,9 +347,9 @@ function numberInput(name: string, value: number | undefined, min: number, max: 
 
 /** One speaker's row: the fields docs/API.md documents, with their ranges. */
 function profileRow(name: string, profile: Profile): HTMLLIElement {
-  const color = el('input', { class: 'h-8 w-12 cursor-pointer', name: 'color', type: 'color', 'aria-label': 'colour', value: profile.color || '#2a9d8f' });
-  const colored = el('input', { class: 'checkbox checkbox-sm', name: 'colored', type: 'checkbox', 'aria-label': 'use a colour', checked: Boolean(profile.color) });
-  color.addEventListener('input', () => (colored.checked = true)); // picking a colour means using it
+  const color = el('input', { class: 'h-8 w-12 cursor-pointer peer-not-checked:opacity-30', name: 'color', type: 'color', 'aria-label': 'colour', value: profile.color || '#2a9d8f' });
+  const colored = el('input', { class: 'peer checkbox checkbox-sm', name: 'colored', type: 'checkbox', 'aria-label': 'use a colour', checked: Boolean(profile.color) });
+  color.addEventListener('input', () => (colored.checked = true)); // picking a colour means using it (unticked: dimmed)
   const images = roomUploads.filter(isImage).map((upload): [string, string] => [upload.name, upload.name]);
   const sounds = roomUploads.filter((upload) => !isImage(upload)).map((upload): [string, string] => [upload.name, `♪ ${upload.name}`]);
   const row: HTMLLIElement = el(

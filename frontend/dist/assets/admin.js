@@ -444,8 +444,8 @@
     return el("input", { class: "input input-sm w-full min-w-0", name, type: "number", min, max, step: "any", placeholder, value: value ?? "" });
   }
   function profileRow(name, profile) {
-    const color = el("input", { class: "h-8 w-12 cursor-pointer", name: "color", type: "color", "aria-label": "colour", value: profile.color || "#2a9d8f" });
-    const colored = el("input", { class: "checkbox checkbox-sm", name: "colored", type: "checkbox", "aria-label": "use a colour", checked: Boolean(profile.color) });
+    const color = el("input", { class: "h-8 w-12 cursor-pointer peer-not-checked:opacity-30", name: "color", type: "color", "aria-label": "colour", value: profile.color || "#2a9d8f" });
+    const colored = el("input", { class: "peer checkbox checkbox-sm", name: "colored", type: "checkbox", "aria-label": "use a colour", checked: Boolean(profile.color) });
     color.addEventListener("input", () => colored.checked = true);
     const images = roomUploads.filter(isImage).map((upload) => [upload.name, upload.name]);
     const sounds = roomUploads.filter((upload) => !isImage(upload)).map((upload) => [upload.name, `♪ ${upload.name}`]);
