@@ -439,6 +439,8 @@ async def test_clock_streams_the_time(relay_server: Server):
         ticks = []
         async with asyncio.timeout(15):
             async for event in source.aiter_sse():
+                if not event.data:  # a keepalive: httpx-sse yields one once an id was seen
+                    continue
                 ticks.append(json.loads(event.data))
                 if len(ticks) == 3:
                     break
