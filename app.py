@@ -1283,7 +1283,7 @@ def message_frame(message_id: int | None, payload: str) -> bytes:
 
 
 def event_frame(event: str, data: Any) -> bytes:
-    return f"event: {event}\ndata: {compact_json(data)}\n\n".encode()
+    return b"event: %s\ndata: %s\n\n" % (event.encode(), orjson.dumps(data))
 
 
 # Every message payload's `status`: the Bun project's pages show it in a column.
@@ -2522,12 +2522,8 @@ class RedisBroker:
             last = message_id
         self.followed[room_id] = last
         room.record.last_id = max(room.record.last_id, last)
-        if deferred := self.deferred.pop(room_id, None):
-            for message_id, change in deferred:
-                if message_id <= last:
-                    room.append(change.encode())
-                else:
-                    self.deferred.setdefault(room_id, []).append((message_id, change))
+        for message_id, change in self.deferred.pop(room_id, ()):
+            self._message_changed(room_id, message_id, change)
 
     def _count_changed(self, room: Room) -> None:
         self.changed.add(room.id)
@@ -3850,7 +3846,7 @@ def page_policy(scope: dict[str, Any], frame_ancestors: str) -> tuple[bytes, byt
 async def send_json(
     send: ASGISend, status: int, body: dict[str, Any], extra: Iterable[tuple[bytes, bytes]] = ()
 ) -> None:
-    data = compact_json(body).encode()
+    data = orjson.dumps(body)
     headers = [*JSON_HEADERS, (b"content-length", b"%d" % len(data)), *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": data})
@@ -4063,7 +4059,7 @@ def validate_message(
     for name in ("data", "meta"):  # players parse these; past some depth, parsers give up
         if json_depth(message[name]) > settings.max_json_depth:
             raise ApiError(400, f"{name} is nested deeper than {settings.max_json_depth} levels")
-    if len(compact_json(message).encode()) > settings.max_message_bytes:
+    if len(orjson.dumps(message)) > settings.max_message_bytes:
         raise ApiError(413, f"Message too large (max {settings.max_message_bytes} bytes)")
     if fields.expires_in is not None:
         message["expires_in"] = fields.expires_in
@@ -4241,11 +4237,12 @@ def stream_events(app: StreamingMessage, scope, receive, send, headers, match) -
     room_id = unquote(segment.decode("ascii")) if segment else None
     params = query_params(scope)
     client = scope["client"][0] if scope.get("client") else "-"
+    role = params.get("role") if params.get("role") in ("controller", "preview") else "player"
     hub = app.hub
     if "rooms" in params:
         if segment:
             raise ApiError(400, "rooms= is for /api/v1/events: the path names no room then")
-        return stream_rooms(app, scope, receive, send, headers, params)
+        return stream_rooms(app, receive, send, headers, params, role, client)
     try:
         room = hub.find_room(room_id)
     except ApiError as error:
@@ -4262,13 +4259,14 @@ def stream_events(app: StreamingMessage, scope, receive, send, headers, match) -
             reason=reason,
             requested=room_id,
         )
-    role = params.get("role") if params.get("role") in ("controller", "preview") else "player"
     authorize_stream(app, headers, params, room, role)
     last_id = parse_last_event_id(headers, params)
     return hub.serve_stream(send, send.raw, receive, room, role, last_id, client)
 
 
-def stream_rooms(app: StreamingMessage, scope, receive, send, headers, params) -> Awaitable[None]:
+def stream_rooms(
+    app: StreamingMessage, receive, send, headers, params, role: str, client: str
+) -> Awaitable[None]:
     """Several rooms in one stream. Unlike one room's stream, each room must exist (400 or
     404: no quote feed) and be readable (401 or 403): the whole request is refused."""
     limit = app.settings.max_stream_rooms
@@ -4276,11 +4274,9 @@ def stream_rooms(app: StreamingMessage, scope, receive, send, headers, params) -
     if len(names) > limit:
         raise ApiError(400, f"Too many rooms: at most {limit} in one stream", limit=limit)
     rooms = list({room.id: room for room in map(app.hub.find_room, names)}.values())
-    role = "controller" if params.get("role") == "controller" else "player"
     for room in rooms:
         authorize_stream(app, headers, params, room, role)
     cursors = parse_stream_cursors(headers, params)
-    client = scope["client"][0] if scope.get("client") else "-"
     return app.hub.serve_rooms(send, send.raw, receive, rooms, role, cursors, client)
 
 

@@ -121,7 +121,8 @@ class Server:
     def log_with(self, fragment: str, timeout: float = 5) -> str:
         """The log once it has `fragment` (a request's line follows its response)."""
         deadline = time.monotonic() + timeout
-        while fragment not in (log := self.log()) and time.monotonic() < deadline:
+        while fragment not in (log := self.log()):
+            assert time.monotonic() < deadline, f"{fragment!r} not logged"
             time.sleep(0.05)
         return log
 

@@ -169,6 +169,7 @@ async def test_clock_streams_share_one_ticker_and_keep_their_format(server: Serv
         assert body.startswith(b":\n\n")
         # the ticks (a keepalive comment may come between them on a busy machine)
         frames = [frame for frame in body.split(b"\n\n") if frame.startswith(b"id:")][:3]
+        assert len(frames) == 3, body
         for frame in frames:
             assert re.fullmatch(rb'id: (\d+)\ndata: \{"time":\1,"iso":"[^"]+"\}', frame), frame
             tick = json.loads(frame.partition(b"data: ")[2])

@@ -85,6 +85,12 @@ async def test_one_stream_carries_events_of_several_rooms(make_server, broker_en
             presence = await until(stream, "presence", lambda p: p["controllers"] == 1)
             assert presence == {"room": rooms[1], "players": 1, "controllers": 1}
 
+        # a preview (the admin's) of several rooms is left out of presence, as of one room
+        async with rooms_stream(server, client, [rooms[0]], query="&role=preview") as preview:
+            assert (await anext(preview.events)).event == "meta"  # it has joined
+            async with subscribe(f"{server.url}/api/v1/events/{rooms[0]}", client) as player:
+                assert player.hello["presence"]["players"] == 2  # the stream above and this
+
 
 async def test_a_reconnect_resumes_each_room_exactly(make_server, broker_env):
     server = make_server(**broker_env)
@@ -156,8 +162,11 @@ async def test_the_rooms_are_bounded_and_each_authorized(make_server):
     publish(server, private, 1).raise_for_status()
     async with sse_client() as client:
         query = f"&token={reader}"
-        async with rooms_stream(server, client, [public[0], public[0].upper(), private], "", query):
-            pass  # duplicates count once (two hellos): the token reads the private room
+        duplicated = [public[0], public[0].upper(), private]
+        async with rooms_stream(server, client, duplicated, "", query) as stream:
+            # duplicates count once (two hellos): the token reads the private room
+            hellos = [json.loads((await anext(stream.events)).data) for _ in range(2)]
+            assert [hello["room"] for hello in hellos] == [public[0], private]
         id_ = f"{private}:0"
         async with rooms_stream(server, client, [private, public[1]], id_, query) as stream:
             (event,) = await collect(stream, 1)
