@@ -5062,10 +5062,10 @@ class ScheduledListReply(Reply):
     scheduled: list[ScheduledOut] = Field(description="the soonest first")
 
 
-def publishable_room(room_id: str) -> Room:
+def publishable_room(room_id: str, body_token: str | None = None) -> Room:
     """A room the request may publish to."""
     room = current_app.hub.find_room(room_id)
-    current_app.accounts.authorize(request_token(), room, "publish")
+    current_app.accounts.authorize(request_token(body_token), room, "publish")
     return room
 
 
@@ -5123,8 +5123,7 @@ def message_id_of(room: Room, value: str) -> int:
 async def edit_message(room_id: str, message_id: str, data: MessageEdit):
     """Edit a kept message (publish rights): its stream sends `event: edit` with the new
     payload; history and replays show it from now on"""
-    room = current_app.hub.find_room(room_id)
-    current_app.accounts.authorize(request_token(data.token), room, "publish")
+    room = publishable_room(room_id, data.token)
     changes = data.model_dump(include={"speaker", "data", "meta"} & data.model_fields_set)
     if not changes:
         raise ApiError(400, "Nothing to change: send speaker, data or meta")
@@ -5216,8 +5215,7 @@ async def put_upload(room_id: str, name: str):
 
     The raw bytes as the body: PNG, JPEG, WebP, GIF, WAV, OGG or MP3 (known by their first
     bytes), at most MAX_UPLOAD_BYTES; publish rights."""
-    room = current_app.hub.find_room(room_id)
-    current_app.accounts.authorize(request_token(), room, "publish")
+    room = publishable_room(room_id)
     name = upload_name(name)
     limit = current_app.settings.max_upload_bytes
     too_large = ApiError(413, f"Upload too large (max {limit} bytes)", limit=limit)
@@ -5277,8 +5275,7 @@ async def get_upload(room_id: str, name: str):
 @validate_response(UploadDeletedReply)
 async def delete_upload(room_id: str, name: str):
     """Delete an upload (publish rights)"""
-    room = current_app.hub.find_room(room_id)
-    current_app.accounts.authorize(request_token(), room, "publish")
+    room = publishable_room(room_id)
     name = upload_name(name)
     if not await current_app.storage.delete_upload(room.id, name):
         raise ApiError(404, f"Unknown upload: {name}", room=room.id)
